@@ -1,0 +1,14 @@
+//! Natter's pure core: user names, identity certificates, wire messages, protocol ids and
+//! limits.
+//!
+//! Nothing in this crate touches a socket, a clock or a runtime: callers pass `now` in, so
+//! every rule here is unit-testable and behaves the same on every peer.
+
+pub mod cert;
+pub mod limits;
+pub mod login;
+pub mod name;
+pub mod protocol;
+
+pub use cert::{CertError, Certificate, IssuerKey, IssuerSigningKey, KeyId};
+pub use name::{NameError, UserName};

@@ -1,0 +1,23 @@
+//! Size and count limits shared by every component. Every input from the network or a user is
+//! checked against one of these before it is used.
+
+/// Shortest accepted user name, in bytes (names are ASCII).
+pub const MIN_NAME_LEN: usize = 3;
+/// Longest accepted user name, in bytes.
+pub const MAX_NAME_LEN: usize = 32;
+/// Shortest accepted password, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Longest accepted password, in bytes: bounds the work argon2 does for one request.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Largest login request accepted by the server (JSON bytes on the stream).
+pub const MAX_LOGIN_REQUEST_BYTES: u64 = 16 * 1024;
+/// Largest login response accepted by a client (JSON bytes on the stream).
+pub const MAX_LOGIN_RESPONSE_BYTES: u64 = 64 * 1024;
+/// Most superpeers the login server returns in a bootstrap list.
+pub const MAX_BOOTSTRAP_SUPERPEERS: usize = 20;
+/// Most addresses a superpeer may announce.
+pub const MAX_ANNOUNCED_ADDRS: usize = 16;
+/// Longest multiaddr accepted in text form.
+pub const MAX_ADDR_LEN: usize = 256;
+/// Largest text of a direct message, in bytes of UTF-8.
+pub const MAX_MESSAGE_TEXT_BYTES: usize = 64 * 1024;

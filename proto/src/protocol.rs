@@ -1,0 +1,10 @@
+//! Protocol identifiers spoken on the wire. Changing one is a breaking change for every peer.
+
+/// Request-response protocol between nodes and the login server (JSON).
+pub const LOGIN: &str = "/natter/login/1.0.0";
+/// Kademlia protocol of the superpeer directory; distinct from the public IPFS DHT on purpose.
+pub const KAD: &str = "/natter/kad/1.0.0";
+/// Request-response protocol for direct messages (JSON).
+pub const MSG: &str = "/natter/msg/1.0.0";
+/// Identify protocol version string, so peers of other networks are recognised and ignored.
+pub const IDENTIFY_VERSION: &str = "/natter/1.0.0";

@@ -1,1 +1,157 @@
+//! Natter's login server: the only central part of a Natter network, and not on its data path.
+//!
+//! It keeps user names unique, hashes passwords (argon2id), issues short-lived identity
+//! certificates signed by its issuer key, renews them without a password, keeps a bounded list
+//! of live superpeers for bootstrap, and runs an AutoNAT v2 server so that even the first node
+//! of a network can learn whether it is publicly reachable.
+//!
+//! Layout: [`keys`] and [`accounts`] hold state on disk, [`ratelimit`] and [`registry`] are pure
+//! bookkeeping, [`service`] decides each request, [`server`] owns the swarm and the event loop.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+
+pub mod accounts;
+pub mod keys;
+pub mod ratelimit;
+pub mod registry;
+pub mod server;
+pub mod service;
+
+pub use ratelimit::Limit;
+pub use server::Server;
+
+/// Default port of a login server, TCP and QUIC.
+pub const DEFAULT_PORT: u16 = 4747;
+
+/// Whether anyone may create an account over the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Registration {
+    #[default]
+    Open,
+    /// Only the operator creates accounts (`natter-login user add`).
+    Closed,
+}
+
+/// Everything a login server is configured by. [`Config::new`] gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub registration: Registration,
+    /// Lifetime of an issued certificate (default 24 h).
+    pub cert_lifetime: Duration,
+    /// How long after expiry a certificate can still be renewed without a password (1 h).
+    pub renew_grace: Duration,
+    /// Register and login attempts per source IP (burst 20, then one per 3 s).
+    pub ip_limit: Limit,
+    /// Failed logins per user name (burst 5, then one per 60 s).
+    pub name_limit: Limit,
+    /// Bound on the keys each rate limiter tracks.
+    pub max_rate_limit_keys: usize,
+    /// A superpeer not heard from for this long leaves bootstrap lists (150 s).
+    pub announce_ttl: Duration,
+    /// How often superpeers are asked to announce (60 s).
+    pub announce_refresh: Duration,
+    /// Most superpeers tracked (10,000).
+    pub max_superpeers: usize,
+    /// Established connections in total (4,096), per peer (4), and pending inbound (256).
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    pub max_pending_incoming: u32,
+    /// Password hashes computed at once (default: the number of cores).
+    pub password_workers: usize,
+    /// Requests being processed at once; more are refused as busy (256).
+    pub max_inflight: usize,
+    /// Close connections idle this long (30 s).
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: default_listen(DEFAULT_PORT),
+            registration: Registration::Open,
+            cert_lifetime: Duration::from_secs(24 * 3600),
+            renew_grace: Duration::from_secs(3600),
+            ip_limit: Limit {
+                burst: 20,
+                refill: Duration::from_secs(3),
+            },
+            name_limit: Limit {
+                burst: 5,
+                refill: Duration::from_secs(60),
+            },
+            max_rate_limit_keys: 100_000,
+            announce_ttl: Duration::from_secs(150),
+            announce_refresh: Duration::from_secs(60),
+            max_superpeers: 10_000,
+            max_connections: 4096,
+            max_connections_per_peer: 4,
+            max_pending_incoming: 256,
+            password_workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            max_inflight: 256,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// TCP and QUIC on all IPv4 interfaces.
+pub fn default_listen(port: u16) -> Vec<Multiaddr> {
+    [
+        format!("/ip4/0.0.0.0/tcp/{port}"),
+        format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
+    ]
+    .iter()
+    .map(|a| a.parse().expect("constant multiaddr"))
+    .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {path} is unusable: {1}", path = .0.display())]
+    BadKeyFile(PathBuf, String),
+    #[error("account database {}: {source}", path.display())]
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("account database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("network setup failed: {0}")]
+    Transport(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    pub(crate) fn db(path: &Path, source: rusqlite::Error) -> Self {
+        Error::Db {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    pub(crate) fn sql(source: rusqlite::Error) -> Self {
+        Error::Sql(source)
+    }
+}

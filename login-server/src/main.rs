@@ -1,1 +1,221 @@
-fn main() {}
+//! `natter-login`: run a Natter login server and manage its accounts.
+
+use std::io::{BufRead as _, IsTerminal as _};
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
+use natter_login_server::accounts::{self, Accounts};
+use natter_login_server::{Config, Registration, Server, keys};
+use natter_proto::UserName;
+use natter_proto::login::Password;
+use tokio_util::sync::CancellationToken;
+
+/// Natter login server: unique user names and signed identity certificates.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Directory for the account database and keys (created 0700 if missing).
+    #[arg(long, env = "NATTER_LOGIN_DATA", global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the login protocol until SIGINT or SIGTERM.
+    Serve {
+        /// Address to listen on; repeat for several (default: TCP and QUIC on port 4747).
+        #[arg(long = "listen", value_name = "MULTIADDR")]
+        listen: Vec<Multiaddr>,
+        /// Whether users may create accounts themselves.
+        #[arg(long, value_enum, default_value_t = Registration::Open)]
+        registration: Registration,
+    },
+    /// Manage accounts directly in the database (works while the server runs).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Print this server's peer id and issuer key.
+    Info {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account; the password is read from stdin (first line) or prompted.
+    Add { name: String },
+    /// Disable an account: no more logins or renewals.
+    Disable { name: String },
+    /// List accounts.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn data_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &cli.data_dir {
+        return Ok(dir.clone());
+    }
+    directories::ProjectDirs::from("", "", "natter-login")
+        .map(|d| d.data_dir().to_owned())
+        .context("no home directory: pass --data-dir")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = data_dir(&cli)?;
+    match cli.command {
+        Command::Serve {
+            listen,
+            registration,
+        } => {
+            let mut config = Config::new(&dir);
+            if !listen.is_empty() {
+                config.listen = listen;
+            }
+            config.registration = registration;
+            serve(config)
+        }
+        Command::User(cmd) => user(&dir, cmd),
+        Command::Info { json } => info(&dir, json),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let server = Server::bind(config).await?;
+        for addr in server.listen_addrs() {
+            println!("listening on {addr}");
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        server.run(shutdown).await?;
+        Ok(())
+    })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+fn user(dir: &std::path::Path, cmd: UserCommand) -> anyhow::Result<()> {
+    keys::ensure_private_dir(dir)?;
+    let db = Accounts::open(dir)?;
+    match cmd {
+        UserCommand::Add { name } => {
+            let name = UserName::parse(&name)?;
+            if db.exists(&name)? {
+                bail!("the name {name} is already taken");
+            }
+            let password = read_password(&format!("password for {name}: "))?;
+            password.check().map_err(anyhow::Error::msg)?;
+            let hash = accounts::hash_password(&password)?;
+            if !db.create(&name, &hash, natter_login_server::service::unix_now())? {
+                bail!("the name {name} is already taken");
+            }
+            println!("added {name}");
+        }
+        UserCommand::Disable { name } => {
+            let name = UserName::parse(&name)?;
+            if !db.set_disabled(&name, true)? {
+                bail!("no user named {name}");
+            }
+            println!(
+                "disabled {name}: no more logins or renewals; current certificates expire within their lifetime"
+            );
+        }
+        UserCommand::List { json } => {
+            let list = db.list()?;
+            if json {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({
+                            "name": a.name.as_str(),
+                            "created_at": a.created_at,
+                            "disabled": a.disabled,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for a in list {
+                    let state = if a.disabled { "disabled" } else { "active" };
+                    println!("{}\t{state}", a.name);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn info(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    keys::ensure_private_dir(dir)?;
+    let peer_id = keys::load_or_create_node_key(dir)?.public().to_peer_id();
+    let issuer = keys::load_or_create_issuer_key(dir)?.public();
+    if json {
+        let v = serde_json::json!({
+            "peer_id": peer_id.to_string(),
+            "issuer_key": issuer.to_base64(),
+            "issuer_key_id": issuer.key_id().to_string(),
+            "data_dir": dir.display().to_string(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("peer id:       {peer_id}");
+        println!("issuer key:    {}", issuer.to_base64());
+        println!("issuer key id: {}", issuer.key_id());
+        println!("data dir:      {}", dir.display());
+    }
+    Ok(())
+}
+
+/// First line of stdin when it is not a terminal, else a prompt without echo. Never argv.
+fn read_password(prompt: &str) -> anyhow::Result<Password> {
+    if std::io::stdin().is_terminal() {
+        Ok(Password::new(rpassword::prompt_password(prompt)?))
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        Ok(Password::new(line.trim_end_matches(['\n', '\r'])))
+    }
+}

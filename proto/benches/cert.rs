@@ -25,15 +25,16 @@ fn bench(c: &mut Criterion) {
     group.bench_function("issue", |b| {
         b.iter(|| issuer.issue(black_box(name.clone()), device, 1, now, 86_400))
     });
-    let cert = issuer.issue(name.clone(), device, 1, now, 86_400).expect("issue");
+    let cert = issuer
+        .issue(name.clone(), device, 1, now, 86_400)
+        .expect("issue");
     group.bench_function("verify", |b| {
         b.iter(|| black_box(&cert).verify(&public, now + 1))
     });
     let bytes = cert.to_bytes();
     group.bench_function("decode+verify", |b| {
         b.iter(|| {
-            Certificate::from_bytes(black_box(&bytes))
-                .and_then(|c| c.verify(&public, now + 1))
+            Certificate::from_bytes(black_box(&bytes)).and_then(|c| c.verify(&public, now + 1))
         })
     });
     group.finish();

@@ -11,8 +11,8 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::Signer as _;
-use sha2::{Digest, Sha512};
 use libp2p_identity::PeerId;
+use sha2::{Digest, Sha512};
 
 use crate::name::{NameError, UserName};
 

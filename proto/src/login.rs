@@ -201,6 +201,10 @@ mod tests {
     fn password_rules() {
         assert!(Password::new("short").check().is_err());
         assert!(Password::new("long enough").check().is_ok());
-        assert!(Password::new("x".repeat(MAX_PASSWORD_BYTES + 1)).check().is_err());
+        assert!(
+            Password::new("x".repeat(MAX_PASSWORD_BYTES + 1))
+                .check()
+                .is_err()
+        );
     }
 }

@@ -106,10 +106,7 @@ mod tests {
     fn accepts_and_folds() {
         assert_eq!(UserName::parse("Alice").unwrap().as_str(), "alice");
         assert_eq!(UserName::parse("a.b_c-9").unwrap().as_str(), "a.b_c-9");
-        assert_eq!(
-            UserName::parse(&"a".repeat(32)).unwrap().as_str().len(),
-            32
-        );
+        assert_eq!(UserName::parse(&"a".repeat(32)).unwrap().as_str().len(), 32);
     }
 
     #[test]

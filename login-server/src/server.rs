@@ -1,0 +1,293 @@
+//! The login server's swarm and event loop. Only this loop touches the swarm; requests are
+//! decided by [`Service`] on the blocking pool and answered back through a bounded channel.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, identify, noise, ping,
+    tcp, yamux,
+};
+use natter_proto::limits::{MAX_LOGIN_REQUEST_BYTES, MAX_LOGIN_RESPONSE_BYTES};
+use natter_proto::login::{LoginRequest, LoginResponse, Refusal, RefusalCode};
+use natter_proto::{IssuerKey, protocol};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::accounts::Accounts;
+use crate::service::{Caller, Service};
+use crate::{Config, Error, keys};
+
+type LoginCodec = request_response::json::codec::Codec<LoginRequest, LoginResponse>;
+type Responder = request_response::ResponseChannel<LoginResponse>;
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    login: request_response::Behaviour<LoginCodec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    autonat: autonat::v2::server::Behaviour,
+}
+
+/// A bound login server: keys loaded, database open, listening. Call [`Server::run`] to serve.
+pub struct Server {
+    swarm: Swarm<Behaviour>,
+    service: Arc<Service>,
+    listen_addrs: Vec<Multiaddr>,
+    config: Config,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("peer_id", self.swarm.local_peer_id())
+            .field("listen_addrs", &self.listen_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Loads (or creates) keys and accounts in `config.data_dir` and starts listening. Returns
+    /// once every listen address is bound.
+    pub async fn bind(config: Config) -> Result<Self, Error> {
+        keys::ensure_private_dir(&config.data_dir)?;
+        let identity = keys::load_or_create_node_key(&config.data_dir)?;
+        let issuer = keys::load_or_create_issuer_key(&config.data_dir)?;
+        let accounts = Accounts::open(&config.data_dir)?;
+        let service = Arc::new(Service::new(accounts, issuer, config.clone()));
+
+        let mut swarm = build_swarm(identity, &config)?;
+        let mut pending = HashMap::new();
+        for addr in &config.listen {
+            let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+            pending.insert(id, addr.clone());
+        }
+        let peer_id = *swarm.local_peer_id();
+        let mut listen_addrs = Vec::new();
+        // Wait until every listener reports an address; a wildcard listener reports one per
+        // interface, and those that arrive right after are collected too.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let wait = if pending.is_empty() {
+                tokio::time::Instant::now() + Duration::from_millis(100)
+            } else {
+                deadline
+            };
+            let event = match tokio::time::timeout_at(wait, swarm.select_next_some()).await {
+                Ok(event) => event,
+                Err(_) if pending.is_empty() => break,
+                Err(_) => {
+                    let addr = pending.into_values().next().expect("not empty");
+                    return Err(Error::Listen {
+                        addr,
+                        reason: "no address reported within 10 s".into(),
+                    });
+                }
+            };
+            match event {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    pending.remove(&listener_id);
+                    listen_addrs.push(address.with_p2p(peer_id).expect("own peer id"));
+                }
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason: Err(e),
+                    ..
+                }
+                | SwarmEvent::ListenerError {
+                    listener_id,
+                    error: e,
+                } => {
+                    if let Some(addr) = pending.remove(&listener_id) {
+                        return Err(Error::Listen {
+                            addr,
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+                other => tracing::trace!(?other, "event while binding"),
+            }
+        }
+        Ok(Self {
+            swarm,
+            service,
+            listen_addrs,
+            config,
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Bound addresses, each ending in `/p2p/<peer id>`: what users pass as `--login`.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    pub fn issuer_key(&self) -> IssuerKey {
+        self.service.issuer_key()
+    }
+
+    /// Serves until `shutdown` is cancelled. Requests in progress are dropped; every state
+    /// change already committed to SQLite stays.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
+        let (done_tx, mut done_rx) =
+            mpsc::channel::<(Responder, LoginResponse)>(self.config.max_inflight);
+        let inflight = Arc::new(Semaphore::new(self.config.max_inflight));
+        let password_work = Arc::new(Semaphore::new(self.config.password_workers.max(1)));
+        let mut remote_ips: HashMap<ConnectionId, IpAddr> = HashMap::new();
+        tracing::info!(peer_id = %self.peer_id(), issuer_key = %self.issuer_key().to_base64(), "login server running");
+
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some((channel, response)) = done_rx.recv() => {
+                    if self.swarm.behaviour_mut().login.send_response(channel, response).is_err() {
+                        tracing::debug!("requester went away before the response");
+                    }
+                }
+                event = self.swarm.select_next_some() => match event {
+                    SwarmEvent::ConnectionEstablished { connection_id, endpoint, peer_id, .. } => {
+                        if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                            remote_ips.insert(connection_id, ip);
+                        }
+                        tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                    }
+                    SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                        remote_ips.remove(&connection_id);
+                    }
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        tracing::info!(%address, "listening");
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Login(request_response::Event::Message {
+                        peer,
+                        connection_id,
+                        message: request_response::Message::Request { request, channel, .. },
+                    })) => {
+                        let caller = Caller { peer, ip: remote_ips.get(&connection_id).copied() };
+                        self.dispatch(request, channel, caller, &inflight, &password_work, &done_tx);
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Login(request_response::Event::InboundFailure { peer, error, .. })) => {
+                        tracing::debug!(%peer, %error, "login request failed");
+                    }
+                    other => tracing::trace!(?other, "swarm event"),
+                },
+            }
+        }
+        tracing::info!("login server stopped");
+        Ok(())
+    }
+
+    /// Runs one request on the blocking pool, or refuses it at once when the server is at its
+    /// concurrency limits: nothing waits in an unbounded queue.
+    fn dispatch(
+        &mut self,
+        request: LoginRequest,
+        channel: Responder,
+        caller: Caller,
+        inflight: &Arc<Semaphore>,
+        password_work: &Arc<Semaphore>,
+        done: &mpsc::Sender<(Responder, LoginResponse)>,
+    ) {
+        let Ok(slot) = inflight.clone().try_acquire_owned() else {
+            let busy = Refusal {
+                retry_after_secs: Some(1),
+                ..Refusal::new(RefusalCode::Busy, "login server is busy, retry in 1 s")
+            };
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .login
+                .send_response(channel, LoginResponse::Refused(busy));
+            return;
+        };
+        let expensive = Service::is_expensive(&request).then(|| password_work.clone());
+        let service = self.service.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            // Password hashes queue here, bounded by `inflight`; cheap requests never wait.
+            let _hash_slot = match expensive {
+                Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
+                None => None,
+            };
+            let response = tokio::task::spawn_blocking(move || service.handle(request, caller))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "request task failed");
+                    LoginResponse::Refused(Refusal::new(RefusalCode::Internal, "internal error"))
+                });
+            let _ = done.send((channel, response)).await;
+            drop(slot);
+        });
+    }
+}
+
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+fn build_swarm(
+    identity: libp2p::identity::Keypair,
+    config: &Config,
+) -> Result<Swarm<Behaviour>, Error> {
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.max_connections))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(config.max_pending_incoming));
+    let codec = LoginCodec::default()
+        .set_request_size_maximum(MAX_LOGIN_REQUEST_BYTES)
+        .set_response_size_maximum(MAX_LOGIN_RESPONSE_BYTES);
+    let rr_config = request_response::Config::default()
+        .with_request_timeout(Duration::from_secs(30))
+        .with_max_concurrent_streams(64);
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_behaviour(|key| Behaviour {
+            limits: connection_limits::Behaviour::new(limits),
+            login: request_response::Behaviour::with_codec(
+                codec,
+                [(
+                    StreamProtocol::new(protocol::LOGIN),
+                    ProtocolSupport::Inbound,
+                )],
+                rr_config,
+            ),
+            identify: identify::Behaviour::new(
+                identify::Config::new(protocol::IDENTIFY_VERSION.into(), key.public())
+                    .with_agent_version(format!("natter-login/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::default(),
+            autonat: autonat::v2::server::Behaviour::default(),
+        })
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+    Ok(swarm)
+}

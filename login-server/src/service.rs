@@ -1,0 +1,340 @@
+//! What the login server decides for each request. Blocking (SQLite, argon2): the event loop runs
+//! it on the blocking pool, and nothing here touches the swarm.
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use libp2p::{Multiaddr, PeerId};
+use natter_proto::limits::{MAX_ADDR_LEN, MAX_ANNOUNCED_ADDRS, MAX_PASSWORD_BYTES};
+use natter_proto::login::{LoginRequest, LoginResponse, Password, Refusal, RefusalCode};
+use natter_proto::{Certificate, IssuerSigningKey, UserName};
+
+use crate::accounts::{self, Accounts};
+use crate::ratelimit::RateLimiter;
+use crate::registry::Registry;
+use crate::{Config, Registration};
+
+/// Who sent a request: the Noise-authenticated peer and, when known, its source IP.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub peer: PeerId,
+    pub ip: Option<IpAddr>,
+}
+
+/// The login server's state and rules, shared by the request tasks.
+#[derive(Debug)]
+pub struct Service {
+    accounts: Accounts,
+    issuer: IssuerSigningKey,
+    config: Config,
+    by_ip: Mutex<RateLimiter<IpAddr>>,
+    by_name: Mutex<RateLimiter<UserName>>,
+    registry: Mutex<Registry>,
+}
+
+/// Wall-clock time in unix seconds, as certificates use it.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Outcome = Result<LoginResponse, Refusal>;
+
+impl Service {
+    pub fn new(accounts: Accounts, issuer: IssuerSigningKey, config: Config) -> Self {
+        Self {
+            accounts,
+            issuer,
+            by_ip: Mutex::new(RateLimiter::new(
+                config.ip_limit,
+                config.max_rate_limit_keys,
+            )),
+            by_name: Mutex::new(RateLimiter::new(
+                config.name_limit,
+                config.max_rate_limit_keys,
+            )),
+            registry: Mutex::new(Registry::new(config.announce_ttl, config.max_superpeers)),
+            config,
+        }
+    }
+
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    pub fn issuer_key(&self) -> natter_proto::IssuerKey {
+        self.issuer.public()
+    }
+
+    /// Whether a request costs a password hash (so it runs under the tighter concurrency cap).
+    pub fn is_expensive(request: &LoginRequest) -> bool {
+        matches!(
+            request,
+            LoginRequest::Register { .. } | LoginRequest::Login { .. }
+        )
+    }
+
+    pub fn handle(&self, request: LoginRequest, caller: Caller) -> LoginResponse {
+        let kind = request.kind();
+        let outcome = match request {
+            LoginRequest::Register { name, password } => self.register(&name, &password, caller),
+            LoginRequest::Login { name, password } => self.login(&name, &password, caller),
+            LoginRequest::Renew { cert } => self.renew(&cert, caller),
+            LoginRequest::Exists { name } => self.exists(&name),
+            LoginRequest::Announce {
+                cert,
+                addrs,
+                leaves,
+                capacity,
+            } => self.announce(&cert, addrs, leaves, capacity, caller),
+        };
+        match outcome {
+            Ok(response) => {
+                tracing::debug!(peer = %caller.peer, kind, "request served");
+                response
+            }
+            Err(refusal) => {
+                tracing::info!(peer = %caller.peer, ip = ?caller.ip, kind, code = ?refusal.code, "request refused");
+                LoginResponse::Refused(refusal)
+            }
+        }
+    }
+
+    fn internal(&self, e: crate::Error) -> Refusal {
+        tracing::error!(error = %e, "internal error");
+        Refusal::new(RefusalCode::Internal, "internal error on the login server")
+    }
+
+    fn parse_name(name: &str) -> Result<UserName, Refusal> {
+        UserName::parse(name).map_err(|e| Refusal::new(RefusalCode::InvalidName, e.to_string()))
+    }
+
+    /// Per-IP limit: every register or login attempt counts.
+    fn limit_ip(&self, caller: Caller) -> Result<(), Refusal> {
+        match caller.ip {
+            Some(ip) => lock(&self.by_ip)
+                .acquire(&ip, Instant::now())
+                .map_err(|secs| Refusal::retry_after(RefusalCode::RateLimited, secs)),
+            None => Ok(()),
+        }
+    }
+
+    fn register(&self, name: &str, password: &Password, caller: Caller) -> Outcome {
+        if self.config.registration == Registration::Closed {
+            return Err(Refusal::new(
+                RefusalCode::RegistrationClosed,
+                "registration is closed on this login server; ask its operator for an account",
+            ));
+        }
+        self.limit_ip(caller)?;
+        let name = Self::parse_name(name)?;
+        password
+            .check()
+            .map_err(|m| Refusal::new(RefusalCode::InvalidPassword, m))?;
+        if self.accounts.exists(&name).map_err(|e| self.internal(e))? {
+            return Err(name_taken(&name));
+        }
+        let hash = accounts::hash_password(password).map_err(|e| self.internal(e))?;
+        if !self
+            .accounts
+            .create(&name, &hash, unix_now())
+            .map_err(|e| self.internal(e))?
+        {
+            return Err(name_taken(&name));
+        }
+        tracing::info!(user = %name, peer = %caller.peer, "account registered");
+        self.issue(name, caller.peer)
+    }
+
+    fn login(&self, name: &str, password: &Password, caller: Caller) -> Outcome {
+        self.limit_ip(caller)?;
+        let name = Self::parse_name(name)?;
+        if password.expose().len() > MAX_PASSWORD_BYTES {
+            return Err(Refusal::new(
+                RefusalCode::InvalidPassword,
+                "password is too long",
+            ));
+        }
+        lock(&self.by_name)
+            .check(&name, Instant::now())
+            .map_err(|secs| Refusal::retry_after(RefusalCode::RateLimited, secs))?;
+        let account = self
+            .accounts
+            .get(&name)
+            .map_err(|e| self.internal(e))?
+            .ok_or_else(|| unknown_user(&name))?;
+        if !accounts::verify_password(password, &account.password_hash) {
+            lock(&self.by_name).record(&name, Instant::now());
+            return Err(Refusal::new(
+                RefusalCode::WrongPassword,
+                format!("wrong password for {name}"),
+            ));
+        }
+        if account.disabled {
+            return Err(disabled(&name));
+        }
+        tracing::info!(user = %name, peer = %caller.peer, "logged in");
+        self.issue(name, caller.peer)
+    }
+
+    fn renew(&self, cert: &Certificate, caller: Caller) -> Outcome {
+        let name = self.check_cert(cert, caller, self.config.renew_grace.as_secs())?;
+        tracing::debug!(user = %name, peer = %caller.peer, "renewed");
+        self.issue(name, caller.peer)
+    }
+
+    /// A certificate presented by `caller`: ours, valid (within `grace`), issued to the
+    /// caller's own key, for an account that is still active.
+    fn check_cert(
+        &self,
+        cert: &Certificate,
+        caller: Caller,
+        grace: u64,
+    ) -> Result<UserName, Refusal> {
+        cert.verify_with_grace(&self.issuer.public(), unix_now(), grace)
+            .map_err(|e| Refusal::new(RefusalCode::InvalidCertificate, e.to_string()))?;
+        if cert.peer_id() != caller.peer {
+            return Err(Refusal::new(
+                RefusalCode::NotAuthorized,
+                "certificate was issued to another device",
+            ));
+        }
+        let name = cert.username().clone();
+        let account = self
+            .accounts
+            .get(&name)
+            .map_err(|e| self.internal(e))?
+            .ok_or_else(|| unknown_user(&name))?;
+        if account.disabled {
+            return Err(disabled(&name));
+        }
+        Ok(name)
+    }
+
+    fn exists(&self, name: &str) -> Outcome {
+        let name = Self::parse_name(name)?;
+        let exists = self.accounts.exists(&name).map_err(|e| self.internal(e))?;
+        Ok(LoginResponse::Exists {
+            name: name.to_string(),
+            exists,
+        })
+    }
+
+    fn announce(
+        &self,
+        cert: &Certificate,
+        addrs: Vec<String>,
+        leaves: u32,
+        capacity: u32,
+        caller: Caller,
+    ) -> Outcome {
+        if let Err(refusal) = self.check_cert(cert, caller, 0) {
+            lock(&self.registry).remove(&caller.peer);
+            return Err(refusal);
+        }
+        if addrs.is_empty() || addrs.len() > MAX_ANNOUNCED_ADDRS {
+            return Err(Refusal::new(
+                RefusalCode::BadRequest,
+                format!("announce 1 to {MAX_ANNOUNCED_ADDRS} addresses"),
+            ));
+        }
+        for addr in &addrs {
+            if addr.len() > MAX_ADDR_LEN || addr.parse::<Multiaddr>().is_err() {
+                return Err(Refusal::new(
+                    RefusalCode::BadRequest,
+                    "announced address is not a valid multiaddr",
+                ));
+            }
+        }
+        if !lock(&self.registry).announce(caller.peer, addrs, leaves, capacity, Instant::now()) {
+            return Err(Refusal {
+                retry_after_secs: Some(self.config.announce_refresh.as_secs()),
+                ..Refusal::new(RefusalCode::Busy, "superpeer table is full")
+            });
+        }
+        Ok(LoginResponse::Announced {
+            refresh_secs: self.config.announce_refresh.as_secs(),
+        })
+    }
+
+    fn issue(&self, name: UserName, peer: PeerId) -> Outcome {
+        let device_key = device_key_of(&peer).ok_or_else(|| {
+            Refusal::new(
+                RefusalCode::NotAuthorized,
+                "device identity must be an ed25519 key",
+            )
+        })?;
+        let serial = self.accounts.next_serial().map_err(|e| self.internal(e))?;
+        let cert = self
+            .issuer
+            .issue(
+                name,
+                device_key,
+                serial,
+                unix_now(),
+                self.config.cert_lifetime.as_secs(),
+            )
+            .map_err(|e| self.internal(crate::Error::Internal(e.to_string())))?;
+        Ok(LoginResponse::Issued {
+            cert,
+            issuer_key: self.issuer.public(),
+            superpeers: lock(&self.registry).bootstrap(Instant::now(), Some(&peer)),
+        })
+    }
+
+    pub fn live_superpeers(&self) -> usize {
+        lock(&self.registry).live_count(Instant::now())
+    }
+}
+
+/// The raw ed25519 key behind a PeerId. Ed25519 PeerIds inline the public key (identity
+/// multihash), so the key is recovered without any extra exchange.
+pub fn device_key_of(peer: &PeerId) -> Option<[u8; 32]> {
+    let mh = multihash_bytes(peer)?;
+    let public = libp2p::identity::PublicKey::try_decode_protobuf(&mh).ok()?;
+    public.try_into_ed25519().ok().map(|k| k.to_bytes())
+}
+
+fn multihash_bytes(peer: &PeerId) -> Option<Vec<u8>> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    // 0x00 = identity hash: the digest is the protobuf-encoded public key itself.
+    (mh.code() == 0x00).then(|| mh.digest().to_vec())
+}
+
+fn name_taken(name: &UserName) -> Refusal {
+    Refusal::new(
+        RefusalCode::NameTaken,
+        format!("the name {name} is already taken"),
+    )
+}
+
+fn unknown_user(name: &UserName) -> Refusal {
+    Refusal::new(RefusalCode::UnknownUser, format!("no user named {name}"))
+}
+
+fn disabled(name: &UserName) -> Refusal {
+    Refusal::new(
+        RefusalCode::AccountDisabled,
+        format!("the account {name} is disabled"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_key_is_recovered_from_ed25519_peer_id() {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let expected = key.clone().try_into_ed25519().unwrap().public().to_bytes();
+        assert_eq!(device_key_of(&key.public().to_peer_id()), Some(expected));
+        assert_eq!(device_key_of(&PeerId::random()), None);
+    }
+}

@@ -258,7 +258,11 @@ fn dial_error_reason(error: &libp2p::swarm::DialError) -> String {
     }
 }
 
-fn build_swarm(key: Keypair) -> Result<Swarm<request_response::Behaviour<LoginCodec>>, LoginError> {
+/// A swarm that speaks only the login protocol, as a client: what one-shot commands and load
+/// generators use.
+pub fn build_swarm(
+    key: Keypair,
+) -> Result<Swarm<request_response::Behaviour<LoginCodec>>, LoginError> {
     let transport = |e: &dyn std::fmt::Display| LoginError::Transport(e.to_string());
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()

@@ -92,6 +92,8 @@ pub struct SuperpeerInfo {
 }
 
 /// The login server's answer.
+// One response per request, moved once: boxing the certificate would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LoginResponse {

@@ -1,5 +1,7 @@
 //! The real `natter-login` and `natter` binaries, as separate processes on loopback.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

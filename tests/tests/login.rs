@@ -1,6 +1,8 @@
 //! The login protocol end to end, in-process over real loopback sockets: registration, login,
 //! renewal, refusals, rate limits, restarts.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::time::Duration;
 
 use libp2p::identity::Keypair;

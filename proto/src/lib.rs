@@ -8,7 +8,10 @@ pub mod cert;
 pub mod limits;
 pub mod login;
 pub mod name;
+pub mod overlay;
+pub mod presence;
 pub mod protocol;
 
 pub use cert::{CertError, Certificate, IssuerKey, IssuerSigningKey, KeyId};
 pub use name::{NameError, UserName};
+pub use presence::{PresenceBody, PresenceRecord, RecordError, Status};

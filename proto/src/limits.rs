@@ -21,3 +21,13 @@ pub const MAX_ANNOUNCED_ADDRS: usize = 16;
 pub const MAX_ADDR_LEN: usize = 256;
 /// Largest text of a direct message, in bytes of UTF-8.
 pub const MAX_MESSAGE_TEXT_BYTES: usize = 64 * 1024;
+/// Largest presence record, as stored in the directory (JSON bytes).
+pub const MAX_RECORD_BYTES: usize = 4 * 1024;
+/// Most relay addresses in a presence record (primary and standby superpeer, TCP and QUIC).
+pub const MAX_RECORD_RELAY_ADDRS: usize = 8;
+/// Most direct addresses in a presence record.
+pub const MAX_RECORD_DIRECT_ADDRS: usize = 8;
+/// Longest lease a presence record may claim: `expires_at - last_seen`.
+pub const MAX_RECORD_LEASE_SECS: u64 = 120;
+/// Largest overlay request or response (JSON bytes).
+pub const MAX_OVERLAY_MESSAGE_BYTES: u64 = 16 * 1024;

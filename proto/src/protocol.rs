@@ -4,6 +4,8 @@
 pub const LOGIN: &str = "/natter/login/1.0.0";
 /// Kademlia protocol of the superpeer directory; distinct from the public IPFS DHT on purpose.
 pub const KAD: &str = "/natter/kad/1.0.0";
+/// Request-response protocol between leaves and superpeers, and among superpeers (JSON).
+pub const OVERLAY: &str = "/natter/overlay/1.0.0";
 /// Request-response protocol for direct messages (JSON).
 pub const MSG: &str = "/natter/msg/1.0.0";
 /// Identify protocol version string, so peers of other networks are recognised and ignored.

@@ -1,0 +1,100 @@
+//! JSON wire types of the overlay protocol ([`crate::protocol::OVERLAY`]): leaves attaching to
+//! superpeers, publishing their presence and looking users up, and superpeers confirming each
+//! other's leaves are still attached.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cert::Certificate;
+use crate::login::SuperpeerInfo;
+use crate::presence::PresenceRecord;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OverlayRequest {
+    /// A leaf asks to attach, presenting its certificate (which must name the connection's key).
+    Attach { cert: Certificate },
+    /// A leaf hands its signed presence record to its primary superpeer, which stores it in the
+    /// directory. Sent again before each lease runs out; this is the leaf's heartbeat.
+    Publish { record: PresenceRecord },
+    /// A leaf (or a superpeer's own user) looks a user up.
+    Lookup { name: String },
+    /// A leaf leaves gracefully (after publishing an offline record).
+    Detach,
+    /// A superpeer asks a record's home superpeer whether the user's device is still attached.
+    IsAttached { peer_id: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // one response per request, moved once
+pub enum OverlayResponse {
+    /// Attached: publish within `lease_secs`. `superpeers` are others worth keeping as standby.
+    Attached {
+        lease_secs: u64,
+        superpeers: Vec<SuperpeerInfo>,
+    },
+    /// This superpeer holds as many leaves as it accepts; try one of `alternatives`.
+    Full {
+        alternatives: Vec<SuperpeerInfo>,
+    },
+    Published,
+    /// The user's newest valid record, and whether its home superpeer confirms the device.
+    Found {
+        record: PresenceRecord,
+        confirmed: bool,
+    },
+    /// No record: the user has not been online since records expired, or does not exist.
+    NotFound,
+    Detached,
+    Attachment {
+        attached: bool,
+    },
+    Refused {
+        code: OverlayRefusal,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlayRefusal {
+    /// The node asked is not a superpeer (any more).
+    NotSuperpeer,
+    /// No valid certificate for this connection.
+    NotAttached,
+    InvalidCertificate,
+    InvalidRecord,
+    InvalidName,
+    /// The directory could not be asked (no other superpeers, timeout).
+    Unavailable,
+    BadRequest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shape() {
+        let req = OverlayRequest::Lookup {
+            name: "alice".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"type":"lookup","name":"alice"}"#
+        );
+        let resp = OverlayResponse::Refused {
+            code: OverlayRefusal::NotSuperpeer,
+            message: "not a superpeer".into(),
+        };
+        let json = serde_json::to_string(&resp).unwrap();
+        assert_eq!(
+            serde_json::from_str::<OverlayResponse>(&json).unwrap(),
+            resp
+        );
+        assert!(
+            serde_json::from_str::<OverlayRequest>(r#"{"type":"lookup","name":"a","x":1}"#)
+                .is_err()
+        );
+    }
+}

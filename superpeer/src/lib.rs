@@ -1,3 +1,12 @@
-//! The superpeer role of Natter: promotion policy, leaf admission, directory record validation
-//! and relay limits. The overlay work fills this crate; until then it holds no code, so nothing
-//! here pretends to work.
+//! The superpeer role of Natter, as decisions the node's event loop asks for: whether to be a
+//! superpeer ([`promotion`]), whom to admit as a leaf ([`leaves`]), what to store in the
+//! directory ([`directory`]), and how generous the relay is ([`relay`]). Everything here is
+//! plain state and pure functions; the swarm stays in the node.
+
+pub mod directory;
+pub mod leaves;
+pub mod promotion;
+pub mod relay;
+
+pub use leaves::{Admission, LeafTable};
+pub use promotion::{Decision, Resources, Role, Thresholds};

@@ -1,0 +1,138 @@
+//! What the lab prints: libtest-style lines per scenario, a table of the hosts (network, how
+//! the internet sees them, how long registration and login took) and the closing count.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::topology::Topology;
+
+/// One host's line in the table.
+#[derive(Debug)]
+pub(crate) struct Row {
+    host: &'static str,
+    network: &'static str,
+    address: String,
+    /// The host's UDP mapping as public1 and public2 see it.
+    pub(crate) seen: Option<[SocketAddr; 2]>,
+    pub(crate) register: Option<Duration>,
+    pub(crate) login: Option<Duration>,
+}
+
+/// Everything measured in one run of the lab.
+#[derive(Debug)]
+pub(crate) struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    pub(crate) fn new(topo: &Topology) -> Self {
+        let address = |d: &patchbay::Device| d.ip().map(|ip| ip.to_string()).unwrap_or_default();
+        let mut rows = vec![Row {
+            host: "login",
+            network: "public (natter-login)",
+            address: address(&topo.login),
+            seen: None,
+            register: None,
+            login: None,
+        }];
+        rows.extend(topo.hosts.iter().map(|h| Row {
+            host: h.name,
+            network: h.network.describe(),
+            address: address(&h.device),
+            seen: None,
+            register: None,
+            login: None,
+        }));
+        Self { rows }
+    }
+
+    pub(crate) fn row(&mut self, host: &str) -> Option<&mut Row> {
+        self.rows.iter_mut().find(|r| r.host == host)
+    }
+
+    pub(crate) fn print(&self) {
+        println!();
+        println!(
+            "{:<8} {:<34} {:<13} {:<32} {:>14} {:>12}",
+            "host",
+            "network",
+            "address",
+            "UDP mapping seen by public1 | 2",
+            "register tcp",
+            "login quic"
+        );
+        for r in &self.rows {
+            let seen = match r.seen {
+                None => "-".to_owned(),
+                Some([a, b]) if a == b => a.to_string(),
+                Some([a, b]) if a.ip() == b.ip() => format!("{a} | :{}", b.port()),
+                Some([a, b]) => format!("{a} | {b}"),
+            };
+            println!(
+                "{:<8} {:<34} {:<13} {:<32} {:>14} {:>12}",
+                r.host,
+                r.network,
+                r.address,
+                seen,
+                secs(r.register),
+                secs(r.login)
+            );
+        }
+        println!();
+    }
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".into(), |d| format!("{:.2}s", d.as_secs_f64()))
+}
+
+/// How one scenario (or the whole lab) ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Passed(Duration),
+    Failed(anyhow::Error),
+    Skipped(String),
+}
+
+/// The libtest line for one test, printed as it ends; a failure's cause goes to stderr.
+pub(crate) fn test_line(name: &str, outcome: &Outcome) {
+    match outcome {
+        Outcome::Passed(d) => println!("test {name} ... ok ({:.2}s)", d.as_secs_f64()),
+        Outcome::Skipped(reason) => println!("test {name} ... ignored, {reason}"),
+        Outcome::Failed(e) => {
+            println!("test {name} ... FAILED");
+            eprintln!("---- {name} ----\n{e:#}\n");
+        }
+    }
+}
+
+/// Counts of a run, closed by the plain `N passed, N failed, N skipped` line.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) passed: usize,
+    pub(crate) failed: usize,
+    pub(crate) skipped: usize,
+}
+
+impl Tally {
+    pub(crate) fn add(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Passed(_) => self.passed += 1,
+            Outcome::Failed(_) => self.failed += 1,
+            Outcome::Skipped(_) => self.skipped += 1,
+        }
+    }
+
+    pub(crate) fn close(&self, elapsed: Duration) {
+        println!();
+        println!(
+            "natlab finished in {:.1}s: {}",
+            elapsed.as_secs_f64(),
+            if self.failed == 0 { "ok" } else { "FAILED" }
+        );
+        println!(
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        );
+    }
+}

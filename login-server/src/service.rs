@@ -253,7 +253,8 @@ impl Service {
                 ));
             }
         }
-        if !lock(&self.registry).announce(caller.peer, addrs, leaves, capacity, Instant::now()) {
+        let mut registry = lock(&self.registry);
+        if !registry.announce(caller.peer, addrs, leaves, capacity, Instant::now()) {
             return Err(Refusal {
                 retry_after_secs: Some(self.config.announce_refresh.as_secs()),
                 ..Refusal::new(RefusalCode::Busy, "superpeer table is full")
@@ -261,6 +262,7 @@ impl Service {
         }
         Ok(LoginResponse::Announced {
             refresh_secs: self.config.announce_refresh.as_secs(),
+            superpeers: registry.bootstrap(Instant::now(), Some(&caller.peer)),
         })
     }
 

@@ -1,7 +1,10 @@
-//! The Natter peer: home directory, login client, and (as the overlay lands) the daemon.
+//! The Natter peer: home directory, login client, local store, control API and the daemon.
 
+pub mod control;
+pub mod daemon;
 pub mod home;
 pub mod login_client;
+pub mod store;
 
 pub use home::{Home, HomeError, Identity};
 pub use login_client::{Issued, LoginClient, LoginError};

@@ -7,9 +7,16 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
+use natter_node::control::ControlClient;
+use natter_node::daemon::api::{
+    ControlRequest, ControlResponse, LookupView, NetcheckView, StatusView,
+};
+use natter_node::daemon::{self, DaemonConfig};
 use natter_node::{Home, Identity, Issued, LoginClient};
-use natter_proto::UserName;
 use natter_proto::login::Password;
+use natter_proto::{Status, UserName};
+use natter_superpeer::Role;
+use tokio_util::sync::CancellationToken;
 
 /// Natter: presence and direct messages over a hybrid peer-to-peer network.
 #[derive(Debug, Parser)]
@@ -38,6 +45,69 @@ enum Command {
         #[arg(long, value_name = "MULTIADDR")]
         login: Multiaddr,
     },
+    /// Run the node: attach, publish presence, and promote to superpeer when reachable and
+    /// capable. Runs in the foreground until Ctrl-C, SIGTERM or `natter down`.
+    Up {
+        /// Address to listen on; repeat for several (default: TCP and QUIC, all IPv4
+        /// interfaces, ports chosen by the system).
+        #[arg(long = "listen", value_name = "MULTIADDR")]
+        listen: Vec<Multiaddr>,
+        /// auto: promote when reachable and capable; leaf: never; superpeer: always (seeds).
+        #[arg(long, value_enum, default_value_t = RoleArg::Auto)]
+        role: RoleArg,
+        /// Leaves this node accepts as a superpeer.
+        #[arg(long, default_value_t = 1000)]
+        max_leaves: usize,
+        /// Seconds the node must be up before it may promote itself.
+        #[arg(long, default_value_t = 600, value_name = "SECS")]
+        min_uptime: u64,
+        /// CPU cores needed to promote.
+        #[arg(long, default_value_t = 2)]
+        min_cores: usize,
+        /// Available memory (MiB) needed to promote.
+        #[arg(long, default_value_t = 256, value_name = "MIB")]
+        min_free_memory: u64,
+    },
+    /// Show this node's role, reachability and superpeers.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look a user up: online, away, busy, offline (with last seen) or unknown.
+    Lookup {
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show reachability, observed addresses and what can be told of the NAT.
+    Netcheck {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the status others see.
+    SetStatus {
+        #[arg(value_enum)]
+        status: StatusArg,
+    },
+    /// Sign off (others see offline with last seen) and stop the daemon.
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Auto,
+    Leaf,
+    Superpeer,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StatusArg {
+    Online,
+    Away,
+    Busy,
 }
 
 fn main() -> ExitCode {
@@ -76,7 +146,146 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let issued = runtime.block_on(client.login(&name, password))?;
             save(&home, name, login, issued, "logged in as")
         }
+        Command::Up {
+            listen,
+            role,
+            max_leaves,
+            min_uptime,
+            min_cores,
+            min_free_memory,
+        } => {
+            let mut config = DaemonConfig::default();
+            if !listen.is_empty() {
+                config.listen = listen;
+            }
+            config.role = match role {
+                RoleArg::Auto => Role::Auto,
+                RoleArg::Leaf => Role::Leaf,
+                RoleArg::Superpeer => Role::Superpeer,
+            };
+            config.max_leaves = max_leaves;
+            config.thresholds.min_uptime = std::time::Duration::from_secs(min_uptime);
+            config.thresholds.min_cores = min_cores;
+            config.thresholds.min_free_memory_mib = min_free_memory;
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(stop_on_signal(shutdown.clone()));
+                daemon::run(home, config, shutdown).await
+            })
+        }
+        Command::Status { json } => {
+            let view: StatusView = match runtime.block_on(call(&home, ControlRequest::Status))? {
+                ControlResponse::Status(v) => v,
+                other => bail!("unexpected answer from the daemon: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!("user:         {}", view.user);
+                println!("peer id:      {}", view.peer_id);
+                println!("role:         {} ({})", view.role, view.role_reason);
+                println!("reachability: {}", view.reachability);
+                println!("presence:     {}", view.presence);
+                if view.role == "superpeer" {
+                    println!("leaves:       {} of {}", view.leaves, view.max_leaves);
+                } else {
+                    println!(
+                        "primary:      {}",
+                        view.primary.as_deref().unwrap_or("none")
+                    );
+                    println!(
+                        "standby:      {}",
+                        view.standby.as_deref().unwrap_or("none")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Lookup { name, json } => {
+            let name = parse_name(&name)?;
+            let request = ControlRequest::Lookup {
+                name: name.to_string(),
+            };
+            let view: LookupView = match runtime.block_on(call(&home, request))? {
+                ControlResponse::Lookup(v) => v,
+                other => bail!("unexpected answer from the daemon: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                let seen = view
+                    .last_seen
+                    .filter(|_| view.status == "offline")
+                    .map(|s| {
+                        format!(
+                            ", last seen {}",
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)
+                            )
+                        )
+                    })
+                    .unwrap_or_default();
+                println!("{}: {}{seen}", view.user, view.status);
+            }
+            Ok(())
+        }
+        Command::Netcheck { json } => {
+            let view: NetcheckView =
+                match runtime.block_on(call(&home, ControlRequest::Netcheck))? {
+                    ControlResponse::Netcheck(v) => v,
+                    other => bail!("unexpected answer from the daemon: {other:?}"),
+                };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!("reachability: {}", view.reachability);
+                println!("NAT:          {}", view.nat);
+                for a in &view.external_addrs {
+                    println!("public:       {a}");
+                }
+                for o in &view.observed_addrs {
+                    println!("observed:     {} (by {})", o.observed, o.observer);
+                }
+            }
+            Ok(())
+        }
+        Command::SetStatus { status } => {
+            let status = match status {
+                StatusArg::Online => Status::Online,
+                StatusArg::Away => Status::Away,
+                StatusArg::Busy => Status::Busy,
+            };
+            print_done(runtime.block_on(call(&home, ControlRequest::SetStatus { status }))?)
+        }
+        Command::Down => print_done(runtime.block_on(call(&home, ControlRequest::Down))?),
     }
+}
+
+async fn call(home: &Home, request: ControlRequest) -> anyhow::Result<ControlResponse> {
+    let mut client = ControlClient::connect(home.dir()).await?;
+    Ok(client.call(&request).await?)
+}
+
+fn print_done(response: ControlResponse) -> anyhow::Result<()> {
+    match response {
+        ControlResponse::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        other => bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    shutdown.cancel();
 }
 
 fn parse_name(name: &str) -> anyhow::Result<UserName> {

@@ -107,9 +107,12 @@ pub enum LoginResponse {
         name: String,
         exists: bool,
     },
-    /// The announcement was accepted; announce again within `refresh_secs`.
+    /// The announcement was accepted; announce again within `refresh_secs`. `superpeers` are
+    /// the other live superpeers, so superpeers find each other for the directory.
     Announced {
         refresh_secs: u64,
+        #[serde(default)]
+        superpeers: Vec<SuperpeerInfo>,
     },
     Refused(Refusal),
 }

@@ -355,7 +355,10 @@ async fn superpeers_announce_and_appear_in_bootstrap_lists() {
     };
     assert!(matches!(
         sp.request(announce.clone()).await.unwrap(),
-        LoginResponse::Announced { refresh_secs: 60 }
+        LoginResponse::Announced {
+            refresh_secs: 60,
+            ..
+        }
     ));
 
     let user = client(&server);

@@ -1,0 +1,94 @@
+//! What the CLI asks the daemon over the control API, and the JSON it gets back. The views'
+//! field names are the `--json` contract of DESIGN.md (extra fields are allowed).
+
+use natter_proto::Status;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum ControlRequest {
+    Status,
+    Lookup { name: String },
+    Netcheck,
+    SetStatus { status: Status },
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlResponse {
+    Status(StatusView),
+    Lookup(LookupView),
+    Netcheck(NetcheckView),
+    Done { message: String },
+}
+
+/// `natter status --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub user: String,
+    pub peer_id: String,
+    /// "leaf" or "superpeer".
+    pub role: String,
+    /// Why the node has the role it has (e.g. "no public address confirmed by AutoNAT").
+    pub role_reason: String,
+    /// "public", "private" or "unknown".
+    pub reachability: String,
+    /// Leaves: the superpeers attached to, primary first. Superpeers: empty.
+    pub superpeers: Vec<String>,
+    pub primary: Option<String>,
+    pub standby: Option<String>,
+    /// Leaves attached to this node (superpeers only; 0 for leaves).
+    pub leaves: usize,
+    pub max_leaves: usize,
+    pub presence: String,
+    pub listen_addrs: Vec<String>,
+    pub external_addrs: Vec<String>,
+    pub records_stored: u64,
+    pub records_refused: u64,
+    pub lookups: u64,
+    pub cert_expires_at: u64,
+    pub uptime_secs: u64,
+}
+
+/// `natter lookup NAME --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupView {
+    pub user: String,
+    /// "online", "away", "busy", "offline" or "unknown".
+    pub status: String,
+    pub peer_id: Option<String>,
+    /// Relay addresses through the user's superpeers.
+    pub superpeers: Vec<String>,
+    pub direct_addrs: Vec<String>,
+    /// Unix seconds; absent when never seen (or unknown).
+    pub last_seen: Option<u64>,
+}
+
+/// `natter netcheck --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetcheckView {
+    pub reachability: String,
+    /// Addresses other peers observed us at (identify), per observer.
+    pub observed_addrs: Vec<Observation>,
+    /// Addresses confirmed reachable by AutoNAT v2.
+    pub external_addrs: Vec<String>,
+    pub listen_addrs: Vec<String>,
+    /// Recent AutoNAT v2 probes.
+    pub probes: Vec<Probe>,
+    /// Best guess at the NAT's mapping behaviour.
+    pub nat: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    pub observer: String,
+    pub observed: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub addr: String,
+    pub server: String,
+    pub reachable: bool,
+}

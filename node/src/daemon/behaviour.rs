@@ -1,0 +1,205 @@
+//! The node's one swarm: every behaviour a node may need is always present; promotion and
+//! demotion only flip their status (Kademlia mode, relay HOP), never rebuild the swarm.
+
+use std::num::NonZeroUsize;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::PeerAddresses;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm, dummy,
+};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, kad,
+    noise, ping, relay, tcp, yamux,
+};
+use natter_proto::limits::MAX_OVERLAY_MESSAGE_BYTES;
+use natter_proto::overlay::{OverlayRequest, OverlayResponse};
+use natter_proto::protocol;
+use natter_superpeer::relay::RelayLimits;
+
+use crate::login_client::{self, LoginCodec};
+
+pub(crate) type OverlayCodec =
+    request_response::json::codec::Codec<OverlayRequest, OverlayResponse>;
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) addresses: AddressBook,
+    pub(crate) relay_client: relay::client::Behaviour,
+    pub(crate) relay: relay::Behaviour,
+    pub(crate) dcutr: dcutr::Behaviour,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) autonat_client: autonat::v2::client::Behaviour,
+    pub(crate) autonat_server: autonat::v2::server::Behaviour,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) login: request_response::Behaviour<LoginCodec>,
+    pub(crate) overlay: request_response::Behaviour<OverlayCodec>,
+}
+
+/// Settings the swarm is built with.
+#[derive(Debug, Clone)]
+pub(crate) struct SwarmSettings {
+    pub(crate) max_leaves: usize,
+    pub(crate) max_connections: u32,
+    pub(crate) idle_timeout: Duration,
+}
+
+pub(crate) fn build(
+    key: libp2p::identity::Keypair,
+    settings: &SwarmSettings,
+) -> anyhow::Result<Swarm<Behaviour>> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_quic()
+        .with_dns()?
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key, relay_client| {
+            let peer_id = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(StreamProtocol::new(protocol::KAD));
+            kad_config
+                // Every record is validated before it is stored: see the event loop.
+                .set_record_filtering(kad::StoreInserts::FilterBoth)
+                .set_record_ttl(Some(Duration::from_secs(
+                    natter_proto::limits::MAX_RECORD_LEASE_SECS,
+                )))
+                // Leaves' superpeers refresh records themselves, every lease.
+                .set_publication_interval(None)
+                .set_replication_interval(Some(Duration::from_secs(60)))
+                .set_query_timeout(Duration::from_secs(10));
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad_config,
+            );
+            // Every node starts as a leaf: pinned, so libp2p never switches by itself.
+            kad.set_mode(Some(kad::Mode::Client));
+            let mut relay = relay::Behaviour::new(
+                peer_id,
+                RelayLimits::for_leaves(settings.max_leaves).to_config(),
+            );
+            relay.set_status(Some(relay::Status::Disable));
+            let overlay_codec = OverlayCodec::default()
+                .set_request_size_maximum(MAX_OVERLAY_MESSAGE_BYTES)
+                .set_response_size_maximum(MAX_OVERLAY_MESSAGE_BYTES);
+            Behaviour {
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(settings.max_connections))
+                        .with_max_established_per_peer(Some(8))
+                        .with_max_pending_incoming(Some(256)),
+                ),
+                addresses: AddressBook::new(),
+                relay_client,
+                relay,
+                dcutr: dcutr::Behaviour::new(peer_id),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(protocol::IDENTIFY_VERSION.into(), key.public())
+                        .with_agent_version(format!("natter/{}", env!("CARGO_PKG_VERSION")))
+                        .with_push_listen_addr_updates(true),
+                ),
+                ping: ping::Behaviour::default(),
+                autonat_client: autonat::v2::client::Behaviour::new(
+                    rand::make_rng::<rand::rngs::StdRng>(),
+                    autonat::v2::client::Config::default()
+                        .with_probe_interval(Duration::from_secs(2)),
+                ),
+                autonat_server: autonat::v2::server::Behaviour::default(),
+                kad,
+                login: login_client::behaviour(ProtocolSupport::Outbound),
+                overlay: request_response::Behaviour::with_codec(
+                    overlay_codec,
+                    [(
+                        StreamProtocol::new(protocol::OVERLAY),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(15))
+                        .with_max_concurrent_streams(256),
+                ),
+            }
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(settings.idle_timeout))
+        .build();
+    Ok(swarm)
+}
+
+/// Addresses of peers the node was told about (login server, superpeers from the bootstrap
+/// list and host cache), offered whenever any behaviour dials them by PeerId. Bounded LRU.
+pub(crate) struct AddressBook {
+    addrs: PeerAddresses,
+}
+
+impl AddressBook {
+    fn new() -> Self {
+        Self {
+            addrs: PeerAddresses::new(NonZeroUsize::new(1024).expect("nonzero")),
+        }
+    }
+}
+
+impl NetworkBehaviour for AddressBook {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = std::convert::Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: Option<PeerId>,
+        _: &[Multiaddr],
+        _: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        Ok(peer
+            .map(|p| self.addrs.get(&p).collect())
+            .unwrap_or_default())
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.addrs.on_swarm_event(&event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}

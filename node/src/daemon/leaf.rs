@@ -1,0 +1,367 @@
+//! The leaf side: attaching to two superpeers (primary and standby) with relay reservations on
+//! both, publishing the signed presence record through the primary, failing over when the
+//! primary goes, and lookups through the superpeer.
+
+use std::time::{Duration, Instant};
+
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::{Multiaddr, PeerId};
+use natter_proto::overlay::{OverlayRequest, OverlayResponse};
+use natter_proto::{PresenceBody, PresenceRecord, Status, UserName};
+
+use super::api::{ControlResponse, LookupView};
+use super::{Current, Daemon, LoginPending, OverlayPending, unix_now};
+use crate::control::Replier;
+
+/// How long an attach attempt may take before the next candidate is tried.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a superpeer that refused or failed is skipped.
+const SKIP_AFTER_REFUSAL: Duration = Duration::from_secs(60);
+
+impl Daemon {
+    pub(super) fn leaf_tick(&mut self) {
+        if self.going_down.is_some() {
+            return;
+        }
+        if self.primary.is_none() || self.standby.is_none() {
+            self.try_attach();
+        }
+        let due = self
+            .last_publish
+            .is_none_or(|t| t.elapsed() >= self.config.publish_interval);
+        if self.primary.is_some() && due {
+            self.publish_record(false);
+        }
+    }
+
+    fn try_attach(&mut self) {
+        if let Some((_, started)) = self.attaching {
+            if started.elapsed() < ATTACH_TIMEOUT {
+                return;
+            }
+            self.attaching = None;
+        }
+        self.refused_by
+            .retain(|_, at| at.elapsed() < SKIP_AFTER_REFUSAL);
+        let me = self.peer_id();
+        let next = self
+            .candidates
+            .iter()
+            .filter_map(|c| c.peer_id.parse::<PeerId>().ok())
+            .find(|p| {
+                *p != me
+                    && Some(*p) != self.primary
+                    && Some(*p) != self.standby
+                    && !self.refused_by.contains_key(p)
+            });
+        match next {
+            Some(peer) => {
+                tracing::debug!(%peer, "attaching");
+                self.attaching = Some((peer, Instant::now()));
+                let request = OverlayRequest::Attach {
+                    cert: self.identity.cert.clone(),
+                };
+                self.send_overlay(peer, request, OverlayPending::Attach(peer));
+            }
+            None if self.primary.is_none()
+                && self
+                    .last_renew_attempt
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(10)) =>
+            {
+                // Nothing left to try: ask the login server for a fresh bootstrap list.
+                self.renew();
+            }
+            None => {}
+        }
+    }
+
+    pub(super) fn on_attach_result(
+        &mut self,
+        peer: PeerId,
+        response: Result<OverlayResponse, String>,
+    ) {
+        if self.attaching.is_some_and(|(p, _)| p == peer) {
+            self.attaching = None;
+        }
+        match response {
+            Ok(OverlayResponse::Attached { superpeers, .. }) => {
+                if self.role == Current::Superpeer {
+                    return;
+                }
+                let slot = if self.primary.is_none() {
+                    self.primary = Some(peer);
+                    self.last_publish = None;
+                    "primary"
+                } else if self.standby.is_none() && self.primary != Some(peer) {
+                    self.standby = Some(peer);
+                    "standby"
+                } else {
+                    return;
+                };
+                self.phase(&format!("attached to {peer} ({slot})"));
+                self.reserve_relay(peer);
+                let _ = self.store.record_host(
+                    &peer.to_string(),
+                    &self.addrs_of(peer),
+                    None,
+                    None,
+                    unix_now(),
+                );
+                self.merge_candidates(superpeers);
+            }
+            Ok(OverlayResponse::Full { alternatives }) => {
+                self.phase(&format!("superpeer {peer} is full; trying another"));
+                self.refused_by.insert(peer, Instant::now());
+                self.merge_candidates(alternatives);
+            }
+            other => {
+                tracing::info!(%peer, ?other, "attach failed");
+                self.refused_by.insert(peer, Instant::now());
+                let _ = self.store.host_failed(&peer.to_string(), unix_now());
+            }
+        }
+    }
+
+    fn addrs_of(&self, peer: PeerId) -> Vec<String> {
+        self.candidates
+            .iter()
+            .find(|c| c.peer_id == peer.to_string())
+            .map(|c| c.addrs.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reserves a relay slot on `peer` (one per transport it announced), so others reach this
+    /// leaf through `<addr>/p2p/<peer>/p2p-circuit/p2p/<leaf>`.
+    fn reserve_relay(&mut self, peer: PeerId) {
+        let mut seen_quic = false;
+        let mut seen_tcp = false;
+        for addr in self.addrs_of(peer) {
+            let Ok(addr) = addr.parse::<Multiaddr>() else {
+                continue;
+            };
+            let quic = addr.iter().any(|p| matches!(p, Protocol::QuicV1));
+            if (quic && seen_quic) || (!quic && seen_tcp) {
+                continue;
+            }
+            let base: Multiaddr = addr
+                .iter()
+                .take_while(|p| !matches!(p, Protocol::P2p(_)))
+                .collect();
+            let circuit = base.with(Protocol::P2p(peer)).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(_) => {
+                    if quic {
+                        seen_quic = true;
+                    } else {
+                        seen_tcp = true;
+                    }
+                }
+                Err(e) => tracing::warn!(%circuit, error = %e, "relay reservation failed"),
+            }
+        }
+    }
+
+    /// A superpeer this leaf was attached to is gone: the standby takes over.
+    pub(super) fn lost_superpeer(&mut self, peer: PeerId) {
+        self.relay_addrs
+            .retain(|a| !a.iter().any(|p| p == Protocol::P2p(peer)));
+        if self.primary == Some(peer) {
+            self.primary = self.standby.take();
+            self.last_publish = None;
+            match self.primary {
+                Some(new) => self.phase(&format!(
+                    "primary superpeer {peer} lost; standby {new} takes over"
+                )),
+                None => self.phase(&format!(
+                    "primary superpeer {peer} lost; looking for another"
+                )),
+            }
+        } else if self.standby == Some(peer) {
+            self.standby = None;
+            self.phase(&format!(
+                "standby superpeer {peer} lost; looking for another"
+            ));
+        }
+        self.refused_by.insert(peer, Instant::now());
+    }
+
+    /// Monotonic across restarts: milliseconds since the epoch, bumped when equal.
+    pub(super) fn next_seq(&mut self) -> u64 {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.seq = now_ms.max(self.seq + 1);
+        self.seq
+    }
+
+    /// This node's signed presence record as of now.
+    pub(super) fn own_record(
+        &mut self,
+        status: Status,
+        home: Option<PeerId>,
+    ) -> Option<PresenceRecord> {
+        let now = unix_now();
+        let relay_addrs = match self.role {
+            Current::Leaf => self
+                .relay_addrs
+                .iter()
+                .map(|a| a.to_string())
+                .take(8)
+                .collect(),
+            Current::Superpeer => Vec::new(),
+        };
+        let direct_addrs = self
+            .public_addrs()
+            .into_iter()
+            .map(|a| a.with_p2p(self.peer_id()).unwrap_or_else(|a| a).to_string())
+            .take(8)
+            .collect();
+        let body = PresenceBody {
+            cert: self.identity.cert.clone(),
+            status,
+            seq: self.next_seq(),
+            last_seen: now,
+            expires_at: now + self.config.lease.as_secs(),
+            home: home.map(|h| h.to_string()),
+            relay_addrs,
+            direct_addrs,
+        };
+        match body.sign(&self.key) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign the presence record");
+                None
+            }
+        }
+    }
+
+    pub(super) fn publish_record(&mut self, down: bool) {
+        let Some(primary) = self.primary else {
+            return;
+        };
+        let status = if down { Status::Offline } else { self.presence };
+        let Some(record) = self.own_record(status, Some(primary)) else {
+            return;
+        };
+        self.last_publish = Some(Instant::now());
+        self.send_overlay(
+            primary,
+            OverlayRequest::Publish { record },
+            OverlayPending::Publish {
+                peer: primary,
+                down,
+            },
+        );
+    }
+
+    pub(super) fn leaf_lookup(&mut self, name: UserName, reply: Replier<ControlResponse>) {
+        let Some(primary) = self.primary else {
+            let _ = reply.try_send(Err(
+                "not attached to any superpeer yet; try again in a few seconds".into(),
+            ));
+            return;
+        };
+        let request = OverlayRequest::Lookup {
+            name: name.to_string(),
+        };
+        self.send_overlay(primary, request, OverlayPending::Lookup { name, reply });
+    }
+
+    /// Turns a lookup answer into what `natter lookup` shows.
+    pub(super) fn answer_lookup(
+        &mut self,
+        name: UserName,
+        reply: Replier<ControlResponse>,
+        answer: Result<OverlayResponse, String>,
+    ) {
+        match answer {
+            Ok(OverlayResponse::Found { record, confirmed }) => {
+                let _ =
+                    reply.try_send(Ok(ControlResponse::Lookup(lookup_view(&record, confirmed))));
+            }
+            Ok(OverlayResponse::NotFound) => {
+                // No record: registered but not online lately, or no such user at all.
+                let request = natter_proto::login::LoginRequest::Exists {
+                    name: name.to_string(),
+                };
+                self.send_login(request, LoginPending::Exists { name, reply });
+            }
+            Ok(OverlayResponse::Refused { message, .. }) => {
+                let _ = reply.try_send(Err(format!("lookup refused: {message}")));
+            }
+            Ok(other) => {
+                let _ = reply.try_send(Err(format!("unexpected lookup answer: {other:?}")));
+            }
+            Err(e) => {
+                let _ = reply.try_send(Err(format!("lookup failed: {e}")));
+            }
+        }
+    }
+
+    /// Routes an answer to a request this node sent.
+    pub(super) fn on_overlay_response(
+        &mut self,
+        request_id: OutboundRequestId,
+        answer: Result<OverlayResponse, String>,
+    ) {
+        let Some(pending) = self.overlay_pending.remove(&request_id) else {
+            return;
+        };
+        match pending {
+            OverlayPending::Attach(peer) => self.on_attach_result(peer, answer),
+            OverlayPending::Publish { peer, down } => {
+                match &answer {
+                    Ok(OverlayResponse::Published) => {
+                        tracing::debug!(%peer, "presence published");
+                    }
+                    other => {
+                        tracing::warn!(%peer, ?other, "publishing presence failed");
+                        self.last_publish = Some(
+                            Instant::now() - self.config.publish_interval + Duration::from_secs(3),
+                        );
+                    }
+                }
+                if down {
+                    if let Some(primary) = self.primary {
+                        self.send_overlay(primary, OverlayRequest::Detach, OverlayPending::Detach);
+                    }
+                    self.finish_down();
+                }
+            }
+            OverlayPending::Lookup { name, reply } => self.answer_lookup(name, reply, answer),
+            OverlayPending::Liveness { lookup } => {
+                let attached = matches!(answer, Ok(OverlayResponse::Attachment { attached: true }));
+                self.finish_lookup(lookup, Some(attached));
+            }
+            OverlayPending::Detach => {}
+        }
+    }
+
+    pub(super) fn on_overlay_failure(
+        &mut self,
+        request_id: OutboundRequestId,
+        error: request_response::OutboundFailure,
+    ) {
+        self.on_overlay_response(request_id, Err(error.to_string()));
+    }
+}
+
+/// What a lookup shows for a record: its status only while the lease runs and the home
+/// superpeer confirms the device; otherwise offline, with last-seen.
+pub(super) fn lookup_view(record: &PresenceRecord, confirmed: bool) -> LookupView {
+    let live = confirmed && record.is_live(unix_now());
+    LookupView {
+        user: record.username().to_string(),
+        status: if live {
+            record.body.status.as_str().into()
+        } else {
+            "offline".into()
+        },
+        peer_id: Some(record.body.cert.peer_id().to_string()),
+        superpeers: record.body.relay_addrs.clone(),
+        direct_addrs: record.body.direct_addrs.clone(),
+        last_seen: Some(record.body.last_seen),
+    }
+}

@@ -1,0 +1,668 @@
+//! The node daemon (`natter up`): one swarm, one event loop that alone touches it, and the
+//! control API the other subcommands use.
+//!
+//! Layout: [`behaviour`] builds the swarm; this file holds the daemon's state, its main loop
+//! and the timers; `leaf` is the leaf side (attach, failover, publishing), `superpeer` the
+//! superpeer side (promotion, admission, directory, lookups), `commands` answers the control
+//! API, `netcheck` reads NAT behaviour from observations.
+
+pub mod api;
+mod behaviour;
+mod commands;
+mod leaf;
+mod netcheck;
+mod superpeer;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt as _;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
+use natter_proto::login::{LoginRequest, LoginResponse, SuperpeerInfo};
+use natter_proto::{IssuerKey, Status, UserName};
+use natter_superpeer::directory::{DirectoryStats, LookupCache};
+use natter_superpeer::{LeafTable, Role, Thresholds};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::{ControlServer, Incoming, Replier};
+use crate::home::{Home, Identity};
+use crate::store::Store;
+use api::{ControlRequest, ControlResponse};
+use behaviour::Behaviour;
+
+/// How a node daemon runs. [`DaemonConfig::default`] gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Listen addresses (default: TCP and QUIC on all IPv4 interfaces, ports chosen by the OS).
+    pub listen: Vec<Multiaddr>,
+    pub role: Role,
+    pub thresholds: Thresholds,
+    /// Leaves a superpeer accepts (default 1,000).
+    pub max_leaves: usize,
+    /// Established connections in total (default 4,096).
+    pub max_connections: u32,
+    /// How long a presence record vouches for its user (default 90 s): a crashed user reads
+    /// offline within this lease at the latest.
+    pub lease: Duration,
+    /// How often a leaf re-publishes its record (default 30 s).
+    pub publish_interval: Duration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("constant"),
+                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("constant"),
+            ],
+            role: Role::Auto,
+            thresholds: Thresholds::default(),
+            max_leaves: 1000,
+            max_connections: 4096,
+            lease: Duration::from_secs(90),
+            publish_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The role the node has right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Current {
+    Leaf,
+    Superpeer,
+}
+
+/// Requests this node has in flight on the overlay protocol.
+#[derive(Debug)]
+enum OverlayPending {
+    Attach(PeerId),
+    Publish {
+        peer: PeerId,
+        down: bool,
+    },
+    /// A leaf's own lookup, answered by its superpeer.
+    Lookup {
+        name: UserName,
+        reply: Replier<ControlResponse>,
+    },
+    /// This superpeer asked a record's home superpeer whether the user is attached.
+    Liveness {
+        lookup: u64,
+    },
+    Detach,
+}
+
+/// Requests in flight to the login server.
+#[derive(Debug)]
+enum LoginPending {
+    Renew,
+    Announce,
+    /// A lookup found no record: does the name exist at all?
+    Exists {
+        name: UserName,
+        reply: Replier<ControlResponse>,
+    },
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The daemon's whole state. Only [`Daemon::run`]'s loop holds it.
+pub(crate) struct Daemon {
+    swarm: Swarm<Behaviour>,
+    config: DaemonConfig,
+    home: Home,
+    store: std::sync::Arc<Store>,
+    identity: Identity,
+    issuer: IssuerKey,
+    key: libp2p::identity::Keypair,
+    started: Instant,
+    login_peer: PeerId,
+
+    role: Current,
+    role_reason: String,
+    presence: Status,
+    seq: u64,
+    /// Addresses AutoNAT v2 confirmed (never relayed ones).
+    confirmed: BTreeSet<Multiaddr>,
+    observed: HashMap<PeerId, Multiaddr>,
+    probes: VecDeque<api::Probe>,
+    /// Superpeers known from bootstrap lists, the host cache and `Full` answers.
+    candidates: Vec<SuperpeerInfo>,
+    login_connected: bool,
+
+    // Leaf side.
+    primary: Option<PeerId>,
+    standby: Option<PeerId>,
+    attaching: Option<(PeerId, Instant)>,
+    refused_by: HashMap<PeerId, Instant>,
+    last_publish: Option<Instant>,
+    relay_addrs: BTreeSet<Multiaddr>,
+
+    // Superpeer side.
+    leaves: LeafTable,
+    stats: DirectoryStats,
+    cache: LookupCache,
+    lookups: HashMap<u64, superpeer::Lookup>,
+    next_lookup: u64,
+    queries: HashMap<kad::QueryId, u64>,
+    last_announce: Option<Instant>,
+    last_own_publish: Option<Instant>,
+    last_bootstrap: Option<Instant>,
+    superpeers_seen: BTreeSet<PeerId>,
+
+    overlay_pending: HashMap<OutboundRequestId, OverlayPending>,
+    login_pending: HashMap<OutboundRequestId, LoginPending>,
+    last_renew_attempt: Option<Instant>,
+    going_down: Option<(Instant, Option<Replier<ControlResponse>>)>,
+}
+
+/// Runs the daemon for `home` until `shutdown` or `natter down`.
+pub async fn run(
+    home: Home,
+    config: DaemonConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let identity = home.identity()?;
+    let key = home.device_key()?;
+    if identity.cert.peer_id() != key.public().to_peer_id() {
+        anyhow::bail!(
+            "the stored certificate belongs to another device key: run `natter login {}` again",
+            identity.user
+        );
+    }
+    let store = std::sync::Arc::new(Store::open(home.dir())?);
+    let control = ControlServer::bind(home.dir()).await?;
+    let mut daemon = Daemon::new(home, config, identity, key, store)?;
+    for addr in daemon.config.listen.clone() {
+        daemon
+            .swarm
+            .listen_on(addr.clone())
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let control_shutdown = shutdown.child_token();
+    let control_task = tokio::spawn(control.serve(tx, control_shutdown.clone()));
+    let result = daemon.run(rx, shutdown).await;
+    control_shutdown.cancel();
+    let _ = control_task.await;
+    result
+}
+
+impl Daemon {
+    fn new(
+        home: Home,
+        config: DaemonConfig,
+        identity: Identity,
+        key: libp2p::identity::Keypair,
+        store: std::sync::Arc<Store>,
+    ) -> anyhow::Result<Self> {
+        let swarm = behaviour::build(
+            key.clone(),
+            &behaviour::SwarmSettings {
+                max_leaves: config.max_leaves,
+                max_connections: config.max_connections,
+                idle_timeout: Duration::from_secs(120),
+            },
+        )?;
+        let login_peer = crate::login_client::server_peer_id(&identity.login)?;
+        let mut candidates = Vec::new();
+        for host in store.hosts(200).unwrap_or_default() {
+            candidates.push(SuperpeerInfo {
+                peer_id: host.peer_id,
+                addrs: host.addrs,
+                leaves: host.leaves.unwrap_or(0),
+                capacity: host.capacity.unwrap_or(0),
+            });
+        }
+        let role_reason = match config.role {
+            Role::Leaf => "role is leaf (opted out)".into(),
+            _ => "starting".into(),
+        };
+        Ok(Self {
+            issuer: identity.issuer_key,
+            leaves: LeafTable::new(config.max_leaves),
+            cache: LookupCache::new(Duration::from_secs(3), 10_000),
+            swarm,
+            home,
+            store,
+            identity,
+            key,
+            started: Instant::now(),
+            login_peer,
+            role: Current::Leaf,
+            role_reason,
+            presence: Status::Online,
+            seq: 0,
+            confirmed: BTreeSet::new(),
+            observed: HashMap::new(),
+            probes: VecDeque::new(),
+            candidates,
+            login_connected: false,
+            primary: None,
+            standby: None,
+            attaching: None,
+            refused_by: HashMap::new(),
+            last_publish: None,
+            relay_addrs: BTreeSet::new(),
+            stats: DirectoryStats::default(),
+            lookups: HashMap::new(),
+            next_lookup: 0,
+            queries: HashMap::new(),
+            last_announce: None,
+            last_own_publish: None,
+            last_bootstrap: None,
+            superpeers_seen: BTreeSet::new(),
+            overlay_pending: HashMap::new(),
+            login_pending: HashMap::new(),
+            last_renew_attempt: None,
+            going_down: None,
+            config,
+        })
+    }
+
+    pub(crate) fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// A progress line for the person who ran `natter up`, and the same in the log.
+    fn phase(&self, text: &str) {
+        println!("{text}");
+        tracing::info!(phase = text);
+    }
+
+    async fn run(
+        &mut self,
+        mut control: mpsc::Receiver<Incoming<ControlRequest, ControlResponse>>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        self.phase(&format!(
+            "natter {} as {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            self.identity.user,
+            self.peer_id()
+        ));
+        self.phase(&format!("logging in to {}", self.identity.login));
+        self.renew();
+        self.phase("probing reachability (AutoNAT v2)");
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.phase("stopping");
+                    break;
+                }
+                Some(incoming) = control.recv() => self.on_control(incoming),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => {
+                    self.on_tick();
+                    if let Some((deadline, _)) = &self.going_down
+                        && Instant::now() >= *deadline
+                    {
+                        self.finish_down();
+                        break;
+                    }
+                }
+            }
+            if self
+                .going_down
+                .as_ref()
+                .is_some_and(|(_, reply)| reply.is_none())
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self) {
+        self.evaluate_role();
+        match self.role {
+            Current::Leaf => self.leaf_tick(),
+            Current::Superpeer => self.superpeer_tick(),
+        }
+        // Renew at 80% of the certificate lifetime, retrying every minute until it works.
+        let cert = &self.identity.cert;
+        let lifetime = cert.expires_at().saturating_sub(cert.issued_at());
+        let renew_at = cert.issued_at() + lifetime * 4 / 5;
+        if unix_now() >= renew_at
+            && self
+                .last_renew_attempt
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+        {
+            self.renew();
+        }
+    }
+
+    fn renew(&mut self) {
+        self.last_renew_attempt = Some(Instant::now());
+        let request = LoginRequest::Renew {
+            cert: self.identity.cert.clone(),
+        };
+        self.send_login(request, LoginPending::Renew);
+    }
+
+    fn send_login(&mut self, request: LoginRequest, pending: LoginPending) {
+        let login = self.identity.login.clone();
+        self.swarm.add_peer_address(self.login_peer, login);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .login
+            .send_request(&self.login_peer, request);
+        self.login_pending.insert(id, pending);
+    }
+
+    fn send_overlay(
+        &mut self,
+        peer: PeerId,
+        request: natter_proto::overlay::OverlayRequest,
+        pending: OverlayPending,
+    ) {
+        if let Some(info) = self
+            .candidates
+            .iter()
+            .find(|c| c.peer_id == peer.to_string())
+        {
+            for a in info.addrs.clone() {
+                if let Ok(a) = a.parse() {
+                    self.swarm.add_peer_address(peer, a);
+                }
+            }
+        }
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .overlay
+            .send_request(&peer, request);
+        self.overlay_pending.insert(id, pending);
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<behaviour::BehaviourEvent>) {
+        use behaviour::BehaviourEvent as B;
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if address
+                    .iter()
+                    .any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
+                {
+                    let full = address.clone().with_p2p(self.peer_id()).unwrap_or(address);
+                    self.relay_addrs.insert(full);
+                    self.last_publish = None;
+                } else {
+                    tracing::info!(%address, "listening");
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let full = address.clone().with_p2p(self.peer_id()).unwrap_or(address);
+                self.relay_addrs.remove(&full);
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                if !is_relayed(&address) {
+                    tracing::info!(%address, "public address confirmed");
+                    self.confirmed.insert(address);
+                    self.evaluate_role();
+                }
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                self.confirmed.remove(&address);
+                self.evaluate_role();
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                if peer_id == self.login_peer {
+                    self.login_connected = true;
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    if peer_id == self.login_peer {
+                        self.login_connected = false;
+                    }
+                    self.on_peer_gone(peer_id);
+                }
+            }
+            SwarmEvent::Behaviour(B::Identify(identify::Event::Received {
+                peer_id, info, ..
+            })) => {
+                self.observed.insert(peer_id, info.observed_addr.clone());
+                let is_superpeer = info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == natter_proto::protocol::KAD);
+                if is_superpeer {
+                    self.superpeers_seen.insert(peer_id);
+                    if self.role == Current::Superpeer {
+                        for addr in info.listen_addrs.iter().filter(|a| !is_relayed(a)) {
+                            self.swarm
+                                .behaviour_mut()
+                                .kad
+                                .add_address(&peer_id, addr.clone());
+                        }
+                    }
+                } else {
+                    self.superpeers_seen.remove(&peer_id);
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+                }
+            }
+            SwarmEvent::Behaviour(B::AutonatClient(event)) => {
+                let reachable = event.result.is_ok();
+                tracing::debug!(addr = %event.tested_addr, server = %event.server, reachable, "AutoNAT probe");
+                if self.probes.len() >= 16 {
+                    self.probes.pop_front();
+                }
+                self.probes.push_back(api::Probe {
+                    addr: event.tested_addr.to_string(),
+                    server: event.server.to_string(),
+                    reachable,
+                });
+            }
+            SwarmEvent::Behaviour(B::Login(event)) => self.on_login_event(event),
+            SwarmEvent::Behaviour(B::Overlay(event)) => self.on_overlay_event(event),
+            SwarmEvent::Behaviour(B::Kad(event)) => self.on_kad_event(event),
+            SwarmEvent::Behaviour(B::Relay(event)) => self.on_relay_event(event),
+            SwarmEvent::Behaviour(B::Dcutr(event)) => {
+                tracing::info!(peer = %event.remote_peer_id, result = ?event.result, "hole punch");
+            }
+            other => tracing::trace!(?other, "swarm event"),
+        }
+    }
+
+    fn on_login_event(&mut self, event: request_response::Event<LoginRequest, LoginResponse>) {
+        match event {
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some(pending) = self.login_pending.remove(&request_id) else {
+                    return;
+                };
+                self.on_login_response(pending, Ok(response));
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                let Some(pending) = self.login_pending.remove(&request_id) else {
+                    return;
+                };
+                tracing::warn!(%error, "login server request failed");
+                self.on_login_response(pending, Err(error.to_string()));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_login_response(
+        &mut self,
+        pending: LoginPending,
+        response: Result<LoginResponse, String>,
+    ) {
+        match (pending, response) {
+            (
+                LoginPending::Renew,
+                Ok(LoginResponse::Issued {
+                    cert,
+                    issuer_key,
+                    superpeers,
+                }),
+            ) => {
+                if cert.verify(&issuer_key, unix_now()).is_err()
+                    || cert.peer_id() != self.peer_id()
+                    || issuer_key != self.issuer
+                {
+                    tracing::error!(
+                        "login server issued an unusable certificate; keeping the old one"
+                    );
+                    return;
+                }
+                self.identity.cert = cert;
+                if let Err(e) = self.home.save_identity(&self.identity) {
+                    tracing::error!(error = %e, "cannot save the renewed certificate");
+                }
+                self.phase(&format!(
+                    "logged in; {} superpeer(s) in the bootstrap list",
+                    superpeers.len()
+                ));
+                self.merge_candidates(superpeers);
+                for leaf in self.leaves.expired(&self.issuer, unix_now()) {
+                    let _ = self.swarm.disconnect_peer_id(leaf);
+                }
+            }
+            (LoginPending::Renew, Ok(LoginResponse::Refused(r))) => {
+                self.phase(&format!("login server refused renewal: {}", r.message));
+            }
+            (LoginPending::Renew, Err(e)) => {
+                let valid = self.identity.cert.verify(&self.issuer, unix_now()).is_ok();
+                self.phase(&format!(
+                    "login server unreachable ({e}); {}",
+                    if valid {
+                        "continuing with the current certificate and the host cache"
+                    } else {
+                        "the certificate has expired: peers will refuse this node until it renews"
+                    }
+                ));
+            }
+            (LoginPending::Announce, Ok(LoginResponse::Announced { superpeers, .. })) => {
+                let known = self.candidates.len();
+                self.merge_candidates(superpeers);
+                if self.candidates.len() > known {
+                    // New superpeers: meet them now rather than at the next round.
+                    self.last_bootstrap = None;
+                }
+            }
+            (LoginPending::Announce, other) => {
+                tracing::warn!(?other, "announcement to the login server failed");
+            }
+            (LoginPending::Exists { name, reply }, response) => {
+                let status = match response {
+                    Ok(LoginResponse::Exists { exists: true, .. }) => "offline",
+                    _ => "unknown",
+                };
+                let _ = reply.try_send(Ok(ControlResponse::Lookup(api::LookupView {
+                    user: name.to_string(),
+                    status: status.into(),
+                    peer_id: None,
+                    superpeers: vec![],
+                    direct_addrs: vec![],
+                    last_seen: None,
+                })));
+            }
+            (pending, other) => tracing::debug!(?pending, ?other, "unexpected login answer"),
+        }
+    }
+
+    /// Adds superpeers to the candidate list (bounded) and the host cache.
+    fn merge_candidates(&mut self, list: Vec<SuperpeerInfo>) {
+        let me = self.peer_id().to_string();
+        for sp in list {
+            if sp.peer_id == me {
+                continue;
+            }
+            if let Err(e) = self.store.record_host(
+                &sp.peer_id,
+                &sp.addrs,
+                None,
+                Some((sp.leaves, sp.capacity)),
+                unix_now(),
+            ) {
+                tracing::warn!(error = %e, "host cache write failed");
+            }
+            match self.candidates.iter_mut().find(|c| c.peer_id == sp.peer_id) {
+                Some(existing) => *existing = sp,
+                None => self.candidates.push(sp),
+            }
+        }
+        if self.candidates.len() > 200 {
+            self.candidates.drain(..self.candidates.len() - 200);
+        }
+    }
+
+    fn on_peer_gone(&mut self, peer: PeerId) {
+        if self.leaves.remove(&peer).is_some() {
+            tracing::info!(%peer, "leaf detached");
+        }
+        self.superpeers_seen.remove(&peer);
+        if self.primary == Some(peer) || self.standby == Some(peer) {
+            self.lost_superpeer(peer);
+        }
+    }
+
+    fn on_control(&mut self, incoming: Incoming<ControlRequest, ControlResponse>) {
+        let Incoming { request, reply } = incoming;
+        commands::handle(self, request, reply);
+    }
+
+    /// Public addresses this node can give out (confirmed by AutoNAT, or listen addresses of a
+    /// forced superpeer that has none confirmed yet).
+    fn public_addrs(&self) -> Vec<Multiaddr> {
+        if !self.confirmed.is_empty() {
+            return self.confirmed.iter().cloned().collect();
+        }
+        if self.config.role == Role::Superpeer {
+            return self
+                .swarm
+                .listeners()
+                .filter(|a| !is_relayed(a) && !is_unspecified(a))
+                .cloned()
+                .collect();
+        }
+        Vec::new()
+    }
+
+    fn finish_down(&mut self) {
+        if let Some((_, Some(reply))) = self.going_down.take() {
+            let _ = reply.try_send(Ok(ControlResponse::Done {
+                message: "signed off; the daemon is stopping".into(),
+            }));
+        }
+        self.going_down = Some((Instant::now(), None));
+    }
+}
+
+pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}

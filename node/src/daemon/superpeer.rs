@@ -1,0 +1,530 @@
+//! The superpeer side: promotion and demotion at runtime, leaf admission, the directory
+//! (validated Kademlia records), lookups with liveness confirmation, announcements to the
+//! login server, and the relay gate.
+
+use std::time::{Duration, Instant};
+
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::{PeerId, kad, relay};
+use natter_proto::login::{LoginRequest, SuperpeerInfo};
+use natter_proto::overlay::{OverlayRefusal, OverlayRequest, OverlayResponse};
+use natter_proto::presence::directory_key;
+use natter_proto::{PresenceRecord, Status, UserName};
+use natter_superpeer::directory::{admit_record, best_record};
+use natter_superpeer::promotion::{Decision, Resources, decide};
+use natter_superpeer::{Admission, Role};
+
+use super::api::ControlResponse;
+use super::{Current, Daemon, LoginPending, OverlayPending, unix_now};
+use crate::control::Replier;
+
+/// Who asked for a lookup this superpeer is resolving.
+pub(crate) enum Requester {
+    Remote(ResponseChannel<OverlayResponse>),
+    Local(Replier<ControlResponse>),
+}
+
+/// A lookup in progress on this superpeer.
+pub(crate) struct Lookup {
+    name: UserName,
+    requester: Requester,
+    values: Vec<Vec<u8>>,
+    record: Option<PresenceRecord>,
+}
+
+impl Daemon {
+    /// Applies the promotion policy; promotes or demotes when the answer changed.
+    pub(super) fn evaluate_role(&mut self) {
+        if self.going_down.is_some() {
+            return;
+        }
+        let resources = Resources::probe(self.started.elapsed());
+        let decision = decide(
+            self.config.role,
+            !self.confirmed.is_empty(),
+            &resources,
+            &self.config.thresholds,
+        );
+        match (decision, self.role) {
+            (Decision::Superpeer, Current::Leaf) => self.promote(),
+            (Decision::Leaf(reason), Current::Superpeer) => self.demote(reason),
+            (Decision::Leaf(reason), Current::Leaf) => self.role_reason = reason,
+            (Decision::Superpeer, Current::Superpeer) => {}
+        }
+    }
+
+    /// Same process, same PeerId, same listeners: only the behaviours' status flips.
+    fn promote(&mut self) {
+        self.role = Current::Superpeer;
+        self.role_reason = match self.config.role {
+            Role::Superpeer => "role is superpeer (forced)".into(),
+            _ => "public address confirmed and resources sufficient".into(),
+        };
+        let b = self.swarm.behaviour_mut();
+        b.kad.set_mode(Some(kad::Mode::Server));
+        b.relay.set_status(Some(relay::Status::Enable));
+        // A superpeer serves itself: drop any attachment it had as a leaf.
+        for sp in [self.primary.take(), self.standby.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.send_overlay(sp, OverlayRequest::Detach, OverlayPending::Detach);
+        }
+        let addrs: Vec<String> = self.public_addrs().iter().map(|a| a.to_string()).collect();
+        self.phase(&format!(
+            "promoted to superpeer ({}; public address {})",
+            self.role_reason,
+            addrs.first().map(String::as_str).unwrap_or("none")
+        ));
+        self.last_announce = None;
+        self.last_own_publish = None;
+        self.last_bootstrap = None;
+        self.superpeer_tick();
+    }
+
+    fn demote(&mut self, reason: String) {
+        self.phase(&format!("demoted to leaf: {reason}"));
+        self.role = Current::Leaf;
+        self.role_reason = reason;
+        let b = self.swarm.behaviour_mut();
+        b.kad.set_mode(Some(kad::Mode::Client));
+        b.relay.set_status(Some(relay::Status::Disable));
+        // Leaves find another superpeer through their standby.
+        let leaves: Vec<PeerId> = self.leaves.peers().copied().collect();
+        for leaf in leaves {
+            self.leaves.remove(&leaf);
+            let _ = self.swarm.disconnect_peer_id(leaf);
+        }
+        self.last_publish = None;
+    }
+
+    pub(super) fn superpeer_tick(&mut self) {
+        if self.going_down.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        // Meet the other superpeers, so the directory has a routing table.
+        if self
+            .last_bootstrap
+            .is_none_or(|t| now - t > Duration::from_secs(30))
+        {
+            self.last_bootstrap = Some(now);
+            let me = self.peer_id().to_string();
+            for c in self
+                .candidates
+                .clone()
+                .iter()
+                .filter(|c| c.peer_id != me)
+                .take(20)
+            {
+                if let Ok(peer) = c.peer_id.parse::<PeerId>() {
+                    for a in c.addrs.iter().filter_map(|a| a.parse().ok()) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer, a);
+                    }
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(peer);
+                    }
+                }
+            }
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+        if self
+            .last_announce
+            .is_none_or(|t| now - t > Duration::from_secs(60))
+        {
+            let addrs: Vec<String> = self
+                .public_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .take(natter_proto::limits::MAX_ANNOUNCED_ADDRS)
+                .collect();
+            if !addrs.is_empty() {
+                self.last_announce = Some(now);
+                let request = LoginRequest::Announce {
+                    cert: self.identity.cert.clone(),
+                    addrs,
+                    leaves: self.leaves.len() as u32,
+                    capacity: self.leaves.capacity() as u32,
+                };
+                self.send_login(request, LoginPending::Announce);
+            }
+        }
+        if self
+            .last_own_publish
+            .is_none_or(|t| now - t > self.config.publish_interval)
+        {
+            self.last_own_publish = Some(now);
+            let status = self.presence;
+            self.publish_own(status);
+        }
+    }
+
+    /// A superpeer's user is its own home: its record goes straight into the directory.
+    pub(super) fn publish_own(&mut self, status: Status) {
+        let me = self.peer_id();
+        if let Some(record) = self.own_record(status, Some(me)) {
+            self.put_record(record);
+        }
+    }
+
+    fn put_record(&mut self, record: PresenceRecord) {
+        let key = directory_key(record.username());
+        self.cache.invalidate(record.username());
+        let kad_record = kad::Record {
+            key: kad::RecordKey::new(&key),
+            value: record.to_json(),
+            publisher: None,
+            expires: Some(
+                Instant::now() + Duration::from_secs(natter_proto::limits::MAX_RECORD_LEASE_SECS),
+            ),
+        };
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .put_record(kad_record, kad::Quorum::One)
+        {
+            tracing::warn!(error = %e, "storing a record failed");
+        }
+    }
+
+    fn stored_value(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        use kad::store::RecordStore as _;
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .get(&kad::RecordKey::new(&key))
+            .map(|r| r.value.clone())
+    }
+
+    pub(super) fn on_overlay_event(
+        &mut self,
+        event: request_response::Event<OverlayRequest, OverlayResponse>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_overlay_request(peer, request, channel),
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.on_overlay_response(request_id, Ok(response)),
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => self.on_overlay_failure(request_id, error),
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "overlay request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn respond(&mut self, channel: ResponseChannel<OverlayResponse>, response: OverlayResponse) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .overlay
+            .send_response(channel, response);
+    }
+
+    fn other_superpeers(&self, except: PeerId) -> Vec<SuperpeerInfo> {
+        let me = self.peer_id().to_string();
+        let except = except.to_string();
+        self.candidates
+            .iter()
+            .filter(|c| c.peer_id != me && c.peer_id != except)
+            .take(8)
+            .cloned()
+            .collect()
+    }
+
+    fn on_overlay_request(
+        &mut self,
+        peer: PeerId,
+        request: OverlayRequest,
+        channel: ResponseChannel<OverlayResponse>,
+    ) {
+        let refuse = |code, message: &str| OverlayResponse::Refused {
+            code,
+            message: message.into(),
+        };
+        if let OverlayRequest::IsAttached { peer_id } = &request {
+            let attached = peer_id.parse::<PeerId>().is_ok_and(|p| {
+                self.leaves.contains(&p) || (p == self.peer_id() && self.role == Current::Superpeer)
+            });
+            self.respond(channel, OverlayResponse::Attachment { attached });
+            return;
+        }
+        if self.role != Current::Superpeer {
+            self.respond(
+                channel,
+                refuse(OverlayRefusal::NotSuperpeer, "this node is not a superpeer"),
+            );
+            return;
+        }
+        let now = unix_now();
+        match request {
+            OverlayRequest::Attach { cert } => {
+                let response = match self.leaves.admit(peer, &cert, &self.issuer, now) {
+                    Admission::Admitted | Admission::AlreadyAttached => {
+                        tracing::info!(%peer, user = %cert.username(), leaves = self.leaves.len(), "leaf attached");
+                        OverlayResponse::Attached {
+                            lease_secs: self.config.lease.as_secs(),
+                            superpeers: self.other_superpeers(peer),
+                        }
+                    }
+                    Admission::Full => {
+                        tracing::info!(%peer, "full: leaf refused");
+                        OverlayResponse::Full {
+                            alternatives: self.other_superpeers(peer),
+                        }
+                    }
+                    Admission::Refused(reason) => {
+                        refuse(OverlayRefusal::InvalidCertificate, &reason)
+                    }
+                };
+                self.respond(channel, response);
+            }
+            OverlayRequest::Publish { record } => {
+                let key = directory_key(record.username());
+                let stored = self.stored_value(&key);
+                let verdict = if !self.leaves.contains(&peer) {
+                    Err(refuse(
+                        OverlayRefusal::NotAttached,
+                        "attach before publishing",
+                    ))
+                } else if record.body.cert.peer_id() != peer {
+                    self.stats.records_refused += 1;
+                    Err(refuse(
+                        OverlayRefusal::InvalidRecord,
+                        "record is not this leaf's own",
+                    ))
+                } else {
+                    let stored = stored.and_then(|s| PresenceRecord::from_json(&s).ok());
+                    record
+                        .validate_for_store(&key, &self.issuer, now, stored.as_ref())
+                        .map_err(|e| {
+                            self.stats.records_refused += 1;
+                            refuse(OverlayRefusal::InvalidRecord, &e.to_string())
+                        })
+                };
+                match verdict {
+                    Ok(()) => {
+                        let _ = self.leaves.set_record(&peer, record.clone());
+                        self.stats.records_stored += 1;
+                        self.put_record(record);
+                        self.respond(channel, OverlayResponse::Published);
+                    }
+                    Err(response) => self.respond(channel, response),
+                }
+            }
+            OverlayRequest::Lookup { name } => {
+                if !self.leaves.contains(&peer) && !self.superpeers_seen.contains(&peer) {
+                    self.respond(
+                        channel,
+                        refuse(
+                            OverlayRefusal::NotAttached,
+                            "attach before looking users up",
+                        ),
+                    );
+                    return;
+                }
+                match UserName::parse(&name) {
+                    Ok(name) => self.start_lookup(name, Requester::Remote(channel)),
+                    Err(e) => {
+                        self.respond(channel, refuse(OverlayRefusal::InvalidName, &e.to_string()))
+                    }
+                }
+            }
+            OverlayRequest::Detach => {
+                self.leaves.remove(&peer);
+                self.respond(channel, OverlayResponse::Detached);
+            }
+            OverlayRequest::IsAttached { .. } => unreachable!("answered above"),
+        }
+    }
+
+    pub(super) fn start_lookup(&mut self, name: UserName, requester: Requester) {
+        self.stats.lookups += 1;
+        if let Some((record, confirmed)) = self.cache.get(&name, Instant::now()) {
+            self.answer(requester, name, record, confirmed);
+            return;
+        }
+        let id = self.next_lookup;
+        self.next_lookup += 1;
+        let key = directory_key(&name);
+        let local = self.stored_value(&key);
+        let query = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_record(kad::RecordKey::new(&key));
+        self.queries.insert(query, id);
+        self.lookups.insert(
+            id,
+            Lookup {
+                name,
+                requester,
+                values: local.into_iter().collect(),
+                record: None,
+            },
+        );
+    }
+
+    pub(super) fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => {
+                let key = record.key.to_vec();
+                let stored = self.stored_value(&key);
+                match admit_record(
+                    &key,
+                    &record.value,
+                    &self.issuer,
+                    unix_now(),
+                    stored.as_deref(),
+                ) {
+                    Ok(accepted) => {
+                        use kad::store::RecordStore as _;
+                        self.cache.invalidate(accepted.username());
+                        if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
+                            tracing::warn!(error = %e, "record store full");
+                        } else {
+                            self.stats.records_stored += 1;
+                        }
+                    }
+                    Err(e) => {
+                        self.stats.records_refused += 1;
+                        tracing::warn!(peer = %source, error = %e, "directory record refused");
+                    }
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => {
+                let Some(&lookup) = self.queries.get(&id) else {
+                    return;
+                };
+                let done = match result {
+                    kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                        if let Some(l) = self.lookups.get_mut(&lookup) {
+                            l.values.push(found.record.value);
+                        }
+                        step.last
+                    }
+                    kad::QueryResult::GetRecord(_) => true,
+                    _ => step.last,
+                };
+                if done {
+                    self.queries.remove(&id);
+                    self.resolve_lookup(lookup);
+                }
+            }
+            other => tracing::trace!(?other, "kad event"),
+        }
+    }
+
+    /// All answers are in: pick the best record and confirm liveness with its home.
+    fn resolve_lookup(&mut self, id: u64) {
+        let Some(lookup) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        let now = unix_now();
+        let record = best_record(
+            &lookup.name,
+            lookup.values.iter().map(Vec::as_slice),
+            &self.issuer,
+            now,
+        );
+        lookup.record = record.clone();
+        let Some(record) = record else {
+            self.finish_lookup(id, None);
+            return;
+        };
+        if !record.is_live(now) {
+            self.finish_lookup(id, Some(false));
+            return;
+        }
+        let device = record.body.cert.peer_id();
+        let home = record
+            .body
+            .home
+            .as_deref()
+            .and_then(|h| h.parse::<PeerId>().ok());
+        match home {
+            Some(home) if home == self.peer_id() => {
+                let attached = self.leaves.contains(&device) || device == self.peer_id();
+                self.finish_lookup(id, Some(attached));
+            }
+            Some(home) => {
+                let request = OverlayRequest::IsAttached {
+                    peer_id: device.to_string(),
+                };
+                self.send_overlay(home, request, OverlayPending::Liveness { lookup: id });
+            }
+            None => self.finish_lookup(id, Some(false)),
+        }
+    }
+
+    pub(super) fn finish_lookup(&mut self, id: u64, confirmed: Option<bool>) {
+        let Some(lookup) = self.lookups.remove(&id) else {
+            return;
+        };
+        let confirmed = confirmed.unwrap_or(false);
+        self.cache.put(
+            lookup.name.clone(),
+            lookup.record.clone(),
+            confirmed,
+            Instant::now(),
+        );
+        self.answer(lookup.requester, lookup.name, lookup.record, confirmed);
+    }
+
+    fn answer(
+        &mut self,
+        requester: Requester,
+        name: UserName,
+        record: Option<PresenceRecord>,
+        confirmed: bool,
+    ) {
+        let response = match record {
+            Some(record) => OverlayResponse::Found { record, confirmed },
+            None => OverlayResponse::NotFound,
+        };
+        match requester {
+            Requester::Remote(channel) => self.respond(channel, response),
+            Requester::Local(reply) => self.answer_lookup(name, reply, Ok(response)),
+        }
+    }
+
+    /// Only attached leaves may hold a relay reservation here: the relay is for them.
+    pub(super) fn on_relay_event(&mut self, event: relay::Event) {
+        match event {
+            relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                if !self.leaves.contains(&src_peer_id)
+                    && !self.superpeers_seen.contains(&src_peer_id)
+                {
+                    tracing::info!(peer = %src_peer_id, "relay reservation without attachment: disconnecting");
+                    let _ = self.swarm.disconnect_peer_id(src_peer_id);
+                }
+            }
+            other => tracing::debug!(?other, "relay"),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Contacts: the users this node tells about its status changes directly, and whose presence
+//! it watches (DESIGN: "Messaging", contacts).
+
+use rusqlite::params;
+
+use super::{Store, StoreError, check_name, sql_limit};
+
+/// Most contacts kept: each one costs presence traffic.
+pub const MAX_CONTACTS: usize = 10_000;
+
+impl Store {
+    /// Adds `name` (canonical user name). `Ok(false)` if it was already a contact.
+    pub fn add_contact(&self, name: &str) -> Result<bool, StoreError> {
+        check_name(name)?;
+        let max = self.max_contacts;
+        self.write(|tx| {
+            let n = tx.execute(
+                "INSERT INTO contacts (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+                params![name],
+            )?;
+            if n == 1 {
+                let count: i64 = tx.query_row("SELECT COUNT(*) FROM contacts", [], |r| r.get(0))?;
+                if count > sql_limit(max) {
+                    // Dropping the transaction rolls the insert back.
+                    return Err(StoreError::ContactsFull { max });
+                }
+            }
+            Ok(n == 1)
+        })
+    }
+
+    /// Removes `name`. `Ok(false)` if it was not a contact.
+    pub fn remove_contact(&self, name: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM contacts WHERE name = ?1", params![name])?;
+            Ok(n == 1)
+        })
+    }
+
+    /// All contacts, sorted by name (bounded by [`MAX_CONTACTS`]).
+    pub fn contacts(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT name FROM contacts ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+    use super::*;
+
+    #[test]
+    fn add_remove_list_survive_reopen() {
+        let (dir, store) = fresh();
+        assert!(store.add_contact("carol").unwrap());
+        assert!(store.add_contact("alice").unwrap());
+        assert!(!store.add_contact("alice").unwrap());
+        assert!(store.add_contact("bob").unwrap());
+        assert!(store.remove_contact("bob").unwrap());
+        assert!(!store.remove_contact("bob").unwrap());
+        assert!(!store.remove_contact("").unwrap());
+        let store = reopen(&dir, store);
+        assert_eq!(store.contacts().unwrap(), ["alice", "carol"]);
+    }
+
+    #[test]
+    fn names_are_validated_and_bounded() {
+        let (_dir, mut store) = fresh();
+        for bad in ["Alice", "", "al", "1abc", "a\u{0}bc", &"a".repeat(33)] {
+            assert!(
+                matches!(store.add_contact(bad), Err(StoreError::BadName { .. })),
+                "{bad:?}"
+            );
+        }
+        store.max_contacts = 2;
+        store.add_contact("alice").unwrap();
+        store.add_contact("bob").unwrap();
+        assert!(
+            !store.add_contact("bob").unwrap(),
+            "re-adding is fine when full"
+        );
+        assert!(matches!(
+            store.add_contact("carol"),
+            Err(StoreError::ContactsFull { max: 2 })
+        ));
+        assert_eq!(store.contacts().unwrap(), ["alice", "bob"]);
+    }
+}

@@ -1,0 +1,381 @@
+//! The node's durable local store: one SQLite file, [`DB_FILE`], in the home directory.
+//!
+//! It holds everything that must survive a crash or a restart:
+//!
+//! - the **host cache** ([`Store::record_host`], [`Store::hosts`]): superpeers this node has
+//!   seen, so it can reattach without the login server;
+//! - the **outbox** and the **sent** log ([`Store::enqueue`], [`Store::mark_delivered`]): `send`
+//!   writes a message here *before* any network I/O, delivery retries until the recipient's node
+//!   acks, and the ack moves the message to `sent`;
+//! - the **inbox** ([`Store::receive`]): received messages, deduplicated by id, in arrival order
+//!   and per-conversation order;
+//! - **contacts** ([`Store::contacts`]).
+//!
+//! Calls are synchronous and block on disk (every commit is fsynced, `synchronous = FULL`): run
+//! them on tokio's blocking pool, never on the event loop. Every write is one transaction, so a
+//! crash leaves either all of it or none of it.
+//!
+//! Inputs are checked here too (names, message ids, text size, integer range), because this is
+//! the last place where two spellings of one name could split a conversation: a bad input is a
+//! typed [`StoreError`], never a panic and never a silent change.
+
+mod contacts;
+mod hosts;
+mod inbox;
+mod outbox;
+mod schema;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use natter_proto::limits::MAX_MESSAGE_TEXT_BYTES;
+use natter_proto::{NameError, UserName};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+pub use contacts::MAX_CONTACTS;
+pub use hosts::{FAILING_AFTER, Host, MAX_HOST_ADDRS, MAX_HOSTS};
+pub use inbox::{InboxEntry, IncomingMessage, Receipt};
+pub use outbox::{MAX_OUTBOX, OutgoingMessage, QueuedMessage, SentMessage};
+
+/// The store's file name inside the home directory.
+pub const DB_FILE: &str = "natter.sqlite3";
+
+/// How long a write waits for another connection (say, a second daemon started by mistake)
+/// before failing with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Creating the file or setting its mode failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// SQLite refused to open, configure or migrate the file.
+    #[error("{}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer Natter; opening it could corrupt what that version wrote.
+    #[error(
+        "{}: schema version {found} is newer than this natter supports ({supported}); upgrade natter",
+        path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    /// A query or a write failed.
+    #[error("local store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored row could not be decoded (the file was edited or damaged outside Natter).
+    #[error("local store is corrupt: {0}")]
+    Corrupt(String),
+    /// A user name that is not a valid, canonical (lower-case) Natter name.
+    #[error("{name:?}: {source}")]
+    BadName { name: String, source: NameError },
+    /// Any other input outside what the store accepts.
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    /// An input larger than its limit.
+    #[error("{what} is {len} bytes; at most {max} allowed")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// A message with this id is already in the outbox or the sent log.
+    #[error("message {0} is already stored")]
+    DuplicateId(String),
+    /// Too many messages wait for delivery; refuse more rather than fill the disk.
+    #[error("outbox is full: {max} messages are waiting for delivery")]
+    OutboxFull { max: usize },
+    /// The contact list is at its limit.
+    #[error("contact list is full: at most {max} contacts")]
+    ContactsFull { max: usize },
+}
+
+/// The node's store. Cheap to share (`Arc<Store>`); calls block, see the module docs.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    /// One connection, serialised: the daemon is the only writer, and SQLite serialises writes
+    /// anyway, so a pool would add nothing but lock contention.
+    conn: Mutex<Connection>,
+    /// [`MAX_OUTBOX`], lowered by tests to exercise the limit cheaply.
+    max_outbox: usize,
+    /// [`MAX_CONTACTS`], lowered by tests.
+    max_contacts: usize,
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/natter.sqlite3` and brings its schema up to date.
+    ///
+    /// `dir` must exist ([`crate::Home`] creates it, 0700). The file is 0600: it holds private
+    /// conversations; SQLite gives its `-wal` and `-shm` files the same mode.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(DB_FILE);
+        create_private(&path)?;
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // WAL: readers never block the writer; FULL: a commit that returned is on disk, which
+        // is what "accepted by send" and "acked as stored" promise.
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(open_err)?;
+        schema::migrate(&mut conn, &path).map_err(|e| match e {
+            StoreError::Sqlite(source) => open_err(source),
+            other => other,
+        })?;
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+            max_outbox: MAX_OUTBOX,
+            max_contacts: MAX_CONTACTS,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while the lock was held rolled its transaction back (Transaction's Drop):
+        // the connection is consistent, keep serving.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one write transaction, committed only if `f` succeeds.
+    ///
+    /// `IMMEDIATE` takes the write lock up front, so a transaction that reads then writes never
+    /// fails half-way with SQLITE_BUSY when another connection writes.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// Creates `path` with mode 0600 if it does not exist (so it is never readable by others, not
+/// even for an instant), and resets the mode if it does.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// A `u64` from the caller as SQLite's `INTEGER` (i64), refusing what would not round-trip.
+fn int(what: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Invalid {
+        what,
+        reason: format!("{value} is larger than {}", i64::MAX),
+    })
+}
+
+/// A caller's `limit` as an SQL `LIMIT`; anything past i64::MAX means "all" anyway.
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// A user name must already be canonical: "Alice" and "alice" must never become two
+/// conversations with two sequence counters.
+fn check_name(name: &str) -> Result<(), StoreError> {
+    UserName::parse_canonical(name)
+        .map(drop)
+        .map_err(|source| StoreError::BadName {
+            name: name.to_owned(),
+            source,
+        })
+}
+
+/// Message ids are ULIDs in canonical text form (26 upper-case Crockford base-32 characters):
+/// the id is the dedup key, so one message must have exactly one spelling.
+fn check_message_id(id: &str) -> Result<(), StoreError> {
+    const CROCKFORD: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let ok = id.len() == 26
+        // 26 base-32 digits hold 130 bits; a ULID is 128, so the first digit is at most 7.
+        && id.as_bytes().first().is_some_and(|b| *b <= b'7')
+        && id.bytes().all(|b| CROCKFORD.contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            what: "message id",
+            reason: format!("{id:?} is not a canonical ULID"),
+        })
+    }
+}
+
+/// Message text is bounded like on the wire.
+fn check_text(text: &str) -> Result<(), StoreError> {
+    if text.len() > MAX_MESSAGE_TEXT_BYTES {
+        return Err(StoreError::TooLarge {
+            what: "message text",
+            len: text.len(),
+            max: MAX_MESSAGE_TEXT_BYTES,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    //! Helpers shared by the store's test modules.
+
+    use super::*;
+
+    /// A fresh store in a fresh directory; keep the `TempDir` alive as long as the store.
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn fresh() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    /// Drops `store` and opens the same file again, as a restart would.
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn reopen(dir: &tempfile::TempDir, store: Store) -> Store {
+        drop(store);
+        Store::open(dir.path()).unwrap()
+    }
+
+    /// A distinct, valid ULID for test message `n`.
+    pub(crate) fn ulid(n: u32) -> String {
+        format!("01ARZ3NDEKTSV4RRFFQ{n:07}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::*;
+    use super::*;
+
+    #[test]
+    fn store_is_send_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Store>();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn file_is_private_including_wal() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (dir, store) = fresh();
+        store.add_contact("alice").unwrap();
+        for name in [DB_FILE.to_owned(), format!("{DB_FILE}-wal")] {
+            let mode = fs::metadata(dir.path().join(&name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn existing_file_mode_is_tightened() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        fs::write(&path, b"").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let _store = Store::open(dir.path()).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn pragmas_are_set() {
+        let (_dir, store) = fresh();
+        let conn = store.conn();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "FULL");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, schema::VERSION);
+    }
+
+    #[test]
+    fn missing_dir_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open(&dir.path().join("nope")).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn not_a_database_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(DB_FILE), vec![0x42; 4096]).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err}");
+        assert!(err.to_string().contains(DB_FILE), "{err}");
+    }
+
+    #[test]
+    fn message_ids_must_be_canonical_ulids() {
+        assert!(check_message_id("01ARZ3NDEKTSV4RRFFQ69G5FAV").is_ok());
+        assert!(check_message_id(&ulid(7)).is_ok());
+        for bad in [
+            "",
+            "01arz3ndektsv4rrffq69g5fav", // lower case: a second spelling
+            "01ARZ3NDEKTSV4RRFFQ69G5FA",  // 25
+            "01ARZ3NDEKTSV4RRFFQ69G5FAVX",
+            "81ARZ3NDEKTSV4RRFFQ69G5FAV", // overflows 128 bits
+            "01ARZ3NDEKTSV4RRFFQ69G5FAI", // I is not Crockford
+            "01ARZ3NDEKTSV4RRFFQ69G5FA\u{e9}",
+        ] {
+            assert!(
+                matches!(check_message_id(bad), Err(StoreError::Invalid { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_range_integers_are_refused() {
+        assert_eq!(int("t", i64::MAX as u64).unwrap(), i64::MAX);
+        assert!(matches!(
+            int("t", u64::MAX),
+            Err(StoreError::Invalid { what: "t", .. })
+        ));
+        assert_eq!(sql_limit(usize::MAX), i64::MAX);
+    }
+}

@@ -1,0 +1,163 @@
+//! The schema and its migrations, versioned with `PRAGMA user_version`.
+//!
+//! `MIGRATIONS[i]` takes the file from version `i` to `i + 1`. Each step runs in its own
+//! transaction together with the version bump (the version lives in the file header, which is
+//! transactional), so a crash mid-upgrade leaves the previous version intact. Never edit a
+//! released step: append a new one.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// The schema version this build writes.
+pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+const MIGRATIONS: &[&str] = &[V1];
+
+/// Version 1: host cache, outbox, sent, inbox, contacts.
+const V1: &str = "
+-- Superpeers this node has seen. Bounded (MAX_HOSTS) by evicting the least recently seen.
+CREATE TABLE hosts (
+    peer_id      TEXT PRIMARY KEY NOT NULL,
+    addrs        TEXT NOT NULL,     -- JSON array of multiaddrs, freshest first, <= 16
+    rtt_ms       INTEGER,           -- last measured round trip, NULL if never measured
+    leaves       INTEGER,           -- last announced load, NULL if never announced
+    capacity     INTEGER,
+    last_seen    INTEGER NOT NULL,  -- last success, unix seconds
+    failures     INTEGER NOT NULL DEFAULT 0,  -- consecutive failures since last_seen
+    last_failure INTEGER            -- unix seconds, NULL if none since last_seen
+) STRICT;
+CREATE INDEX hosts_last_seen ON hosts (last_seen);
+
+-- Per-recipient counter of outgoing sequence numbers. Kept apart from outbox and sent so a
+-- number is never reused, whatever happens to the messages that carried it.
+CREATE TABLE conversations (
+    peer          TEXT PRIMARY KEY NOT NULL,
+    last_sent_seq INTEGER NOT NULL CHECK (last_sent_seq >= 1)
+) STRICT;
+
+-- Messages accepted by `send` and not yet acked by the recipient's node.
+CREATE TABLE outbox (
+    id                 TEXT PRIMARY KEY NOT NULL,  -- ULID
+    recipient          TEXT NOT NULL,
+    text               TEXT NOT NULL,
+    sent_at_ms         INTEGER NOT NULL,
+    conv_seq           INTEGER NOT NULL CHECK (conv_seq >= 1),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at_ms INTEGER NOT NULL,
+    last_error         TEXT,
+    UNIQUE (recipient, conv_seq)
+) STRICT;
+CREATE INDEX outbox_due ON outbox (next_attempt_at_ms);
+
+-- Messages the recipient's node acked as stored.
+CREATE TABLE sent (
+    id              TEXT PRIMARY KEY NOT NULL,
+    recipient       TEXT NOT NULL,
+    text            TEXT NOT NULL,
+    sent_at_ms      INTEGER NOT NULL,
+    conv_seq        INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL,
+    path            TEXT NOT NULL CHECK (path IN ('direct', 'relayed')),
+    delivered_at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX sent_conversation ON sent (recipient, conv_seq);
+
+-- Received messages. `arrival` is the arrival order; AUTOINCREMENT so it never goes back,
+-- even if old rows are deleted, and `inbox --follow` cursors stay valid.
+CREATE TABLE inbox (
+    arrival        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             TEXT NOT NULL UNIQUE,  -- ULID, the dedup key
+    sender         TEXT NOT NULL,
+    text           TEXT NOT NULL,
+    sent_at_ms     INTEGER NOT NULL,
+    conv_seq       INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX inbox_conversation ON inbox (sender, conv_seq);
+
+CREATE TABLE contacts (
+    name TEXT PRIMARY KEY NOT NULL
+) STRICT;
+";
+
+/// Brings `conn` up to [`VERSION`]; refuses a file from a newer build.
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found > VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_owned(),
+                found,
+                supported: VERSION,
+            });
+        }
+        let Some(step) = usize::try_from(found).ok().and_then(|i| MIGRATIONS.get(i)) else {
+            // found == VERSION (a negative version was never written by Natter: treat as
+            // corrupt rather than guess).
+            if found < 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "{}: schema version {found}",
+                    path.display()
+                )));
+            }
+            return Ok(());
+        };
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", found + 1)?;
+        tx.commit()?;
+        tracing::debug!(version = found + 1, "local store schema migrated");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+    use super::super::{DB_FILE, Store};
+    use super::*;
+
+    #[test]
+    fn newer_schema_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.pragma_update(None, "user_version", VERSION + 1)
+                .unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        match &err {
+            StoreError::NewerSchema {
+                path,
+                found,
+                supported,
+            } => {
+                assert_eq!(*found, VERSION + 1);
+                assert_eq!(*supported, VERSION);
+                assert!(path.ends_with(DB_FILE));
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(err.to_string().contains("upgrade natter"), "{err}");
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let tables: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_schema", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0, "nothing was created in a newer file");
+    }
+
+    #[test]
+    fn reopen_does_not_migrate_again() {
+        let (dir, store) = fresh();
+        store.add_contact("alice").unwrap();
+        let store = reopen(&dir, store);
+        let version: i64 = store
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        assert_eq!(store.contacts().unwrap(), ["alice"]);
+    }
+}

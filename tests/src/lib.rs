@@ -26,6 +26,17 @@ pub fn bin(name: &str) -> PathBuf {
             "-p",
             "natter-login-server",
         ]);
+        // The test's own cargo variables would make build scripts (ring's) see a changed
+        // environment and rebuild, for this build and the next outer one alike.
+        for (var, _) in std::env::vars() {
+            if var.starts_with("CARGO_PKG_")
+                || var.starts_with("CARGO_MANIFEST_")
+                || var == "CARGO_CRATE_NAME"
+                || var == "CARGO_PRIMARY_PACKAGE"
+            {
+                cmd.env_remove(var);
+            }
+        }
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -106,5 +117,165 @@ impl LoginServer {
 impl Drop for LoginServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// Runs `natter --home HOME ARGS...` to completion, `stdin` piped in.
+pub fn natter(home: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(bin("natter"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env("NATTER_LOG", "error")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn natter");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin.as_bytes());
+    }
+    child.wait_with_output().expect("wait for natter")
+}
+
+/// `natter ... --json` parsed, or `None` if the command failed (e.g. daemon not up yet).
+pub fn natter_json(home: &Path, args: &[&str]) -> Option<serde_json::Value> {
+    let mut full = args.to_vec();
+    full.push("--json");
+    let out = natter(home, &full, "");
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A `natter up` daemon on loopback, killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct NodeProcess {
+    pub home: PathBuf,
+    child: std::process::Child,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl NodeProcess {
+    /// Registers `user` (password `password1`) at `login`, then starts `natter up` with
+    /// `extra` flags, listening on loopback TCP and QUIC, promotion uptime 0.
+    pub fn start(dir: &Path, user: &str, login: &Multiaddr, extra: &[&str]) -> Self {
+        let home = dir.join(user);
+        let out = natter(
+            &home,
+            &["register", user, "--login", &login.to_string()],
+            "password1\n",
+        );
+        assert!(
+            out.status.success(),
+            "register {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut child = Command::new(bin("natter"))
+            .arg("--home")
+            .arg(&home)
+            .args([
+                "up",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--min-uptime",
+                "0",
+                "--min-cores",
+                "1",
+            ])
+            .args(extra)
+            .env(
+                "NATTER_LOG",
+                std::env::var("NATTER_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn natter up");
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipe = child.stdout.take().expect("stdout");
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                sink.lock().expect("lock").push_str(&(line + "\n"));
+            }
+        });
+        Self {
+            home,
+            child,
+            stdout,
+        }
+    }
+
+    /// What the daemon printed so far (its progress phases).
+    pub fn output(&self) -> String {
+        self.stdout.lock().expect("lock").clone()
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        natter_json(&self.home, &["status"])
+    }
+
+    pub fn peer_id(&self) -> String {
+        wait_for("status", std::time::Duration::from_secs(20), || {
+            self.status()
+                .and_then(|s| s["peer_id"].as_str().map(str::to_owned))
+        })
+    }
+
+    /// Waits until `natter status` reports `role`.
+    pub fn wait_role(&self, role: &str, timeout: std::time::Duration) {
+        wait_for(
+            &format!("{} to be {role}", self.home.display()),
+            timeout,
+            || self.status().filter(|s| s["role"] == role).map(|_| ()),
+        );
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<serde_json::Value> {
+        natter_json(&self.home, &["lookup", name])
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself (after `natter down`).
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        wait_for("daemon exit", timeout, || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

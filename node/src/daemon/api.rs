@@ -63,6 +63,14 @@ pub struct LookupView {
     pub direct_addrs: Vec<String>,
     /// Unix seconds; absent when never seen (or unknown).
     pub last_seen: Option<u64>,
+    /// The superpeer the user is attached to, which confirmed (or not) the device is there.
+    #[serde(default)]
+    pub home: Option<String>,
+    #[serde(default)]
+    pub confirmed: bool,
+    /// Sequence of the record this answer is from.
+    #[serde(default)]
+    pub seq: Option<u64>,
 }
 
 /// `natter netcheck --json`.

@@ -62,7 +62,13 @@ pub(crate) fn build(
             noise::Config::new,
             yamux::Config::default,
         )?
-        .with_quic()
+        // Notice a vanished peer in seconds (a crashed superpeer sends no close): leaves fail
+        // over on it. Keep-alives also hold NAT mappings open.
+        .with_quic_config(|mut c| {
+            c.max_idle_timeout = 6_000;
+            c.keep_alive_interval = Duration::from_secs(2);
+            c
+        })
         .with_dns()?
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(|key, relay_client| {

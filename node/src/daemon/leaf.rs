@@ -131,34 +131,29 @@ impl Daemon {
             .unwrap_or_default()
     }
 
-    /// Reserves a relay slot on `peer` (one per transport it announced), so others reach this
-    /// leaf through `<addr>/p2p/<peer>/p2p-circuit/p2p/<leaf>`.
+    /// Reserves a relay slot on `peer`, so others reach this leaf through
+    /// `<addr>/p2p/<peer>/p2p-circuit/p2p/<leaf>`. One reservation per superpeer: a second
+    /// one over the same connection would replace the first.
     fn reserve_relay(&mut self, peer: PeerId) {
-        let mut seen_quic = false;
-        let mut seen_tcp = false;
-        for addr in self.addrs_of(peer) {
-            let Ok(addr) = addr.parse::<Multiaddr>() else {
-                continue;
-            };
-            let quic = addr.iter().any(|p| matches!(p, Protocol::QuicV1));
-            if (quic && seen_quic) || (!quic && seen_tcp) {
-                continue;
+        let Some(addr) = self
+            .addrs_of(peer)
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .min_by_key(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)))
+        else {
+            tracing::warn!(%peer, "no address to reserve a relay slot on");
+            return;
+        };
+        let base: Multiaddr = addr
+            .iter()
+            .take_while(|p| !matches!(p, Protocol::P2p(_)))
+            .collect();
+        let circuit = base.with(Protocol::P2p(peer)).with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(_) => {
+                self.reserving.insert(peer, circuit);
             }
-            let base: Multiaddr = addr
-                .iter()
-                .take_while(|p| !matches!(p, Protocol::P2p(_)))
-                .collect();
-            let circuit = base.with(Protocol::P2p(peer)).with(Protocol::P2pCircuit);
-            match self.swarm.listen_on(circuit.clone()) {
-                Ok(_) => {
-                    if quic {
-                        seen_quic = true;
-                    } else {
-                        seen_tcp = true;
-                    }
-                }
-                Err(e) => tracing::warn!(%circuit, error = %e, "relay reservation failed"),
-            }
+            Err(e) => tracing::warn!(%circuit, error = %e, "relay reservation failed"),
         }
     }
 
@@ -166,6 +161,7 @@ impl Daemon {
     pub(super) fn lost_superpeer(&mut self, peer: PeerId) {
         self.relay_addrs
             .retain(|a| !a.iter().any(|p| p == Protocol::P2p(peer)));
+        self.reserving.remove(&peer);
         if self.primary == Some(peer) {
             self.primary = self.standby.take();
             self.last_publish = None;
@@ -363,5 +359,8 @@ pub(super) fn lookup_view(record: &PresenceRecord, confirmed: bool) -> LookupVie
         superpeers: record.body.relay_addrs.clone(),
         direct_addrs: record.body.direct_addrs.clone(),
         last_seen: Some(record.body.last_seen),
+        home: record.body.home.clone(),
+        confirmed,
+        seq: Some(record.body.seq),
     }
 }

@@ -145,6 +145,8 @@ pub(crate) struct Daemon {
     refused_by: HashMap<PeerId, Instant>,
     last_publish: Option<Instant>,
     relay_addrs: BTreeSet<Multiaddr>,
+    /// The circuit address asked for on each superpeer, until its reservation is accepted.
+    reserving: HashMap<PeerId, Multiaddr>,
 
     // Superpeer side.
     leaves: LeafTable,
@@ -252,6 +254,7 @@ impl Daemon {
             refused_by: HashMap::new(),
             last_publish: None,
             relay_addrs: BTreeSet::new(),
+            reserving: HashMap::new(),
             stats: DirectoryStats::default(),
             lookups: HashMap::new(),
             next_lookup: 0,
@@ -472,6 +475,20 @@ impl Daemon {
             SwarmEvent::Behaviour(B::Overlay(event)) => self.on_overlay_event(event),
             SwarmEvent::Behaviour(B::Kad(event)) => self.on_kad_event(event),
             SwarmEvent::Behaviour(B::Relay(event)) => self.on_relay_event(event),
+            SwarmEvent::Behaviour(B::RelayClient(
+                libp2p::relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => {
+                // The relay may not know its own public address to tell us; the circuit
+                // address we asked for is reachable all the same.
+                if let Some(circuit) = self.reserving.get(&relay_peer_id) {
+                    let full = circuit
+                        .clone()
+                        .with(libp2p::multiaddr::Protocol::P2p(self.peer_id()));
+                    if self.relay_addrs.insert(full) {
+                        self.last_publish = None;
+                    }
+                }
+            }
             SwarmEvent::Behaviour(B::Dcutr(event)) => {
                 tracing::info!(peer = %event.remote_peer_id, result = ?event.result, "hole punch");
             }
@@ -580,6 +597,9 @@ impl Daemon {
                     superpeers: vec![],
                     direct_addrs: vec![],
                     last_seen: None,
+                    home: None,
+                    confirmed: false,
+                    seq: None,
                 })));
             }
             (pending, other) => tracing::debug!(?pending, ?other, "unexpected login answer"),

@@ -71,6 +71,13 @@ impl Daemon {
             self.send_overlay(sp, OverlayRequest::Detach, OverlayPending::Detach);
         }
         let addrs: Vec<String> = self.public_addrs().iter().map(|a| a.to_string()).collect();
+        if self.confirmed.is_empty() {
+            // A forced seed vouches for its listen addresses itself: the relay hands them to
+            // the leaves it serves, and identify tells peers.
+            for addr in self.public_addrs() {
+                self.swarm.add_external_address(addr);
+            }
+        }
         self.phase(&format!(
             "promoted to superpeer ({}; public address {})",
             self.role_reason,

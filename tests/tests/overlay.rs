@@ -1,0 +1,212 @@
+//! The overlay with the real `natter` binary on loopback: nodes promote themselves, leaves
+//! attach to two superpeers, users find each other, sign off, fail over, get refused when a
+//! superpeer is full, and forged directory records are refused.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use natter_tests::{LoginServer, NodeProcess, loopback_config, wait_for};
+
+const PROMOTE: Duration = Duration::from_secs(30);
+const ATTACH: Duration = Duration::from_secs(30);
+
+struct Net {
+    _rt: tokio::runtime::Runtime,
+    server: LoginServer,
+    dir: tempfile::TempDir,
+}
+
+fn net() -> Net {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = rt.block_on(LoginServer::start(loopback_config(
+        &dir.path().join("login"),
+    )));
+    Net {
+        _rt: rt,
+        server,
+        dir,
+    }
+}
+
+impl Net {
+    fn node(&self, user: &str, extra: &[&str]) -> NodeProcess {
+        NodeProcess::start(self.dir.path(), user, &self.server.addr, extra)
+    }
+}
+
+fn attached(node: &NodeProcess, n: usize) -> Vec<String> {
+    wait_for(
+        &format!("{} attached to {n}", node.home.display()),
+        ATTACH,
+        || {
+            let s = node.status()?;
+            let sps: Vec<String> = s["superpeers"]
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            (sps.len() == n).then_some(sps)
+        },
+    )
+}
+
+fn status_of(node: &NodeProcess, name: &str, expected: &str) -> serde_json::Value {
+    wait_for(
+        &format!("{name} to read {expected}"),
+        Duration::from_secs(20),
+        || node.lookup(name).filter(|v| v["status"] == expected),
+    )
+}
+
+#[test]
+fn nodes_promote_themselves_leaves_attach_and_users_find_each_other() {
+    let net = net();
+    let sps: Vec<NodeProcess> = ["sp1", "sp2", "sp3"]
+        .iter()
+        .map(|u| net.node(u, &["--role", "auto"]))
+        .collect();
+    for sp in &sps {
+        sp.wait_role("superpeer", PROMOTE);
+        let s = sp.status().unwrap();
+        assert_eq!(s["reachability"], "public");
+        assert!(
+            sp.output().contains("promoted to superpeer"),
+            "{}",
+            sp.output()
+        );
+    }
+    let superpeer_ids: Vec<String> = sps.iter().map(NodeProcess::peer_id).collect();
+
+    let alice = net.node("alice", &["--role", "leaf"]);
+    let mut bob = net.node("bob", &["--role", "leaf"]);
+    for leaf in [&alice, &bob] {
+        let attached_to = attached(leaf, 2);
+        assert!(
+            attached_to.iter().all(|p| superpeer_ids.contains(p)),
+            "{attached_to:?}"
+        );
+        assert_ne!(attached_to[0], attached_to[1]);
+        let s = leaf.status().unwrap();
+        assert_eq!(s["role"], "leaf");
+    }
+
+    let found = status_of(&alice, "bob", "online");
+    assert_eq!(found["peer_id"], bob.peer_id());
+    assert!(
+        found["superpeers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().contains("p2p-circuit")),
+        "relay addresses in the record: {found}"
+    );
+    status_of(&bob, "alice", "online");
+    // A superpeer finds a leaf of another superpeer, and a leaf finds a superpeer's user.
+    status_of(&sps[0], "alice", "online");
+    status_of(&alice, "sp3", "online");
+    // Nobody registered this name.
+    assert_eq!(alice.lookup("nobody").unwrap()["status"], "unknown");
+
+    // Graceful sign-off: others read offline, with last-seen.
+    let out = natter_tests::natter(&bob.home, &["down"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(bob.wait_exit(Duration::from_secs(10)).success());
+    let gone = status_of(&alice, "bob", "offline");
+    let last_seen = gone["last_seen"].as_u64().expect("last_seen");
+    assert!(last_seen + 120 > natter_login_server::service::unix_now());
+
+    // The login server holds accounts and counters, never presence.
+    let db = rusqlite_tables(&net.dir.path().join("login"));
+    assert_eq!(db, vec!["accounts".to_string(), "counters".to_string()]);
+}
+
+fn rusqlite_tables(data_dir: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print('\\n'.join(r[0] for r in c.execute(\"select name from sqlite_master where type='table' order by name\")))")
+        .arg(data_dir.join("accounts.sqlite3"))
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_leaf_whose_primary_dies_is_reachable_again_through_another_within_seconds() {
+    let net = net();
+    let mut sps: Vec<NodeProcess> = ["spa", "spb", "spc"]
+        .iter()
+        .map(|u| net.node(u, &["--role", "superpeer"]))
+        .collect();
+    for sp in &sps {
+        sp.wait_role("superpeer", PROMOTE);
+    }
+    let ids: Vec<String> = sps.iter().map(NodeProcess::peer_id).collect();
+    let alice = net.node("alice", &["--role", "leaf"]);
+    let bob = net.node("bob", &["--role", "leaf"]);
+    let alice_sps = attached(&alice, 2);
+    attached(&bob, 2);
+    status_of(&bob, "alice", "online");
+
+    let primary = alice_sps[0].clone();
+    let victim = ids.iter().position(|p| *p == primary).unwrap();
+    let killed_at = Instant::now();
+    sps[victim].kill();
+
+    // Alice fails over to her standby and publishes through it; Bob reads her online again
+    // with relay addresses that no longer go through the dead superpeer.
+    let found = wait_for(
+        "alice reachable through another superpeer",
+        Duration::from_secs(30),
+        || {
+            let v = bob.lookup("alice")?;
+            let relays = v["superpeers"].as_array()?;
+            let fresh = v["status"] == "online"
+                && !relays.is_empty()
+                && relays
+                    .iter()
+                    .all(|a| !a.as_str().unwrap_or("").contains(&primary));
+            fresh.then_some(v)
+        },
+    );
+    let took = killed_at.elapsed();
+    eprintln!("failover: reachable again after {took:?}: {found}");
+    let s = alice.status().unwrap();
+    assert_ne!(s["primary"], primary.as_str());
+    assert!(alice.output().contains("takes over"), "{}", alice.output());
+    // And she finds a new standby.
+    let now_attached = attached(&alice, 2);
+    assert!(!now_attached.contains(&primary));
+}
+
+#[test]
+fn a_full_superpeer_refuses_and_the_leaf_attaches_elsewhere() {
+    let net = net();
+    let full = net.node("tiny", &["--role", "superpeer", "--max-leaves", "0"]);
+    let roomy = net.node("roomy", &["--role", "superpeer"]);
+    full.wait_role("superpeer", PROMOTE);
+    roomy.wait_role("superpeer", PROMOTE);
+    let (full_id, roomy_id) = (full.peer_id(), roomy.peer_id());
+    // Both are in the login server's list before the leaf starts.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let leaf = net.node("carol", &["--role", "leaf"]);
+    let sps = attached(&leaf, 1);
+    assert_eq!(sps, vec![roomy_id]);
+    // It did ask the full one (it wants a standby too) and was told to go elsewhere.
+    wait_for("the refusal", ATTACH, || {
+        leaf.output()
+            .contains(&format!("superpeer {full_id} is full"))
+            .then_some(())
+    });
+    assert_eq!(full.status().unwrap()["leaves"], 0);
+    assert_eq!(roomy.status().unwrap()["leaves"], 1);
+}

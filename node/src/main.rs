@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
 use natter_node::control::ControlClient;
 use natter_node::daemon::api::{
-    ControlRequest, ControlResponse, LookupView, NetcheckView, StatusView,
+    ControlRequest, ControlResponse, FollowEvent, InboxItem, LookupView, NetcheckView, StatusView,
 };
 use natter_node::daemon::{self, DaemonConfig};
 use natter_node::{Home, Identity, Issued, LoginClient};
@@ -94,6 +94,51 @@ enum Command {
     },
     /// Sign off (others see offline with last seen) and stop the daemon.
     Down,
+    /// Send a message. It is stored in the outbox first: "delivered" or "queued" (retried
+    /// until delivered, across restarts).
+    Send {
+        name: String,
+        text: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show received messages.
+    Inbox {
+        /// Print JSON (with --follow: one object per line).
+        #[arg(long)]
+        json: bool,
+        /// Keep streaming new messages and contacts' presence changes.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Measure the round trip to a user's device and show the path (relayed or direct).
+    Ping {
+        name: String,
+        /// Number of probes, one per second.
+        #[arg(long, default_value_t = 5)]
+        count: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage contacts: they are told of status changes directly.
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactsCommand {
+    /// Add a contact.
+    Add { name: String },
+    /// Remove a contact.
+    Remove { name: String },
+    /// List contacts.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -258,7 +303,138 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_done(runtime.block_on(call(&home, ControlRequest::SetStatus { status }))?)
         }
         Command::Down => print_done(runtime.block_on(call(&home, ControlRequest::Down))?),
+        Command::Send { name, text, json } => {
+            let name = parse_name(&name)?;
+            let request = ControlRequest::Send {
+                to: name.to_string(),
+                text,
+            };
+            let view = match runtime.block_on(call(&home, request))? {
+                ControlResponse::Sent(v) => v,
+                other => bail!("unexpected answer from the daemon: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string(&view)?);
+            } else if view.status == "delivered" {
+                println!(
+                    "delivered to {} ({})",
+                    view.to,
+                    view.path.as_deref().unwrap_or("?")
+                );
+            } else {
+                println!(
+                    "queued for {}: it will be delivered when {} is reachable",
+                    view.to, view.to
+                );
+            }
+            Ok(())
+        }
+        Command::Inbox { json, follow } => runtime.block_on(inbox(&home, json, follow)),
+        Command::Ping { name, count, json } => {
+            let name = parse_name(&name)?;
+            runtime.block_on(ping(&home, name, count, json))
+        }
+        Command::Contacts(cmd) => {
+            let (request, json) = match cmd {
+                ContactsCommand::Add { name } => (
+                    ControlRequest::ContactsAdd {
+                        name: parse_name(&name)?.to_string(),
+                    },
+                    false,
+                ),
+                ContactsCommand::Remove { name } => (
+                    ControlRequest::ContactsRemove {
+                        name: parse_name(&name)?.to_string(),
+                    },
+                    false,
+                ),
+                ContactsCommand::List { json } => (ControlRequest::ContactsList, json),
+            };
+            match runtime.block_on(call(&home, request))? {
+                ControlResponse::Contacts(list) if json => {
+                    println!("{}", serde_json::to_string_pretty(&list)?)
+                }
+                ControlResponse::Contacts(list) => list.iter().for_each(|c| println!("{c}")),
+                other => print_done(other)?,
+            }
+            Ok(())
+        }
     }
+}
+
+fn format_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+fn print_item(item: &InboxItem) {
+    println!("[{}] {}: {}", format_ms(item.sent_at), item.from, item.text);
+}
+
+async fn inbox(home: &Home, json: bool, follow: bool) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let request = ControlRequest::Inbox { follow };
+    let mut client = ControlClient::connect(home.dir()).await?;
+    if !follow {
+        let items = match client.call(&request).await? {
+            ControlResponse::Inbox(items) => items,
+            other => bail!("unexpected answer from the daemon: {other:?}"),
+        };
+        if json {
+            println!("{}", serde_json::to_string_pretty(&items)?);
+        } else {
+            items.iter().for_each(print_item);
+        }
+        return Ok(());
+    }
+    let stream = client.stream::<_, ControlResponse>(&request).await?;
+    futures::pin_mut!(stream);
+    while let Some(next) = stream.next().await {
+        match next? {
+            ControlResponse::Event(event) if json => println!("{}", serde_json::to_string(&event)?),
+            ControlResponse::Event(FollowEvent::Message(item)) => print_item(&item),
+            ControlResponse::Event(FollowEvent::Presence { user, status, .. }) => {
+                println!("* {user} is now {status}")
+            }
+            other => bail!("unexpected answer from the daemon: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+async fn ping(home: &Home, name: UserName, count: u32, json: bool) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let request = ControlRequest::Ping {
+        name: name.to_string(),
+        count,
+    };
+    let client = ControlClient::connect(home.dir()).await?;
+    let stream = client.stream::<_, ControlResponse>(&request).await?;
+    futures::pin_mut!(stream);
+    let mut probes = Vec::new();
+    while let Some(next) = stream.next().await {
+        let probe = match next? {
+            ControlResponse::Ping(p) => p,
+            other => bail!("unexpected answer from the daemon: {other:?}"),
+        };
+        if !json {
+            match (&probe.rtt_ms, &probe.path) {
+                (Some(rtt), Some(path)) => {
+                    println!("{name}: seq={} rtt={rtt:.2} ms via {path}", probe.seq)
+                }
+                _ => println!(
+                    "{name}: seq={} failed: {}",
+                    probe.seq,
+                    probe.error.as_deref().unwrap_or("no answer")
+                ),
+            }
+        }
+        probes.push(probe);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&probes)?);
+    }
+    Ok(())
 }
 
 async fn call(home: &Home, request: ControlRequest) -> anyhow::Result<ControlResponse> {

@@ -7,6 +7,7 @@
 pub mod cert;
 pub mod limits;
 pub mod login;
+pub mod msg;
 pub mod name;
 pub mod overlay;
 pub mod presence;

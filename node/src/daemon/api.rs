@@ -12,6 +12,12 @@ pub enum ControlRequest {
     Netcheck,
     SetStatus { status: Status },
     Down,
+    Send { to: String, text: String },
+    Inbox { follow: bool },
+    Ping { name: String, count: u32 },
+    ContactsAdd { name: String },
+    ContactsRemove { name: String },
+    ContactsList,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,7 +26,60 @@ pub enum ControlResponse {
     Status(StatusView),
     Lookup(LookupView),
     Netcheck(NetcheckView),
-    Done { message: String },
+    Done {
+        message: String,
+    },
+    Sent(SendView),
+    Inbox(Vec<InboxItem>),
+    /// One line of `inbox --follow`.
+    Event(FollowEvent),
+    Ping(PingProbe),
+    Contacts(Vec<String>),
+}
+
+/// `natter send --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendView {
+    pub id: String,
+    /// "delivered" (stored by the recipient's node) or "queued" (will be retried).
+    pub status: String,
+    /// "direct" or "relayed" when delivered.
+    pub path: Option<String>,
+    pub to: String,
+}
+
+/// One message of `natter inbox --json`. Times are milliseconds since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxItem {
+    pub id: String,
+    pub from: String,
+    pub text: String,
+    pub sent_at: u64,
+    pub received_at: u64,
+}
+
+/// What `inbox --follow` streams: new messages and contacts' presence changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum FollowEvent {
+    Message(InboxItem),
+    Presence {
+        user: String,
+        status: String,
+        last_seen: Option<u64>,
+    },
+}
+
+/// One probe of `natter ping --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingProbe {
+    pub seq: u32,
+    /// Round trip in milliseconds; absent when the probe failed.
+    pub rtt_ms: Option<f64>,
+    /// "direct" or "relayed".
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `natter status --json`.

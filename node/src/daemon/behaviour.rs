@@ -18,12 +18,14 @@ use libp2p::{
     noise, ping, relay, tcp, yamux,
 };
 use natter_proto::limits::MAX_OVERLAY_MESSAGE_BYTES;
+use natter_proto::msg::{MAX_MSG_WIRE_BYTES, MsgRequest, MsgResponse};
 use natter_proto::overlay::{OverlayRequest, OverlayResponse};
 use natter_proto::protocol;
 use natter_superpeer::relay::RelayLimits;
 
 use crate::login_client::{self, LoginCodec};
 
+pub(crate) type MsgCodec = request_response::json::codec::Codec<MsgRequest, MsgResponse>;
 pub(crate) type OverlayCodec =
     request_response::json::codec::Codec<OverlayRequest, OverlayResponse>;
 
@@ -41,6 +43,7 @@ pub(crate) struct Behaviour {
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) login: request_response::Behaviour<LoginCodec>,
     pub(crate) overlay: request_response::Behaviour<OverlayCodec>,
+    pub(crate) msg: request_response::Behaviour<MsgCodec>,
 }
 
 /// Settings the swarm is built with.
@@ -133,6 +136,15 @@ pub(crate) fn build(
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(15))
                         .with_max_concurrent_streams(256),
+                ),
+                msg: request_response::Behaviour::with_codec(
+                    MsgCodec::default()
+                        .set_request_size_maximum(MAX_MSG_WIRE_BYTES)
+                        .set_response_size_maximum(64 * 1024),
+                    [(StreamProtocol::new(protocol::MSG), ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(20))
+                        .with_max_concurrent_streams(128),
                 ),
             }
         })?

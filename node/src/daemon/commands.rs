@@ -5,8 +5,7 @@ use natter_proto::UserName;
 
 use super::api::{ControlRequest, ControlResponse, NetcheckView, Observation, StatusView};
 use super::leaf::lookup_view;
-use super::superpeer::Requester;
-use super::{Current, Daemon, netcheck};
+use super::{Current, Daemon, LookupFor, netcheck};
 use crate::control::Replier;
 
 pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<ControlResponse>) {
@@ -29,10 +28,7 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
                     return;
                 }
             }
-            match d.role {
-                Current::Superpeer => d.start_lookup(name, Requester::Local(reply)),
-                Current::Leaf => d.leaf_lookup(name, reply),
-            }
+            d.lookup(name, LookupFor::Control(reply));
         }
         ControlRequest::Netcheck => {
             let _ = reply.try_send(Ok(ControlResponse::Netcheck(netcheck_view(d))));
@@ -43,6 +39,7 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
                 return;
             }
             d.presence = status;
+            d.push_presence();
             match d.role {
                 Current::Leaf => d.publish_record(false),
                 Current::Superpeer => d.publish_own(status),
@@ -51,6 +48,12 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
                 message: format!("status set to {status}"),
             }));
         }
+        ControlRequest::Send { to, text } => d.cmd_send(to, text, reply),
+        ControlRequest::Inbox { follow } => d.cmd_inbox(follow, reply),
+        ControlRequest::Ping { name, count } => d.cmd_ping(name, count, reply),
+        ControlRequest::ContactsAdd { name } => d.cmd_contacts(Some(name), None, reply),
+        ControlRequest::ContactsRemove { name } => d.cmd_contacts(None, Some(name), reply),
+        ControlRequest::ContactsList => d.cmd_contacts(None, None, reply),
         ControlRequest::Down => {
             d.phase("signing off");
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
@@ -71,6 +74,9 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
                     d.going_down = Some((deadline, Some(reply)));
                     d.finish_down();
                 }
+            }
+            if d.going_down.is_some() {
+                d.push_presence();
             }
         }
     }

@@ -10,9 +10,8 @@ use libp2p::{Multiaddr, PeerId};
 use natter_proto::overlay::{OverlayRequest, OverlayResponse};
 use natter_proto::{PresenceBody, PresenceRecord, Status, UserName};
 
-use super::api::{ControlResponse, LookupView};
-use super::{Current, Daemon, LoginPending, OverlayPending, unix_now};
-use crate::control::Replier;
+use super::api::LookupView;
+use super::{Current, Daemon, LoginPending, LookupFor, LookupOutcome, OverlayPending, unix_now};
 
 /// How long an attach attempt may take before the next candidate is tried.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -252,48 +251,59 @@ impl Daemon {
         );
     }
 
-    pub(super) fn leaf_lookup(&mut self, name: UserName, reply: Replier<ControlResponse>) {
+    /// Looks `name` up: through the directory if this node is a superpeer, else through its
+    /// primary superpeer. The answer goes to `on_lookup_result`.
+    pub(super) fn lookup(&mut self, name: UserName, purpose: LookupFor) {
+        if self.role == Current::Superpeer {
+            self.start_lookup(name, super::superpeer::Requester::Local(purpose));
+            return;
+        }
         let Some(primary) = self.primary else {
-            let _ = reply.try_send(Err(
-                "not attached to any superpeer yet; try again in a few seconds".into(),
-            ));
+            self.on_lookup_result(
+                name,
+                purpose,
+                LookupOutcome::Failed(
+                    "not attached to any superpeer yet; try again in a few seconds".into(),
+                ),
+            );
             return;
         };
         let request = OverlayRequest::Lookup {
             name: name.to_string(),
         };
-        self.send_overlay(primary, request, OverlayPending::Lookup { name, reply });
+        self.send_overlay(primary, request, OverlayPending::Lookup { name, purpose });
     }
 
-    /// Turns a lookup answer into what `natter lookup` shows.
+    /// Turns a superpeer's answer into a lookup outcome; asks the login server whether the
+    /// name exists when there is no record (not needed when only routing).
     pub(super) fn answer_lookup(
         &mut self,
         name: UserName,
-        reply: Replier<ControlResponse>,
+        purpose: LookupFor,
         answer: Result<OverlayResponse, String>,
     ) {
-        match answer {
+        let outcome = match answer {
             Ok(OverlayResponse::Found { record, confirmed }) => {
-                let _ =
-                    reply.try_send(Ok(ControlResponse::Lookup(lookup_view(&record, confirmed))));
+                LookupOutcome::Found { record, confirmed }
             }
             Ok(OverlayResponse::NotFound) => {
-                // No record: registered but not online lately, or no such user at all.
-                let request = natter_proto::login::LoginRequest::Exists {
-                    name: name.to_string(),
-                };
-                self.send_login(request, LoginPending::Exists { name, reply });
+                if matches!(purpose, LookupFor::Route | LookupFor::Push) {
+                    LookupOutcome::NotFound { exists: None }
+                } else {
+                    let request = natter_proto::login::LoginRequest::Exists {
+                        name: name.to_string(),
+                    };
+                    self.send_login(request, LoginPending::Exists { name, purpose });
+                    return;
+                }
             }
             Ok(OverlayResponse::Refused { message, .. }) => {
-                let _ = reply.try_send(Err(format!("lookup refused: {message}")));
+                LookupOutcome::Failed(format!("lookup refused: {message}"))
             }
-            Ok(other) => {
-                let _ = reply.try_send(Err(format!("unexpected lookup answer: {other:?}")));
-            }
-            Err(e) => {
-                let _ = reply.try_send(Err(format!("lookup failed: {e}")));
-            }
-        }
+            Ok(other) => LookupOutcome::Failed(format!("unexpected lookup answer: {other:?}")),
+            Err(e) => LookupOutcome::Failed(format!("lookup failed: {e}")),
+        };
+        self.on_lookup_result(name, purpose, outcome);
     }
 
     /// Routes an answer to a request this node sent.
@@ -326,7 +336,7 @@ impl Daemon {
                     self.finish_down();
                 }
             }
-            OverlayPending::Lookup { name, reply } => self.answer_lookup(name, reply, answer),
+            OverlayPending::Lookup { name, purpose } => self.answer_lookup(name, purpose, answer),
             OverlayPending::Liveness { lookup } => {
                 let attached = matches!(answer, Ok(OverlayResponse::Attachment { attached: true }));
                 self.finish_lookup(lookup, Some(attached));

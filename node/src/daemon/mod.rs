@@ -10,6 +10,7 @@ pub mod api;
 mod behaviour;
 mod commands;
 mod leaf;
+mod messaging;
 mod netcheck;
 mod superpeer;
 
@@ -86,13 +87,44 @@ enum OverlayPending {
     /// A leaf's own lookup, answered by its superpeer.
     Lookup {
         name: UserName,
-        reply: Replier<ControlResponse>,
+        purpose: LookupFor,
     },
     /// This superpeer asked a record's home superpeer whether the user is attached.
     Liveness {
         lookup: u64,
     },
     Detach,
+}
+
+/// Why this node looks a user up, which decides what happens with the answer.
+#[derive(Debug)]
+pub(crate) enum LookupFor {
+    /// `natter lookup`: show it.
+    Control(Replier<ControlResponse>),
+    /// `natter send`: queue the message unless the user does not exist.
+    Send {
+        text: String,
+        reply: Replier<ControlResponse>,
+    },
+    /// Delivering queued messages: where is the user now?
+    Route,
+    /// Telling a contact about a status change.
+    Push,
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per lookup, moved once
+pub(crate) enum LookupOutcome {
+    Found {
+        record: natter_proto::PresenceRecord,
+        confirmed: bool,
+    },
+    /// No record; `exists` is what the login server said (None: it could not be asked).
+    NotFound {
+        exists: Option<bool>,
+    },
+    Failed(String),
 }
 
 /// Requests in flight to the login server.
@@ -103,7 +135,7 @@ enum LoginPending {
     /// A lookup found no record: does the name exist at all?
     Exists {
         name: UserName,
-        reply: Replier<ControlResponse>,
+        purpose: LookupFor,
     },
 }
 
@@ -164,6 +196,7 @@ pub(crate) struct Daemon {
     login_pending: HashMap<OutboundRequestId, LoginPending>,
     last_renew_attempt: Option<Instant>,
     going_down: Option<(Instant, Option<Replier<ControlResponse>>)>,
+    msg: messaging::Messaging,
 }
 
 /// Runs the daemon for `home` until `shutdown` or `natter down`.
@@ -267,6 +300,7 @@ impl Daemon {
             login_pending: HashMap::new(),
             last_renew_attempt: None,
             going_down: None,
+            msg: messaging::Messaging::default(),
             config,
         })
     }
@@ -332,6 +366,7 @@ impl Daemon {
             Current::Leaf => self.leaf_tick(),
             Current::Superpeer => self.superpeer_tick(),
         }
+        self.messaging_tick();
         // Renew at 80% of the certificate lifetime, retrying every minute until it works.
         let cert = &self.identity.cert;
         let lifetime = cert.expires_at().saturating_sub(cert.issued_at());
@@ -419,16 +454,37 @@ impl Daemon {
                 self.confirmed.remove(&address);
                 self.evaluate_role();
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
                 if peer_id == self.login_peer {
                     self.login_connected = true;
                 }
+                let relayed = endpoint.is_relayed();
+                if !relayed {
+                    // A direct path exists (e.g. after hole punching): retire relayed ones, so
+                    // messages take the direct path; an interrupted send is simply retried.
+                    for old in self.msg.relayed_to(peer_id) {
+                        tracing::info!(peer = %peer_id, "direct connection established; closing the relayed one");
+                        self.swarm.close_connection(old);
+                    }
+                }
+                if relayed && self.msg.has_direct(peer_id) {
+                    // Already connected directly: the relay is not needed.
+                    self.swarm.close_connection(connection_id);
+                }
+                self.msg.on_connection(connection_id, peer_id, relayed);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
+                connection_id,
                 ..
             } => {
+                self.msg.on_connection_closed(connection_id);
                 if num_established == 0 {
                     if peer_id == self.login_peer {
                         self.login_connected = false;
@@ -473,6 +529,7 @@ impl Daemon {
             }
             SwarmEvent::Behaviour(B::Login(event)) => self.on_login_event(event),
             SwarmEvent::Behaviour(B::Overlay(event)) => self.on_overlay_event(event),
+            SwarmEvent::Behaviour(B::Msg(event)) => self.on_msg_event(event),
             SwarmEvent::Behaviour(B::Kad(event)) => self.on_kad_event(event),
             SwarmEvent::Behaviour(B::Relay(event)) => self.on_relay_event(event),
             SwarmEvent::Behaviour(B::RelayClient(
@@ -585,22 +642,12 @@ impl Daemon {
             (LoginPending::Announce, other) => {
                 tracing::warn!(?other, "announcement to the login server failed");
             }
-            (LoginPending::Exists { name, reply }, response) => {
-                let status = match response {
-                    Ok(LoginResponse::Exists { exists: true, .. }) => "offline",
-                    _ => "unknown",
+            (LoginPending::Exists { name, purpose }, response) => {
+                let exists = match response {
+                    Ok(LoginResponse::Exists { exists, .. }) => Some(exists),
+                    _ => None,
                 };
-                let _ = reply.try_send(Ok(ControlResponse::Lookup(api::LookupView {
-                    user: name.to_string(),
-                    status: status.into(),
-                    peer_id: None,
-                    superpeers: vec![],
-                    direct_addrs: vec![],
-                    last_seen: None,
-                    home: None,
-                    confirmed: false,
-                    seq: None,
-                })));
+                self.on_lookup_result(name, purpose, LookupOutcome::NotFound { exists });
             }
             (pending, other) => tracing::debug!(?pending, ?other, "unexpected login answer"),
         }

@@ -14,14 +14,12 @@ use natter_superpeer::directory::{admit_record, best_record};
 use natter_superpeer::promotion::{Decision, Resources, decide};
 use natter_superpeer::{Admission, Role};
 
-use super::api::ControlResponse;
-use super::{Current, Daemon, LoginPending, OverlayPending, unix_now};
-use crate::control::Replier;
+use super::{Current, Daemon, LoginPending, LookupFor, OverlayPending, unix_now};
 
 /// Who asked for a lookup this superpeer is resolving.
 pub(crate) enum Requester {
     Remote(ResponseChannel<OverlayResponse>),
-    Local(Replier<ControlResponse>),
+    Local(LookupFor),
 }
 
 /// A lookup in progress on this superpeer.
@@ -516,7 +514,7 @@ impl Daemon {
         };
         match requester {
             Requester::Remote(channel) => self.respond(channel, response),
-            Requester::Local(reply) => self.answer_lookup(name, reply, Ok(response)),
+            Requester::Local(purpose) => self.answer_lookup(name, purpose, Ok(response)),
         }
     }
 

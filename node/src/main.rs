@@ -102,6 +102,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Answer as soon as the message is queued, without waiting for delivery.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Show received messages.
     Inbox {
@@ -303,11 +306,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_done(runtime.block_on(call(&home, ControlRequest::SetStatus { status }))?)
         }
         Command::Down => print_done(runtime.block_on(call(&home, ControlRequest::Down))?),
-        Command::Send { name, text, json } => {
+        Command::Send {
+            name,
+            text,
+            json,
+            no_wait,
+        } => {
             let name = parse_name(&name)?;
             let request = ControlRequest::Send {
                 to: name.to_string(),
                 text,
+                wait: !no_wait,
             };
             let view = match runtime.block_on(call(&home, request))? {
                 ControlResponse::Sent(v) => v,

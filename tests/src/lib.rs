@@ -173,6 +173,7 @@ pub fn wait_for<T>(
 #[derive(Debug)]
 pub struct NodeProcess {
     pub home: PathBuf,
+    extra: Vec<String>,
     child: std::process::Child,
     stdout: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -192,9 +193,26 @@ impl NodeProcess {
             "register {user}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, stdout) = Self::spawn(&home, &extra);
+        Self {
+            home,
+            extra,
+            child,
+            stdout,
+        }
+    }
+
+    fn spawn(
+        home: &Path,
+        extra: &[String],
+    ) -> (
+        std::process::Child,
+        std::sync::Arc<std::sync::Mutex<String>>,
+    ) {
         let mut child = Command::new(bin("natter"))
             .arg("--home")
-            .arg(&home)
+            .arg(home)
             .args([
                 "up",
                 "--listen",
@@ -224,11 +242,15 @@ impl NodeProcess {
                 sink.lock().expect("lock").push_str(&(line + "\n"));
             }
         });
-        Self {
-            home,
-            child,
-            stdout,
-        }
+        (child, stdout)
+    }
+
+    /// Starts the daemon again on the same home, after it stopped or was killed.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, stdout) = Self::spawn(&self.home, &self.extra);
+        self.child = child;
+        self.stdout = stdout;
     }
 
     /// What the daemon printed so far (its progress phases).

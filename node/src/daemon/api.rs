@@ -8,16 +8,39 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum ControlRequest {
     Status,
-    Lookup { name: String },
+    Lookup {
+        name: String,
+    },
     Netcheck,
-    SetStatus { status: Status },
+    SetStatus {
+        status: Status,
+    },
     Down,
-    Send { to: String, text: String },
-    Inbox { follow: bool },
-    Ping { name: String, count: u32 },
-    ContactsAdd { name: String },
-    ContactsRemove { name: String },
+    Send {
+        to: String,
+        text: String,
+        /// Wait (up to 5 s) for the recipient's acknowledgement before answering.
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    Inbox {
+        follow: bool,
+    },
+    Ping {
+        name: String,
+        count: u32,
+    },
+    ContactsAdd {
+        name: String,
+    },
+    ContactsRemove {
+        name: String,
+    },
     ContactsList,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

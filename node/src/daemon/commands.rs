@@ -48,7 +48,7 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
                 message: format!("status set to {status}"),
             }));
         }
-        ControlRequest::Send { to, text } => d.cmd_send(to, text, reply),
+        ControlRequest::Send { to, text, wait } => d.cmd_send(to, text, wait, reply),
         ControlRequest::Inbox { follow } => d.cmd_inbox(follow, reply),
         ControlRequest::Ping { name, count } => d.cmd_ping(name, count, reply),
         ControlRequest::ContactsAdd { name } => d.cmd_contacts(Some(name), None, reply),

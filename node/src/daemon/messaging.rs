@@ -24,8 +24,8 @@ use crate::store::{IncomingMessage, OutgoingMessage, QueuedMessage, Receipt};
 const SEND_WAIT: Duration = Duration::from_secs(5);
 /// A route (peer id and addresses from a lookup) is trusted this long.
 const ROUTE_TTL: Duration = Duration::from_secs(60);
-/// Retry backoff: 1 s doubling to at most 60 s.
-const MAX_BACKOFF_MS: u64 = 60_000;
+/// Retry backoff: 1 s doubling to at most 30 s.
+const MAX_BACKOFF_MS: u64 = 30_000;
 
 /// Where a user's device can be reached.
 #[derive(Debug, Clone)]
@@ -146,7 +146,13 @@ fn item(m: &crate::store::InboxEntry) -> InboxItem {
 impl Daemon {
     /// `natter send`: checks the text, resolves the name (an unknown user is an error and
     /// nothing is queued), then queues and tries to deliver.
-    pub(super) fn cmd_send(&mut self, to: String, text: String, reply: Replier<ControlResponse>) {
+    pub(super) fn cmd_send(
+        &mut self,
+        to: String,
+        text: String,
+        wait: bool,
+        reply: Replier<ControlResponse>,
+    ) {
         let to = match UserName::parse(&to) {
             Ok(n) => n,
             Err(e) => {
@@ -162,7 +168,7 @@ impl Daemon {
             let _ = reply.try_send(Err("cannot send a message to yourself".into()));
             return;
         }
-        self.lookup(to, LookupFor::Send { text, reply });
+        self.lookup(to, LookupFor::Send { text, wait, reply });
     }
 
     /// Every lookup ends here, whatever it was for.
@@ -198,7 +204,7 @@ impl Daemon {
                 };
                 let _ = reply.try_send(view.map(ControlResponse::Lookup));
             }
-            LookupFor::Send { text, reply } => {
+            LookupFor::Send { text, wait, reply } => {
                 match &outcome {
                     LookupOutcome::NotFound {
                         exists: Some(false),
@@ -210,7 +216,7 @@ impl Daemon {
                     LookupOutcome::Found { record, .. } => self.learn_route(&name, record),
                     _ => {}
                 }
-                self.enqueue(name, text, reply);
+                self.enqueue(name, text, wait, reply);
             }
             LookupFor::Route => {
                 self.msg.resolving.remove(&name);
@@ -258,7 +264,7 @@ impl Daemon {
         );
     }
 
-    fn enqueue(&mut self, to: UserName, text: String, reply: Replier<ControlResponse>) {
+    fn enqueue(&mut self, to: UserName, text: String, wait: bool, reply: Replier<ControlResponse>) {
         let id = self.msg.ulid();
         let outgoing = OutgoingMessage {
             id: id.clone(),
@@ -271,9 +277,8 @@ impl Daemon {
             let _ = reply.try_send(Err(format!("cannot queue the message: {e}")));
             return;
         }
-        self.msg
-            .waiters
-            .insert(id, (reply, Instant::now() + SEND_WAIT, to));
+        let deadline = Instant::now() + if wait { SEND_WAIT } else { Duration::ZERO };
+        self.msg.waiters.insert(id, (reply, deadline, to));
         self.pump_outbox();
     }
 
@@ -832,8 +837,8 @@ mod tests {
     fn backoff_doubles_to_a_minute() {
         assert_eq!(backoff_ms(0), 1000);
         assert_eq!(backoff_ms(1), 2000);
-        assert_eq!(backoff_ms(5), 32_000);
-        assert_eq!(backoff_ms(6), 60_000);
-        assert_eq!(backoff_ms(1000), 60_000);
+        assert_eq!(backoff_ms(4), 16_000);
+        assert_eq!(backoff_ms(5), 30_000);
+        assert_eq!(backoff_ms(1000), 30_000);
     }
 }

@@ -104,6 +104,7 @@ pub(crate) enum LookupFor {
     /// `natter send`: queue the message unless the user does not exist.
     Send {
         text: String,
+        wait: bool,
         reply: Replier<ControlResponse>,
     },
     /// Delivering queued messages: where is the user now?

@@ -131,12 +131,15 @@ impl Daemon {
                     }
                 }
             }
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            if !self.superpeers_seen.is_empty() {
+                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            }
         }
-        if self
-            .last_announce
-            .is_none_or(|t| now - t > Duration::from_secs(60))
-        {
+        // Announce every minute; every 5 s while no other superpeer is known, so that
+        // superpeers starting together find each other quickly.
+        let lonely = self.superpeers_seen.is_empty();
+        let announce_every = Duration::from_secs(if lonely { 5 } else { 60 });
+        if self.last_announce.is_none_or(|t| now - t > announce_every) {
             let addrs: Vec<String> = self
                 .public_addrs()
                 .iter()

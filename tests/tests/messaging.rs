@@ -1,0 +1,420 @@
+//! Messaging with the real `natter` binary on loopback: relayed then direct delivery between
+//! leaves, direct delivery to a public node, queueing while the recipient is down, surviving
+//! `kill -9` of the sender, a burst of 1,000 in order, and refusal of spoofed or duplicate
+//! deliveries at the recipient.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, noise, tcp, yamux};
+use natter_node::LoginClient;
+use natter_node::control::ControlClient;
+use natter_node::daemon::api::{ControlRequest, ControlResponse};
+use natter_proto::login::Password;
+use natter_proto::msg::{DirectMessage, MsgRefusal, MsgRequest, MsgResponse};
+use natter_proto::{Certificate, UserName};
+use natter_tests::{LoginServer, NodeProcess, loopback_config, natter, natter_json, wait_for};
+
+struct Net {
+    rt: tokio::runtime::Runtime,
+    server: LoginServer,
+    dir: tempfile::TempDir,
+}
+
+fn net() -> Net {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = rt.block_on(LoginServer::start(loopback_config(
+        &dir.path().join("login"),
+    )));
+    Net { rt, server, dir }
+}
+
+impl Net {
+    fn node(&self, user: &str, extra: &[&str]) -> NodeProcess {
+        NodeProcess::start(self.dir.path(), user, &self.server.addr, extra)
+    }
+
+    fn superpeers(&self, names: &[&str]) -> Vec<NodeProcess> {
+        let sps: Vec<NodeProcess> = names
+            .iter()
+            .map(|n| self.node(n, &["--role", "superpeer"]))
+            .collect();
+        for sp in &sps {
+            sp.wait_role("superpeer", Duration::from_secs(30));
+        }
+        sps
+    }
+
+    fn leaf(&self, name: &str) -> NodeProcess {
+        let leaf = self.node(name, &["--role", "leaf"]);
+        wait_attached(&leaf);
+        leaf
+    }
+}
+
+fn wait_attached(leaf: &NodeProcess) {
+    wait_for("attached", Duration::from_secs(30), || {
+        leaf.status()
+            .filter(|s| s["primary"].is_string())
+            .map(|_| ())
+    });
+}
+
+fn wait_online(from: &NodeProcess, name: &str) {
+    wait_for(&format!("{name} online"), Duration::from_secs(30), || {
+        from.lookup(name)
+            .filter(|v| v["status"] == "online")
+            .map(|_| ())
+    });
+}
+
+fn send(from: &NodeProcess, to: &str, text: &str) -> serde_json::Value {
+    let out = natter(&from.home, &["send", to, text, "--json"], "");
+    assert!(
+        out.status.success(),
+        "send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn inbox(node: &NodeProcess) -> Vec<serde_json::Value> {
+    natter_json(&node.home, &["inbox"])
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn texts(node: &NodeProcess) -> Vec<String> {
+    inbox(node)
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn leaf_to_leaf_is_relayed_then_direct_and_a_public_node_is_reached_directly() {
+    let net = net();
+    let sps = net.superpeers(&["spa", "spb"]);
+    let alice = net.leaf("alice");
+    let bob = net.leaf("bob");
+    wait_online(&alice, "bob");
+
+    // First contact between two leaves goes through bob's superpeer.
+    let first = send(&alice, "bob", "hello bob");
+    assert_eq!(first["status"], "delivered", "{first}");
+    assert_eq!(first["path"], "relayed", "{first}");
+    assert!(first["id"].as_str().unwrap().len() == 26);
+
+    // Hole punching then upgrades the connection: ping shows it.
+    let direct = wait_for("a direct path", Duration::from_secs(30), || {
+        let probes = natter_json(&alice.home, &["ping", "bob", "--count", "1"])?;
+        let probe = probes.as_array()?.first()?.clone();
+        (probe["path"] == "direct").then_some(probe)
+    });
+    assert!(direct["rtt_ms"].as_f64().unwrap() > 0.0);
+    let second = send(&alice, "bob", "now direct");
+    assert_eq!(second["path"], "direct", "{second}");
+
+    // A public node (a superpeer's user) is reached directly from the first message.
+    wait_online(&alice, "spa");
+    let public = send(&alice, "spa", "hi superpeer");
+    assert_eq!(public["status"], "delivered");
+    assert_eq!(public["path"], "direct", "{public}");
+
+    // Each message shows once, in order.
+    assert_eq!(texts(&bob), vec!["hello bob", "now direct"]);
+    assert_eq!(texts(&sps[0]), vec!["hi superpeer"]);
+    let mail = inbox(&bob);
+    assert_eq!(mail[0]["from"], "alice");
+    assert!(mail[0]["received_at"].as_u64().unwrap() >= mail[0]["sent_at"].as_u64().unwrap());
+}
+
+#[test]
+fn bad_input_is_refused_before_queueing() {
+    let net = net();
+    let _sps = net.superpeers(&["spa"]);
+    let alice = net.leaf("alice");
+    let fails = |args: &[&str], needle: &str| {
+        let out = natter(&alice.home, args, "");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err:?}"
+        );
+    };
+    fails(&["send", "nobody", "hi"], "no user named nobody");
+    fails(&["send", "bob!", "hi"], "invalid name");
+    fails(&["send", "alice", ""], "empty");
+    let big = "x".repeat(64 * 1024 + 1);
+    fails(&["send", "alice", &big], "at most 65536 bytes");
+    let status = natter_json(&alice.home, &["status"]).unwrap();
+    assert_eq!(status["user"], "alice");
+    // Nothing reached the outbox: a queued message would be retried for ever.
+    let store = natter_node::store::Store::open(&alice.home).unwrap();
+    assert_eq!(store.outbox_len().unwrap(), 0);
+
+    // A daemon that is not running: a clear error saying how to start it.
+    let nowhere = net.dir.path().join("nowhere");
+    let out = natter(&nowhere, &["send", "alice", "hi"], "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("natter is not running") && err.contains("up"),
+        "{err}"
+    );
+}
+
+#[test]
+fn queued_while_the_recipient_is_down_and_delivered_when_it_returns() {
+    let net = net();
+    let _sps = net.superpeers(&["spa", "spb"]);
+    let alice = net.leaf("alice");
+    let mut bob = net.leaf("bob");
+    wait_online(&alice, "bob");
+    let out = natter(&bob.home, &["down"], "");
+    assert!(out.status.success());
+    bob.wait_exit(Duration::from_secs(10));
+    wait_for("bob offline", Duration::from_secs(20), || {
+        alice
+            .lookup("bob")
+            .filter(|v| v["status"] == "offline")
+            .map(|_| ())
+    });
+
+    let queued = send(&alice, "bob", "while you were out");
+    assert_eq!(queued["status"], "queued", "{queued}");
+    assert!(queued["path"].is_null());
+
+    bob.restart();
+    wait_for(
+        "delivery after bob returns",
+        Duration::from_secs(60),
+        || (texts(&bob) == vec!["while you were out"]).then_some(()),
+    );
+}
+
+#[test]
+fn a_message_survives_kill_9_of_the_sender() {
+    let net = net();
+    let _sps = net.superpeers(&["spa", "spb"]);
+    let mut alice = net.leaf("alice");
+    let mut bob = net.leaf("bob");
+    wait_online(&alice, "bob");
+    assert!(natter(&bob.home, &["down"], "").status.success());
+    bob.wait_exit(Duration::from_secs(10));
+
+    let queued = send(&alice, "bob", "survives a crash");
+    assert_eq!(queued["status"], "queued", "{queued}");
+    alice.kill(); // SIGKILL right after send returned
+
+    bob.restart();
+    wait_attached(&bob);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        texts(&bob).is_empty(),
+        "nothing can arrive while the sender is dead"
+    );
+    alice.restart();
+    wait_for(
+        "delivery after the sender restarts",
+        Duration::from_secs(60),
+        || (texts(&bob) == vec!["survives a crash"]).then_some(()),
+    );
+}
+
+#[test]
+fn a_burst_of_1000_arrives_complete_and_in_order() {
+    let net = net();
+    let _sps = net.superpeers(&["spa"]);
+    let alice = net.leaf("alice");
+    let bob = net.leaf("bob");
+    wait_online(&alice, "bob");
+    net.rt.block_on(async {
+        for i in 0..1000 {
+            let mut client = ControlClient::connect(&alice.home).await.unwrap();
+            let request = ControlRequest::Send {
+                to: "bob".into(),
+                text: format!("burst {i:04}"),
+                wait: false,
+            };
+            match client.call::<_, ControlResponse>(&request).await.unwrap() {
+                ControlResponse::Sent(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    let got = wait_for("1000 messages", Duration::from_secs(120), || {
+        let t = texts(&bob);
+        (t.len() >= 1000).then_some(t)
+    });
+    let expected: Vec<String> = (0..1000).map(|i| format!("burst {i:04}")).collect();
+    assert_eq!(got, expected);
+}
+
+type MsgCodec = request_response::json::codec::Codec<MsgRequest, MsgResponse>;
+
+/// A bare client speaking `/natter/msg/1.0.0` as `key`, for what the CLI never sends.
+async fn raw_request(
+    key: Keypair,
+    to: PeerId,
+    addr: Multiaddr,
+    request: MsgRequest,
+) -> MsgResponse {
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::<MsgCodec>::new(
+                [(
+                    StreamProtocol::new(natter_proto::protocol::MSG),
+                    ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .build();
+    swarm.dial(addr).unwrap();
+    let mut request = Some(request);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == to => {
+                    if let Some(r) = request.take() {
+                        swarm.behaviour_mut().send_request(&to, r);
+                    }
+                }
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => return response,
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => {
+                    panic!("request failed: {error}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("answer in time")
+}
+
+#[test]
+fn spoofed_senders_are_refused_and_duplicates_stored_once() {
+    let net = net();
+    let sps = net.superpeers(&["sam"]);
+    let sam = &sps[0];
+    let status = sam.status().unwrap();
+    let sam_peer: PeerId = status["peer_id"].as_str().unwrap().parse().unwrap();
+    let sam_addr: Multiaddr = status["listen_addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .find(|a| a.contains("/tcp/") && !a.contains("p2p-circuit"))
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let key = Keypair::generate_ed25519();
+    let mallet: Certificate = net
+        .rt
+        .block_on(
+            LoginClient::new(key.clone(), net.server.addr.clone())
+                .unwrap()
+                .register(
+                    &UserName::parse("mallet").unwrap(),
+                    Password::new("password1"),
+                ),
+        )
+        .unwrap()
+        .cert;
+    // Another user's certificate, as someone holding a copy of it would present it.
+    let other_key = Keypair::generate_ed25519();
+    let victim: Certificate = net
+        .rt
+        .block_on(
+            LoginClient::new(other_key, net.server.addr.clone())
+                .unwrap()
+                .register(
+                    &UserName::parse("victim").unwrap(),
+                    Password::new("password1"),
+                ),
+        )
+        .unwrap()
+        .cert;
+
+    let batch = |ids: &[&str]| -> Vec<DirectMessage> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| DirectMessage {
+                id: (*id).into(),
+                to: "sam".into(),
+                text: format!("message {i}"),
+                sent_at_ms: 1,
+                conv_seq: i as u64 + 1,
+            })
+            .collect()
+    };
+    let ids = ["01ARZ3NDEKTSV4RRFFQ69G5FAV", "01ARZ3NDEKTSV4RRFFQ69G5FAW"];
+
+    let spoofed = net.rt.block_on(raw_request(
+        key.clone(),
+        sam_peer,
+        sam_addr.clone(),
+        MsgRequest::Deliver {
+            cert: victim,
+            messages: batch(&ids),
+        },
+    ));
+    assert!(
+        matches!(
+            spoofed,
+            MsgResponse::Refused {
+                code: MsgRefusal::NotAuthenticated,
+                ..
+            }
+        ),
+        "{spoofed:?}"
+    );
+    assert!(texts(sam).is_empty());
+
+    for expected in [(2, 0), (0, 2)] {
+        let answer = net.rt.block_on(raw_request(
+            key.clone(),
+            sam_peer,
+            sam_addr.clone(),
+            MsgRequest::Deliver {
+                cert: mallet.clone(),
+                messages: batch(&ids),
+            },
+        ));
+        assert_eq!(
+            answer,
+            MsgResponse::Stored {
+                stored: expected.0,
+                duplicates: expected.1
+            }
+        );
+    }
+    assert_eq!(texts(sam), vec!["message 0", "message 1"]);
+    let mail = inbox(sam);
+    assert_eq!(
+        mail[0]["from"], "mallet",
+        "the sender's name comes from its certificate"
+    );
+}

@@ -1,5 +1,7 @@
 //! `natter`: the Natter peer's command line.
 
+mod demo;
+
 use std::io::{BufRead as _, IsTerminal as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -128,6 +130,13 @@ enum Command {
     /// Manage contacts: they are told of status changes directly.
     #[command(subcommand)]
     Contacts(ContactsCommand),
+    /// Run a whole network on loopback (login server, three self-promoting nodes, two users),
+    /// narrating each phase; keeps running until Ctrl-C.
+    Demo {
+        /// Keep the network's state in this directory instead of a temporary one.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,9 +186,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let home = Home::new(cli.home)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    if let Command::Demo { dir } = cli.command {
+        return runtime.block_on(demo::run(dir));
+    }
+    let home = Home::new(cli.home)?;
     match cli.command {
+        Command::Demo { .. } => unreachable!("handled above"),
         Command::Register { name, login } => {
             let name = parse_name(&name)?;
             let client = LoginClient::new(home.device_key()?, login.clone())?;

@@ -9,28 +9,39 @@
 //! `cargo test -p natter-tests --test natlab` runs it where the machine allows and otherwise
 //! reports it ignored, with the reason; with `--include-ignored` (as CI passes) a machine that
 //! cannot run it fails. Set `PATCHBAY_OUTDIR=DIR` to keep patchbay's event and per-namespace
-//! logs, and `NATTER_LOG` to raise the binaries' log level (their stderr is shown on failure).
+//! logs, and `NATTER_LOG` to set the binaries' log filter (daemons log at info by default). The
+//! work dir (homes, the login server's data, each daemon's stdout and log) is kept when
+//! something fails, or always with `NATLAB_KEEP=1`; a failing check shows the tail of the
+//! daemon concerned.
 
 mod cli;
+mod nodes;
+mod overlay;
 mod prereq;
 mod report;
 mod runner;
 mod scenarios;
 mod topology;
 
-use std::future::Future;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use nodes::{Binaries, Net};
 use report::{Outcome, Report, Tally};
-use scenarios::Binaries;
 
 const NAME: &str = "natlab";
 const NAT_BEHAVIOUR: &str = "natlab::nat_behaviour";
 const LOGIN: &str = "natlab::login";
-/// Every scenario, in the order they run. Later ones (promotion, lookup, messaging, hole
-/// punching) join when their features exist; see the list at the top of scenarios.rs.
-const SCENARIOS: [&str; 2] = [NAT_BEHAVIOUR, LOGIN];
+const PROMOTION: &str = "natlab::promotion";
+const LOOKUP: &str = "natlab::lookup";
+/// Every scenario, in the order they run. Later ones join when their features exist; see the
+/// list at the top of scenarios.rs.
+const SCENARIOS: [&str; 4] = [NAT_BEHAVIOUR, LOGIN, PROMOTION, LOOKUP];
+/// The scenario each one builds on: it uses what that one left running (the login server, the
+/// nodes). Selecting a scenario runs what it needs first; if that fails, it is not run and
+/// counts as failed.
+const NEEDS: [(&str, &str); 2] = [(PROMOTION, LOGIN), (LOOKUP, PROMOTION)];
 
 /// The lab takes seconds; this bounds a hang, whatever hangs.
 const BUDGET: Duration = Duration::from_secs(180);
@@ -87,8 +98,13 @@ fn lab(args: &cli::Args, tally: &mut Tally) {
         Ok(rt) => rt,
         Err(e) => return record(tally, NAME, Outcome::Failed(e.into())),
     };
+    let work = match tempfile::Builder::new().prefix("natlab-").tempdir() {
+        Ok(dir) => dir,
+        Err(e) => return record(tally, NAME, Outcome::Failed(e.into())),
+    };
     runtime.block_on(async {
-        if tokio::time::timeout(BUDGET, run(args, tally, &bins))
+        // Dropping `run` (out of time) kills every process it started.
+        if tokio::time::timeout(BUDGET, run(args, tally, bins, work.path()))
             .await
             .is_err()
         {
@@ -96,6 +112,13 @@ fn lab(args: &cli::Args, tally: &mut Tally) {
             record(tally, NAME, Outcome::Failed(e));
         }
     });
+    if tally.failed > 0 || std::env::var_os("NATLAB_KEEP").is_some() {
+        let kept = work.keep();
+        eprintln!(
+            "natlab: homes, data, stdout (*.out) and logs (*.log) kept in {}",
+            kept.display()
+        );
+    }
 }
 
 /// `natter` and `natter-login` of this checkout, built by cargo before any thread exists.
@@ -107,7 +130,7 @@ fn build_binaries() -> anyhow::Result<Binaries> {
     .map_err(|_| anyhow::anyhow!("building natter and natter-login failed (see above)"))
 }
 
-async fn run(args: &cli::Args, tally: &mut Tally, bins: &Binaries) {
+async fn run(args: &cli::Args, tally: &mut Tally, bins: Binaries, work: &Path) {
     let lab = match patchbay::Lab::builder()
         .outdir_from_env()
         .label(NAME)
@@ -137,37 +160,61 @@ async fn run(args: &cli::Args, tally: &mut Tally, bins: &Binaries) {
         topo.hosts.len(),
         started.elapsed().as_secs_f64()
     );
-    let work = match tempfile::Builder::new().prefix("natlab-").tempdir() {
-        Ok(dir) => dir,
-        Err(e) => return record(tally, NAME, Outcome::Failed(e.into())),
-    };
     let mut report = Report::new(&topo);
+    let mut net = Net::new(bins, work);
+    let mut passed = Vec::new();
 
-    if args.wants(NAME, NAT_BEHAVIOUR) {
-        let body = scenarios::nat_behaviour(&topo, &mut report);
-        scenario(tally, NAT_BEHAVIOUR, body).await;
+    for name in to_run(args) {
+        let need = NEEDS.iter().find(|(s, _)| *s == name).map(|(_, n)| *n);
+        if let Some(need) = need.filter(|n| !passed.contains(n)) {
+            let e = anyhow::anyhow!("not run: it needs {need}, which failed");
+            record(tally, name, Outcome::Failed(e));
+            continue;
+        }
+        let started = Instant::now();
+        let result = match name {
+            NAT_BEHAVIOUR => scenarios::nat_behaviour(&topo, &mut report).await,
+            LOGIN => scenarios::login(&topo, &mut net, &mut report).await,
+            PROMOTION => overlay::promotion(&topo, &mut net, &mut report).await,
+            LOOKUP => overlay::lookup(&topo, &net, &mut report).await,
+            // Still to come, in this order, each needing `lookup`: messaging (both ways between
+            // every pair), hole_punching (alice–bob go direct), superpeer_loss (kill the
+            // superpeer serving a leaf), login_down (stop the login server), uplink_cut (cut a
+            // home uplink). See the list at the top of scenarios.rs.
+            other => Err(anyhow::anyhow!("no scenario called {other}")),
+        };
+        let outcome = match result {
+            Ok(()) => {
+                passed.push(name);
+                Outcome::Passed(started.elapsed())
+            }
+            Err(e) => Outcome::Failed(e),
+        };
+        record(tally, name, outcome);
     }
-    if args.wants(NAME, LOGIN) {
-        let body = scenarios::login(&topo, bins, work.path(), &mut report);
-        scenario(tally, LOGIN, body).await;
-    }
-    // Later scenarios (promotion, lookup, messaging, hole punching) go here, in that order;
-    // see the list at the top of scenarios.rs.
 
     report.print();
-    if tally.failed > 0 {
-        let kept = work.keep();
-        eprintln!("natlab: homes, data and logs kept in {}", kept.display());
+    if let Err(e) = net.shutdown().await {
+        record(tally, NAME, Outcome::Failed(e));
     }
 }
 
-async fn scenario(tally: &mut Tally, name: &str, body: impl Future<Output = anyhow::Result<()>>) {
-    let started = Instant::now();
-    let outcome = match body.await {
-        Ok(()) => Outcome::Passed(started.elapsed()),
-        Err(e) => Outcome::Failed(e),
-    };
-    record(tally, name, outcome);
+/// The selected scenarios and those they need, in [`SCENARIOS`] order.
+fn to_run(args: &cli::Args) -> Vec<&'static str> {
+    let mut wanted: Vec<&str> = SCENARIOS
+        .into_iter()
+        .filter(|s| args.wants(NAME, s))
+        .collect();
+    // NEEDS lists each scenario after the one it needs, so one pass from the end suffices.
+    for (scenario, need) in NEEDS.iter().rev() {
+        if wanted.contains(scenario) && !wanted.contains(need) {
+            wanted.push(need);
+        }
+    }
+    SCENARIOS
+        .into_iter()
+        .filter(|s| wanted.contains(s))
+        .collect()
 }
 
 fn record(tally: &mut Tally, name: &str, outcome: Outcome) {

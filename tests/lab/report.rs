@@ -1,5 +1,7 @@
 //! What the lab prints: libtest-style lines per scenario, a table of the hosts (network, how
-//! the internet sees them, how long registration and login took) and the closing count.
+//! the internet sees them, how long registration and login took), a table of the overlay
+//! (each node's role, how long it took to promote or to attach, how long until its lookups
+//! found the others) and the closing count.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +18,43 @@ pub(crate) struct Row {
     pub(crate) seen: Option<[SocketAddr; 2]>,
     pub(crate) register: Option<Duration>,
     pub(crate) login: Option<Duration>,
+    /// `natter status`: "superpeer" or "leaf", and "public", "private" or "unknown".
+    pub(crate) role: Option<String>,
+    pub(crate) reachability: Option<String>,
+    /// From `natter up` to `natter status` reading reachability public or private (AutoNAT's
+    /// verdict).
+    pub(crate) verdict: Option<Duration>,
+    /// From `natter up` to `natter status` reading superpeer.
+    pub(crate) promoted: Option<Duration>,
+    /// From `natter up` to `natter status` listing two superpeers.
+    pub(crate) attached: Option<Duration>,
+    /// Leaves: the hosts of their superpeers, primary first; superpeers: how many leaves.
+    pub(crate) attached_to: Option<String>,
+    /// From the start of the lookups to this node's first lookup reading online.
+    pub(crate) first_lookup: Option<Duration>,
+    /// From the start of the lookups to this node having read every other user online.
+    pub(crate) all_found: Option<Duration>,
+}
+
+impl Row {
+    fn new(host: &'static str, network: &'static str, address: String) -> Self {
+        Self {
+            host,
+            network,
+            address,
+            seen: None,
+            register: None,
+            login: None,
+            role: None,
+            reachability: None,
+            verdict: None,
+            promoted: None,
+            attached: None,
+            attached_to: None,
+            first_lookup: None,
+            all_found: None,
+        }
+    }
 }
 
 /// Everything measured in one run of the lab.
@@ -27,22 +66,16 @@ pub(crate) struct Report {
 impl Report {
     pub(crate) fn new(topo: &Topology) -> Self {
         let address = |d: &patchbay::Device| d.ip().map(|ip| ip.to_string()).unwrap_or_default();
-        let mut rows = vec![Row {
-            host: "login",
-            network: "public (natter-login)",
-            address: address(&topo.login),
-            seen: None,
-            register: None,
-            login: None,
-        }];
-        rows.extend(topo.hosts.iter().map(|h| Row {
-            host: h.name,
-            network: h.network.describe(),
-            address: address(&h.device),
-            seen: None,
-            register: None,
-            login: None,
-        }));
+        let mut rows = vec![Row::new(
+            "login",
+            "public (natter-login)",
+            address(&topo.login),
+        )];
+        rows.extend(
+            topo.hosts
+                .iter()
+                .map(|h| Row::new(h.name, h.network.describe(), address(&h.device))),
+        );
         Self { rows }
     }
 
@@ -76,6 +109,41 @@ impl Report {
                 seen,
                 secs(r.register),
                 secs(r.login)
+            );
+        }
+        println!();
+        if self.rows.iter().any(|r| r.role.is_some()) {
+            self.print_overlay();
+        }
+    }
+
+    /// The overlay: times are measured by polling `natter status` and `natter lookup` every
+    /// 250 ms, so they are accurate to about a third of a second.
+    fn print_overlay(&self) {
+        println!(
+            "{:<8} {:<10} {:<12} {:>8} {:>9} {:>11}  {:<18} {:>12} {:>11}",
+            "node",
+            "role",
+            "reachable",
+            "AutoNAT",
+            "promoted",
+            "attached 2",
+            "superpeers",
+            "first lookup",
+            "all online"
+        );
+        for r in self.rows.iter().filter(|r| r.role.is_some()) {
+            println!(
+                "{:<8} {:<10} {:<12} {:>8} {:>9} {:>11}  {:<18} {:>12} {:>11}",
+                r.host,
+                r.role.as_deref().unwrap_or("-"),
+                r.reachability.as_deref().unwrap_or("-"),
+                secs(r.verdict),
+                secs(r.promoted),
+                secs(r.attached),
+                r.attached_to.as_deref().unwrap_or("-"),
+                secs(r.first_lookup),
+                secs(r.all_found)
             );
         }
         println!();

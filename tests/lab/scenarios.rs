@@ -1,19 +1,22 @@
-//! What the lab checks, one scenario per function. Each writes what it measured into the
-//! report as it goes, so a failure still shows how far it got.
+//! What the lab checks about the network and the login server, one scenario per function; the
+//! overlay's scenarios are in overlay.rs. Each writes what it measured into the report as it
+//! goes, so a failure still shows how far it got.
 //!
-//! Scenarios still to come, each with the feature it needs (none of them exists yet, so none
-//! is written, and none is reported):
-//! - `promotion`: with `natter up`, public1..3 confirm a public address by AutoNAT v2 and
-//!   promote themselves to superpeers; alice, bob, carol and dave stay leaves and attach to
-//!   two superpeers each.
-//! - `lookup`: every user finds every other one online through the superpeers' directory.
-//! - `messaging`: every NATed pair exchanges messages, relayed through a superpeer first.
-//! - `hole_punching`: DCUtR upgrades alice–bob and alice–dave to direct connections (QUIC and
+//! Scenarios still to come, in this order, with `natter send`/`inbox` (none is written, and
+//! none is reported, until it is). They run on the network `promotion` and `lookup` leave
+//! running:
+//! - `messaging`: every NATed pair exchanges messages both ways, relayed through a superpeer
+//!   first.
+//! - `hole_punching`: DCUtR upgrades alice–bob (and alice–dave) to a direct connection (QUIC and
 //!   TCP); carol, behind symmetric NAT, stays relayed and keeps working.
+//! - `superpeer_loss`: killing the superpeer serving a leaf; its standby takes over and the
+//!   leaf stays reachable.
+//! - `login_down`: with the login server stopped, presence, lookup and messaging keep working.
+//! - `uplink_cut`: cutting a home uplink; the user reads offline within the lease, and back
+//!   online when the link returns.
 
 use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
@@ -21,16 +24,10 @@ use patchbay::Device;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
+use crate::nodes::{LoginServer, Net};
 use crate::report::Report;
 use crate::runner::{self, Daemon};
 use crate::topology::{Network, Topology};
-
-/// The workspace binaries the lab runs.
-#[derive(Debug)]
-pub(crate) struct Binaries {
-    pub(crate) natter: PathBuf,
-    pub(crate) natter_login: PathBuf,
-}
 
 /// UDP ports of the probes (plus the host's index, so no two probes share a mapping).
 const REFLECTOR_PORT: u16 = 3478;
@@ -136,11 +133,10 @@ pub(crate) async fn nat_behaviour(topo: &Topology, report: &mut Report) -> anyho
 
 /// Registration and login with the real binaries, from every host: `natter-login serve` on the
 /// public login host, `natter register` over TCP and `natter login` over QUIC from each user's
-/// own namespace, through its NATs.
+/// own namespace, through its NATs. The login server keeps running for the later scenarios.
 pub(crate) async fn login(
     topo: &Topology,
-    bins: &Binaries,
-    work: &Path,
+    net: &mut Net,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -150,7 +146,7 @@ pub(crate) async fn login(
     let ip = topo.login.ip().context("the login host has no address")?;
     let tcp = format!("/ip4/{ip}/tcp/4747");
     let quic = format!("/ip4/{ip}/udp/4747/quic-v1");
-    let data_dir = work.join("login-data");
+    let data_dir = net.work.join("login-data");
     let args: [&OsStr; 7] = [
         "--data-dir".as_ref(),
         data_dir.as_ref(),
@@ -160,17 +156,17 @@ pub(crate) async fn login(
         "--listen".as_ref(),
         quic.as_ref(),
     ];
-    let mut server = Daemon::start(
+    let mut daemon = Daemon::start(
         |cmd| topo.login.spawn_command(cmd),
         "natter-login",
-        &bins.natter_login,
+        &net.bins.natter_login,
         &args,
-        &work.join("natter-login.log"),
+        &net.work,
     )?;
     let mut tcp_addr = None;
     let mut quic_addr = None;
     while tcp_addr.is_none() || quic_addr.is_none() {
-        let line = server.next_line(READY_TIMEOUT).await?;
+        let line = daemon.next_line(READY_TIMEOUT).await?;
         let addr = line
             .strip_prefix("listening on ")
             .with_context(|| format!("natter-login printed {line:?}"))?
@@ -184,14 +180,18 @@ pub(crate) async fn login(
             bail!("natter-login listens on {addr}, which was not asked for");
         }
     }
-    let (tcp_addr, quic_addr) = (tcp_addr.unwrap_or_default(), quic_addr.unwrap_or_default());
+    let mut server = LoginServer {
+        daemon,
+        tcp: tcp_addr.unwrap_or_default(),
+        quic: quic_addr.unwrap_or_default(),
+    };
 
     for host in &topo.hosts {
         let name = host.name;
-        let home = work.join(format!("home-{name}"));
+        let home = net.home(name);
         for (command, addr, expect) in [
-            ("register", &tcp_addr, format!("registered {name};")),
-            ("login", &quic_addr, format!("logged in as {name};")),
+            ("register", &server.tcp, format!("registered {name};")),
+            ("login", &server.quic, format!("logged in as {name};")),
         ] {
             let args: [&OsStr; 6] = [
                 "--home".as_ref(),
@@ -204,7 +204,7 @@ pub(crate) async fn login(
             let what = format!("natter {command} {name} --login {addr} (on {name})");
             let out = runner::run(
                 |cmd| host.device.spawn_command(cmd),
-                &bins.natter,
+                &net.bins.natter,
                 &args,
                 PASSWORD,
                 CLI_TIMEOUT,
@@ -215,12 +215,11 @@ pub(crate) async fn login(
             let ok = out.status.success() && out.stdout.starts_with(&expect);
             if !ok {
                 bail!(
-                    "{what}: {}, expected exit 0 and {expect:?}\n  stdout: {}\n  stderr: {}\n\
-                     natter-login's log:\n{}",
+                    "{what}: {}, expected exit 0 and {expect:?}\n  stdout: {}\n  stderr: {}\n{}",
                     out.status,
                     out.stdout.trim(),
                     out.stderr.trim(),
-                    server.log_tail()
+                    server.daemon.diagnosis()
                 );
             }
             if let Some(row) = report.row(name) {
@@ -230,9 +229,10 @@ pub(crate) async fn login(
                 }
             }
         }
-        server.check_running()?;
+        server.daemon.check_running()?;
     }
-    server.stop().await
+    net.login = Some(server);
+    Ok(())
 }
 
 /// A UDP socket bound to `0.0.0.0:port` inside `device`'s namespace, driven by the lab's

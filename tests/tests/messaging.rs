@@ -418,3 +418,78 @@ fn spoofed_senders_are_refused_and_duplicates_stored_once() {
         "the sender's name comes from its certificate"
     );
 }
+
+#[test]
+fn contacts_see_a_status_change_at_once_through_inbox_follow() {
+    use std::io::BufRead as _;
+    let net = net();
+    let _sps = net.superpeers(&["spa"]);
+    let alice = net.leaf("alice");
+    let bob = net.leaf("bob");
+    wait_online(&alice, "bob");
+    let out = natter(&alice.home, &["contacts", "add", "bob"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        natter_json(&alice.home, &["contacts", "list"]).unwrap(),
+        serde_json::json!(["bob"])
+    );
+
+    let mut follow = std::process::Command::new(natter_tests::bin("natter"))
+        .arg("--home")
+        .arg(&bob.home)
+        .args(["inbox", "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500)); // let the follower register
+    let changed = std::time::Instant::now();
+    assert!(
+        natter(&alice.home, &["set-status", "away"], "")
+            .status
+            .success()
+    );
+    let event: serde_json::Value = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("presence event");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == "presence" {
+            break v;
+        }
+    };
+    eprintln!("presence change seen after {:?}", changed.elapsed());
+    assert_eq!(event["user"], "alice");
+    assert_eq!(event["status"], "away");
+
+    // Messages stream the same way, one JSON object per line.
+    send(&alice, "bob", "following?");
+    let message: serde_json::Value = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("message event");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == "message" {
+            break v;
+        }
+    };
+    assert_eq!(message["text"], "following?");
+    assert_eq!(message["from"], "alice");
+    let _ = follow.kill();
+    let _ = follow.wait();
+}

@@ -15,6 +15,7 @@ use libp2p::Multiaddr;
 
 pub mod accounts;
 pub mod keys;
+pub mod metrics;
 pub mod ratelimit;
 pub mod registry;
 pub mod server;
@@ -67,6 +68,8 @@ pub struct Config {
     pub max_inflight: usize,
     /// Close connections idle this long (30 s).
     pub idle_timeout: Duration,
+    /// Serve Prometheus metrics here (default: off).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -97,6 +100,7 @@ impl Config {
                 .unwrap_or(2),
             max_inflight: 256,
             idle_timeout: Duration::from_secs(30),
+            metrics: None,
         }
     }
 }

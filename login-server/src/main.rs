@@ -33,6 +33,9 @@ enum Command {
         /// Whether users may create accounts themselves.
         #[arg(long, value_enum, default_value_t = Registration::Open)]
         registration: Registration,
+        /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9465 (default: off).
+        #[arg(long, value_name = "ADDR", env = "NATTER_LOGIN_METRICS")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Manage accounts directly in the database (works while the server runs).
     #[command(subcommand)]
@@ -77,6 +80,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -95,12 +99,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             listen,
             registration,
+            metrics,
         } => {
             let mut config = Config::new(&dir);
             if !listen.is_empty() {
                 config.listen = listen;
             }
             config.registration = registration;
+            config.metrics = metrics;
             serve(config)
         }
         Command::User(cmd) => user(&dir, cmd),
@@ -114,6 +120,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let server = Server::bind(config).await?;
         for addr in server.listen_addrs() {
             println!("listening on {addr}");
+        }
+        if let Some(addr) = server.metrics_addr() {
+            println!("metrics on http://{addr}/metrics");
         }
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));

@@ -72,13 +72,20 @@ impl Registry {
             .iter()
             .filter(|(p, e)| e.expires > now && Some(*p) != except)
             .collect();
-        // Free capacity first: fraction of capacity in use, then absolute load.
+        // Free capacity first: fraction of capacity in use, then absolute load; equals in a
+        // random order, so that leaves arriving together spread over the superpeers.
+        let salt: u64 = rand::random();
+        let tie = |p: &PeerId| {
+            use std::hash::{BuildHasher as _, BuildHasherDefault};
+            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one((salt, p))
+        };
         live.sort_by(|(pa, a), (pb, b)| {
             let load = |e: &Entry| f64::from(e.leaves) / f64::from(e.capacity.max(1));
             load(a)
                 .total_cmp(&load(b))
                 .then(a.leaves.cmp(&b.leaves))
-                .then(pa.cmp(pb))
+                .then(tie(pa).cmp(&tie(pb)))
         });
         live.into_iter()
             .take(MAX_BOOTSTRAP_SUPERPEERS)

@@ -42,6 +42,7 @@ pub struct Server {
     service: Arc<Service>,
     listen_addrs: Vec<Multiaddr>,
     config: Config,
+    metrics: Option<crate::metrics::MetricsServer>,
 }
 
 impl std::fmt::Debug for Server {
@@ -121,11 +122,22 @@ impl Server {
                 other => tracing::trace!(?other, "event while binding"),
             }
         }
+        let metrics =
+            match config.metrics {
+                Some(addr) => Some(crate::metrics::MetricsServer::bind(addr).await.map_err(
+                    |e| Error::Listen {
+                        addr: Multiaddr::empty(),
+                        reason: format!("metrics on {addr}: {e}"),
+                    },
+                )?),
+                None => None,
+            };
         Ok(Self {
             swarm,
             service,
             listen_addrs,
             config,
+            metrics,
         })
     }
 
@@ -136,6 +148,11 @@ impl Server {
     /// Bound addresses, each ending in `/p2p/<peer id>`: what users pass as `--login`.
     pub fn listen_addrs(&self) -> &[Multiaddr] {
         &self.listen_addrs
+    }
+
+    /// Where metrics are served, when enabled.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     pub fn issuer_key(&self) -> IssuerKey {
@@ -150,6 +167,11 @@ impl Server {
         let inflight = Arc::new(Semaphore::new(self.config.max_inflight));
         let password_work = Arc::new(Semaphore::new(self.config.password_workers.max(1)));
         let mut remote_ips: HashMap<ConnectionId, IpAddr> = HashMap::new();
+        if let Some(metrics) = self.metrics.take() {
+            let mut registry = prometheus_client::registry::Registry::default();
+            self.service.register_metrics(&mut registry);
+            tokio::spawn(metrics.run(Arc::new(registry), shutdown.clone()));
+        }
         tracing::info!(peer_id = %self.peer_id(), issuer_key = %self.issuer_key().to_base64(), "login server running");
 
         loop {

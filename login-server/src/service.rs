@@ -10,6 +10,9 @@ use natter_proto::limits::{MAX_ADDR_LEN, MAX_ANNOUNCED_ADDRS, MAX_PASSWORD_BYTES
 use natter_proto::login::{LoginRequest, LoginResponse, Password, Refusal, RefusalCode};
 use natter_proto::{Certificate, IssuerSigningKey, UserName};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::accounts::{self, Accounts};
 use crate::ratelimit::RateLimiter;
 use crate::registry::Registry;
@@ -31,6 +34,8 @@ pub struct Service {
     by_ip: Mutex<RateLimiter<IpAddr>>,
     by_name: Mutex<RateLimiter<UserName>>,
     registry: Mutex<Registry>,
+    /// Requests by kind and outcome ("ok" or the refusal code), for the metrics endpoint.
+    requests: Family<Vec<(String, String)>, Counter>,
 }
 
 /// Wall-clock time in unix seconds, as certificates use it.
@@ -61,6 +66,7 @@ impl Service {
                 config.max_rate_limit_keys,
             )),
             registry: Mutex::new(Registry::new(config.announce_ttl, config.max_superpeers)),
+            requests: Family::default(),
             config,
         }
     }
@@ -95,6 +101,16 @@ impl Service {
                 capacity,
             } => self.announce(&cert, addrs, leaves, capacity, caller),
         };
+        let label = match &outcome {
+            Ok(_) => "ok".to_string(),
+            Err(r) => format!("{:?}", r.code).to_lowercase(),
+        };
+        self.requests
+            .get_or_create(&vec![
+                ("kind".into(), kind.into()),
+                ("outcome".into(), label),
+            ])
+            .inc();
         match outcome {
             Ok(response) => {
                 tracing::debug!(peer = %caller.peer, kind, "request served");
@@ -289,6 +305,36 @@ impl Service {
             issuer_key: self.issuer.public(),
             superpeers: lock(&self.registry).bootstrap(Instant::now(), Some(&peer)),
         })
+    }
+
+    /// Registers the login server's counters: requests by kind and outcome (logins,
+    /// registrations, renewals, refusals) and live superpeers.
+    pub fn register_metrics(
+        self: &std::sync::Arc<Self>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) {
+        registry.register(
+            "natter_login_requests",
+            "Login protocol requests by kind and outcome",
+            self.requests.clone(),
+        );
+        let live = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        registry.register(
+            "natter_login_live_superpeers",
+            "Superpeers announced within their TTL (updated at each scrape interval of 5 s)",
+            live.clone(),
+        );
+        let service = std::sync::Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("metrics-sampler".into())
+            .spawn(move || {
+                while let Some(service) = service.upgrade() {
+                    live.set(service.live_superpeers() as i64);
+                    drop(service);
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                }
+            })
+            .ok();
     }
 
     pub fn live_superpeers(&self) -> usize {

@@ -210,6 +210,13 @@ pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     say(format!("  {exe} --home {} ping alice", home("bob")));
     say(format!("  {exe} --home {} lookup alice", home("bob")));
     say(format!("  {exe} --home {} status", home("seed1")));
+    for name in ["seed1", "alice"] {
+        if let Ok(addr) = std::fs::read_to_string(root.join(name).join("metrics.addr")) {
+            say(format!(
+                "  curl -s http://{addr}/metrics | grep ^natter_    # {name}'s counters"
+            ));
+        }
+    }
     say("daemon logs are in each home (daemon.log). Ctrl-C stops the demo.");
 
     wait_for_signal().await;
@@ -236,9 +243,18 @@ async fn register(home: &Path, name: &str, login: &libp2p::Multiaddr) -> anyhow:
     Ok(())
 }
 
+/// A free loopback port for a metrics endpoint (bound and released: a tiny race is fine here).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 fn spawn(root: &Path, name: &'static str, role: &str) -> anyhow::Result<Daemon> {
     let home = root.join(name);
     let log = std::fs::File::create(home.join("daemon.log"))?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    std::fs::write(home.join("metrics.addr"), &metrics)?;
     let child = Command::new(std::env::current_exe()?)
         .arg("--home")
         .arg(&home)
@@ -254,7 +270,16 @@ fn spawn(root: &Path, name: &'static str, role: &str) -> anyhow::Result<Daemon> 
             "0",
             "--min-cores",
             "1",
+            "--metrics",
+            &metrics,
         ])
+        // On loopback every node is "public": keep the users' addresses out of the directory
+        // so their first contact goes through a relay, as it would behind NAT.
+        .args(if role == "leaf" {
+            &["--no-direct"][..]
+        } else {
+            &[][..]
+        })
         .env("NATTER_LOG", "info")
         .stdout(log.try_clone()?)
         .stderr(log)

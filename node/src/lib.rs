@@ -1,5 +1,6 @@
 //! The Natter peer: home directory, login client, local store, control API and the daemon.
 
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod home;

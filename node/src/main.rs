@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
+use natter_node::config::FileConfig;
 use natter_node::control::ControlClient;
 use natter_node::daemon::api::{
     ControlRequest, ControlResponse, FollowEvent, InboxItem, LookupView, NetcheckView, StatusView,
@@ -27,6 +28,10 @@ struct Cli {
     /// Home directory: device key, certificate, message store (default: the platform data dir).
     #[arg(long, env = "NATTER_HOME", global = true)]
     home: Option<PathBuf>,
+    /// Configuration file for `up` (default: natter.toml in the home directory, if present).
+    /// Precedence: defaults < file < environment < flags.
+    #[arg(long, env = "NATTER_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,24 +56,37 @@ enum Command {
     /// capable. Runs in the foreground until Ctrl-C, SIGTERM or `natter down`.
     Up {
         /// Address to listen on; repeat for several (default: TCP and QUIC, all IPv4
-        /// interfaces, ports chosen by the system).
-        #[arg(long = "listen", value_name = "MULTIADDR")]
+        /// interfaces, ports chosen by the system). Env: comma-separated.
+        #[arg(
+            long = "listen",
+            value_name = "MULTIADDR",
+            env = "NATTER_LISTEN",
+            value_delimiter = ','
+        )]
         listen: Vec<Multiaddr>,
         /// auto: promote when reachable and capable; leaf: never; superpeer: always (seeds).
-        #[arg(long, value_enum, default_value_t = RoleArg::Auto)]
-        role: RoleArg,
-        /// Leaves this node accepts as a superpeer.
-        #[arg(long, default_value_t = 1000)]
-        max_leaves: usize,
-        /// Seconds the node must be up before it may promote itself.
-        #[arg(long, default_value_t = 600, value_name = "SECS")]
-        min_uptime: u64,
-        /// CPU cores needed to promote.
-        #[arg(long, default_value_t = 2)]
-        min_cores: usize,
-        /// Available memory (MiB) needed to promote.
-        #[arg(long, default_value_t = 256, value_name = "MIB")]
-        min_free_memory: u64,
+        /// Default auto.
+        #[arg(long, value_enum, env = "NATTER_ROLE")]
+        role: Option<RoleArg>,
+        /// Leaves this node accepts as a superpeer (default 1000).
+        #[arg(long, env = "NATTER_MAX_LEAVES")]
+        max_leaves: Option<usize>,
+        /// Seconds the node must be up before it may promote itself (default 600).
+        #[arg(long, value_name = "SECS", env = "NATTER_MIN_UPTIME")]
+        min_uptime: Option<u64>,
+        /// CPU cores needed to promote (default 2).
+        #[arg(long, env = "NATTER_MIN_CORES")]
+        min_cores: Option<usize>,
+        /// Available memory (MiB) needed to promote (default 256).
+        #[arg(long, value_name = "MIB", env = "NATTER_MIN_FREE_MEMORY")]
+        min_free_memory: Option<u64>,
+        /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (default: off).
+        #[arg(long, value_name = "ADDR", env = "NATTER_METRICS")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Do not publish this node's IP addresses in the directory (leaves): others reach it
+        /// through its superpeers' relays, then hole punching may upgrade to direct.
+        #[arg(long, env = "NATTER_NO_DIRECT")]
+        no_direct: bool,
     },
     /// Show this node's role, reachability and superpeers.
     Status {
@@ -174,6 +192,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -214,20 +233,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             min_uptime,
             min_cores,
             min_free_memory,
+            metrics,
+            no_direct,
         } => {
+            // Precedence: defaults < file < environment < flags (clap already put the
+            // environment under the flags).
+            let file = FileConfig::load(cli.config.as_deref(), home.dir())?;
             let mut config = DaemonConfig::default();
-            if !listen.is_empty() {
-                config.listen = listen;
+            if let Some(l) = (!listen.is_empty()).then_some(listen).or(file.listen) {
+                config.listen = l;
             }
-            config.role = match role {
+            let file_role = match file.role.as_deref() {
+                None => None,
+                Some("auto") => Some(RoleArg::Auto),
+                Some("leaf") => Some(RoleArg::Leaf),
+                Some("superpeer") => Some(RoleArg::Superpeer),
+                Some(other) => bail!("config: role {other:?} is not auto, leaf or superpeer"),
+            };
+            config.role = match role.or(file_role).unwrap_or(RoleArg::Auto) {
                 RoleArg::Auto => Role::Auto,
                 RoleArg::Leaf => Role::Leaf,
                 RoleArg::Superpeer => Role::Superpeer,
             };
-            config.max_leaves = max_leaves;
-            config.thresholds.min_uptime = std::time::Duration::from_secs(min_uptime);
-            config.thresholds.min_cores = min_cores;
-            config.thresholds.min_free_memory_mib = min_free_memory;
+            let t = &mut config.thresholds;
+            config.max_leaves = max_leaves.or(file.max_leaves).unwrap_or(config.max_leaves);
+            if let Some(secs) = min_uptime.or(file.min_uptime_secs) {
+                t.min_uptime = std::time::Duration::from_secs(secs);
+            }
+            t.min_cores = min_cores.or(file.min_cores).unwrap_or(t.min_cores);
+            t.min_free_memory_mib = min_free_memory
+                .or(file.min_free_memory_mib)
+                .unwrap_or(t.min_free_memory_mib);
+            config.metrics = metrics.or(file.metrics);
+            config.publish_direct = !no_direct && file.publish_direct_addrs.unwrap_or(true);
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(stop_on_signal(shutdown.clone()));

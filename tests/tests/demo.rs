@@ -10,13 +10,16 @@ use std::time::Duration;
 #[test]
 fn demo_brings_the_network_up_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(natter_tests::bin("natter"))
-        .args(["demo", "--dir"])
-        .arg(dir.path())
-        .env("NATTER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut demo = Demo(
+        Command::new(natter_tests::bin("natter"))
+            .args(["demo", "--dir"])
+            .arg(dir.path())
+            .env("NATTER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut demo.0;
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::sync_channel(256);
     std::thread::spawn(move || {
@@ -54,6 +57,27 @@ fn demo_brings_the_network_up_and_stops_on_ctrl_c() {
     let inbox = natter_tests::natter_json(&dir.path().join("bob"), &["inbox"]).unwrap();
     assert_eq!(inbox[0]["text"], "hello from the demo");
 
+    // Metrics: Natter's counters are exposed and move.
+    let metrics_addr = std::fs::read_to_string(dir.path().join("seed1/metrics.addr")).unwrap();
+    let lookups = |addr: &str| -> i64 {
+        let body = scrape(addr);
+        assert!(body.contains("natter_superpeer 1"), "{body}");
+        assert!(body.contains("libp2p_swarm_"), "libp2p's own metrics too");
+        body.lines()
+            .find_map(|l| l.strip_prefix("natter_lookups "))
+            .expect("natter_lookups")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = lookups(&metrics_addr);
+    assert!(natter_tests::natter_json(&dir.path().join("seed1"), &["lookup", "alice"]).is_some());
+    let after = natter_tests::wait_for("lookups counter to move", Duration::from_secs(10), || {
+        let n = lookups(&metrics_addr);
+        (n > before).then_some(n)
+    });
+    assert!(after > before);
+
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
@@ -66,4 +90,33 @@ fn demo_brings_the_network_up_and_stops_on_ctrl_c() {
         child.try_wait().unwrap()
     });
     assert!(status.success(), "{status}");
+}
+
+/// Stops the demo (and with it its daemons) even when an assertion fails.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            let _ = natter_tests::wait_for("demo exit", Duration::from_secs(20), || {
+                self.0.try_wait().ok().flatten()
+            });
+        }
+    }
+}
+
+/// GET /metrics over a plain TCP connection.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr.trim()).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    response
 }

@@ -51,8 +51,10 @@ impl Net {
         sps
     }
 
+    /// A leaf that keeps its (loopback, hence "public") addresses out of the directory, so
+    /// that others reach it through a relay first, as behind NAT.
     fn leaf(&self, name: &str) -> NodeProcess {
-        let leaf = self.node(name, &["--role", "leaf"]);
+        let leaf = self.node(name, &["--role", "leaf", "--no-direct"]);
         wait_attached(&leaf);
         leaf
     }

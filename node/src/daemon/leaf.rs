@@ -44,16 +44,21 @@ impl Daemon {
         self.refused_by
             .retain(|_, at| at.elapsed() < SKIP_AFTER_REFUSAL);
         let me = self.peer_id();
-        let next = self
+        // Among the best few (the list is least loaded first), a random one: leaves that start
+        // together must not all pick the same superpeers.
+        let eligible: Vec<PeerId> = self
             .candidates
             .iter()
             .filter_map(|c| c.peer_id.parse::<PeerId>().ok())
-            .find(|p| {
+            .filter(|p| {
                 *p != me
                     && Some(*p) != self.primary
                     && Some(*p) != self.standby
                     && !self.refused_by.contains_key(p)
-            });
+            })
+            .take(4)
+            .collect();
+        let next = (!eligible.is_empty()).then(|| eligible[rand::random_range(0..eligible.len())]);
         match next {
             Some(peer) => {
                 tracing::debug!(%peer, "attaching");
@@ -207,9 +212,11 @@ impl Daemon {
                 .collect(),
             Current::Superpeer => Vec::new(),
         };
+        let hide = self.role == Current::Leaf && !self.config.publish_direct;
         let direct_addrs = self
             .public_addrs()
             .into_iter()
+            .filter(|_| !hide)
             .map(|a| a.with_p2p(self.peer_id()).unwrap_or_else(|a| a).to_string())
             .take(8)
             .collect();

@@ -441,6 +441,9 @@ impl Daemon {
                 match answer {
                     Ok((MsgResponse::Stored { .. }, path)) => {
                         let at = now_ms();
+                        if let Some(m) = &self.metrics {
+                            m.delivered.inc_by(ids.len() as u64);
+                        }
                         for id in ids {
                             if let Err(e) = self.store.mark_delivered(&id, path, at) {
                                 tracing::error!(error = %e, %id, "recording a delivery failed");
@@ -571,6 +574,9 @@ impl Daemon {
                     .behaviour_mut()
                     .msg
                     .send_response(channel, MsgResponse::Stored { stored, duplicates });
+                if let Some(m) = &self.metrics {
+                    m.received.inc_by(u64::from(stored));
+                }
                 if stored > 0 {
                     self.feed_followers();
                 }

@@ -50,6 +50,12 @@ pub struct DaemonConfig {
     pub lease: Duration,
     /// How often a leaf re-publishes its record (default 30 s).
     pub publish_interval: Duration,
+    /// Where to serve Prometheus metrics (default: nowhere).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Publish this node's public addresses in the directory (default true). Without them,
+    /// others reach a leaf through its superpeers' relays first (hole punching may still
+    /// upgrade the path), and the directory does not reveal its IP address.
+    pub publish_direct: bool,
 }
 
 impl Default for DaemonConfig {
@@ -65,6 +71,8 @@ impl Default for DaemonConfig {
             max_connections: 4096,
             lease: Duration::from_secs(90),
             publish_interval: Duration::from_secs(30),
+            metrics: None,
+            publish_direct: true,
         }
     }
 }
@@ -198,6 +206,81 @@ pub(crate) struct Daemon {
     last_renew_attempt: Option<Instant>,
     going_down: Option<(Instant, Option<Replier<ControlResponse>>)>,
     msg: messaging::Messaging,
+    metrics: Option<NodeMetrics>,
+}
+
+/// What `--metrics` exposes: libp2p's own metrics and Natter's.
+pub(crate) struct NodeMetrics {
+    p2p: libp2p::metrics::Metrics,
+    superpeer: Gauge,
+    leaves: Gauge,
+    records_stored: Gauge,
+    records_refused: Gauge,
+    lookups: Gauge,
+    outbox: Gauge,
+    pub(crate) delivered: Counter,
+    pub(crate) received: Counter,
+}
+
+type Gauge = prometheus_client::metrics::gauge::Gauge<i64>;
+type Counter = prometheus_client::metrics::counter::Counter;
+
+impl NodeMetrics {
+    fn new(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self {
+            p2p: libp2p::metrics::Metrics::new(registry),
+            superpeer: Gauge::default(),
+            leaves: Gauge::default(),
+            records_stored: Gauge::default(),
+            records_refused: Gauge::default(),
+            lookups: Gauge::default(),
+            outbox: Gauge::default(),
+            delivered: Counter::default(),
+            received: Counter::default(),
+        };
+        let natter = registry.sub_registry_with_prefix("natter");
+        natter.register(
+            "superpeer",
+            "1 while this node is a superpeer",
+            m.superpeer.clone(),
+        );
+        natter.register(
+            "leaves",
+            "Leaves attached to this superpeer",
+            m.leaves.clone(),
+        );
+        natter.register(
+            "records_stored",
+            "Directory records validated and stored",
+            m.records_stored.clone(),
+        );
+        natter.register(
+            "records_refused",
+            "Directory records refused by validation",
+            m.records_refused.clone(),
+        );
+        natter.register(
+            "lookups",
+            "Lookups served by this superpeer",
+            m.lookups.clone(),
+        );
+        natter.register(
+            "outbox_queued",
+            "Messages waiting in the outbox",
+            m.outbox.clone(),
+        );
+        natter.register(
+            "messages_delivered",
+            "Messages acknowledged by their recipient",
+            m.delivered.clone(),
+        );
+        natter.register(
+            "messages_received",
+            "Messages received and stored (duplicates excluded)",
+            m.received.clone(),
+        );
+        m
+    }
 }
 
 /// Runs the daemon for `home` until `shutdown` or `natter down`.
@@ -222,6 +305,18 @@ pub async fn run(
             .swarm
             .listen_on(addr.clone())
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    }
+    if let Some(addr) = daemon.config.metrics {
+        let server = natter_login_server::metrics::MetricsServer::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        daemon.metrics = Some(NodeMetrics::new(&mut registry));
+        daemon.phase(&format!(
+            "metrics on http://{}/metrics",
+            server.local_addr()?
+        ));
+        tokio::spawn(server.run(std::sync::Arc::new(registry), shutdown.child_token()));
     }
     let (tx, rx) = mpsc::channel(64);
     let control_shutdown = shutdown.child_token();
@@ -302,6 +397,7 @@ impl Daemon {
             last_renew_attempt: None,
             going_down: None,
             msg: messaging::Messaging::default(),
+            metrics: None,
             config,
         })
     }
@@ -368,6 +464,14 @@ impl Daemon {
             Current::Superpeer => self.superpeer_tick(),
         }
         self.messaging_tick();
+        if let Some(m) = &self.metrics {
+            m.superpeer.set(i64::from(self.role == Current::Superpeer));
+            m.leaves.set(self.leaves.len() as i64);
+            m.records_stored.set(self.stats.records_stored as i64);
+            m.records_refused.set(self.stats.records_refused as i64);
+            m.lookups.set(self.stats.lookups as i64);
+            m.outbox.set(self.store.outbox_len().unwrap_or(0) as i64);
+        }
         // Renew at 80% of the certificate lifetime, retrying every minute until it works.
         let cert = &self.identity.cert;
         let lifetime = cert.expires_at().saturating_sub(cert.issued_at());
@@ -427,6 +531,18 @@ impl Daemon {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<behaviour::BehaviourEvent>) {
         use behaviour::BehaviourEvent as B;
+        if let Some(m) = &self.metrics {
+            use libp2p::metrics::Recorder as _;
+            match &event {
+                SwarmEvent::Behaviour(B::Identify(e)) => m.p2p.record(e),
+                SwarmEvent::Behaviour(B::Kad(e)) => m.p2p.record(e),
+                SwarmEvent::Behaviour(B::Relay(e)) => m.p2p.record(e),
+                SwarmEvent::Behaviour(B::Dcutr(e)) => m.p2p.record(e),
+                SwarmEvent::Behaviour(B::Ping(e)) => m.p2p.record(e),
+                _ => {}
+            }
+            m.p2p.record(&event);
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 if address
@@ -447,7 +563,10 @@ impl Daemon {
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 if !is_relayed(&address) {
                     tracing::info!(%address, "public address confirmed");
-                    self.confirmed.insert(address);
+                    if self.confirmed.insert(address) && self.role == Current::Superpeer {
+                        // Tell the login server (and so new leaves) at once.
+                        self.last_announce = None;
+                    }
                     self.evaluate_role();
                 }
             }

@@ -1,0 +1,115 @@
+//! The node's configuration file (TOML). Precedence, resolved in `natter up`:
+//! built-in defaults < this file < environment variables < command-line flags.
+//!
+//! The file is `--config PATH` (env `NATTER_CONFIG`), else `natter.toml` in the home
+//! directory when it exists. Every key is optional; unknown keys are an error, so a typo
+//! never silently falls back to a default. See `deploy/natter.toml.example`.
+
+use std::path::Path;
+
+use libp2p::Multiaddr;
+use serde::Deserialize;
+
+/// File name looked for in the home directory.
+pub const FILE_NAME: &str = "natter.toml";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Listen addresses (multiaddrs).
+    pub listen: Option<Vec<Multiaddr>>,
+    /// "auto", "leaf" or "superpeer".
+    pub role: Option<String>,
+    pub max_leaves: Option<usize>,
+    pub min_uptime_secs: Option<u64>,
+    pub min_cores: Option<usize>,
+    pub min_free_memory_mib: Option<u64>,
+    /// Serve Prometheus metrics on this address (e.g. "127.0.0.1:9464"); off when absent.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Publish the node's IP addresses in the directory (default true).
+    pub publish_direct_addrs: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+impl FileConfig {
+    /// Reads `explicit` (which must exist), else `home/natter.toml` if it exists, else
+    /// nothing.
+    pub fn load(explicit: Option<&Path>, home: &Path) -> Result<Self, ConfigError> {
+        let path = match explicit {
+            Some(p) => p.to_owned(),
+            None => {
+                let default = home.join(FILE_NAME);
+                if !default.exists() {
+                    return Ok(Self::default());
+                }
+                default
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path, message })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_key_and_refuses_typos() {
+        let c = FileConfig::parse(
+            r#"
+            listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
+            role = "superpeer"
+            max_leaves = 5000
+            min_uptime_secs = 0
+            min_cores = 1
+            min_free_memory_mib = 128
+            metrics = "127.0.0.1:9464"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.as_ref().unwrap().len(), 2);
+        assert_eq!(c.role.as_deref(), Some("superpeer"));
+        assert_eq!(c.max_leaves, Some(5000));
+        assert!(c.metrics.is_some());
+        let err = FileConfig::parse("max_leafs = 3").unwrap_err();
+        assert!(err.contains("max_leafs"), "{err}");
+        assert!(FileConfig::parse("listen = [\"not an address\"]").is_err());
+        assert_eq!(FileConfig::parse("").unwrap(), FileConfig::default());
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_a_missing_explicit_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            FileConfig::load(None, dir.path()).unwrap(),
+            FileConfig::default()
+        );
+        assert!(FileConfig::load(Some(&dir.path().join("nope.toml")), dir.path()).is_err());
+        std::fs::write(dir.path().join(FILE_NAME), "min_cores = 7").unwrap();
+        assert_eq!(
+            FileConfig::load(None, dir.path()).unwrap().min_cores,
+            Some(7)
+        );
+    }
+}

@@ -14,6 +14,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 
 pub mod accounts;
+pub mod config_file;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
 use natter_login_server::accounts::{self, Accounts};
-use natter_login_server::{Config, Registration, Server, keys};
+use natter_login_server::{Config, Registration, Server, config_file, keys};
 use natter_proto::UserName;
 use natter_proto::login::Password;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,10 @@ struct Cli {
     /// Directory for the account database and keys (created 0700 if missing).
     #[arg(long, env = "NATTER_LOGIN_DATA", global = true)]
     data_dir: Option<PathBuf>,
+    /// Configuration file for `serve` (default: natter-login.toml in the data directory, if
+    /// present). Precedence: defaults < file < environment < flags.
+    #[arg(long, env = "NATTER_LOGIN_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,11 +32,17 @@ enum Command {
     /// Serve the login protocol until SIGINT or SIGTERM.
     Serve {
         /// Address to listen on; repeat for several (default: TCP and QUIC on port 4747).
-        #[arg(long = "listen", value_name = "MULTIADDR")]
+        /// Env: comma-separated.
+        #[arg(
+            long = "listen",
+            value_name = "MULTIADDR",
+            env = "NATTER_LOGIN_LISTEN",
+            value_delimiter = ','
+        )]
         listen: Vec<Multiaddr>,
-        /// Whether users may create accounts themselves.
-        #[arg(long, value_enum, default_value_t = Registration::Open)]
-        registration: Registration,
+        /// Whether users may create accounts themselves (default open).
+        #[arg(long, value_enum, env = "NATTER_LOGIN_REGISTRATION")]
+        registration: Option<Registration>,
         /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9465 (default: off).
         #[arg(long, value_name = "ADDR", env = "NATTER_LOGIN_METRICS")]
         metrics: Option<std::net::SocketAddr>,
@@ -101,12 +111,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             registration,
             metrics,
         } => {
+            // Precedence: defaults < file < environment < flags (clap puts the environment
+            // under the flags).
             let mut config = Config::new(&dir);
+            config_file::FileConfig::load(cli.config.as_deref(), &dir)
+                .and_then(|file| file.apply(&mut config))
+                .map_err(anyhow::Error::msg)?;
             if !listen.is_empty() {
                 config.listen = listen;
             }
-            config.registration = registration;
-            config.metrics = metrics;
+            if let Some(r) = registration {
+                config.registration = r;
+            }
+            if metrics.is_some() {
+                config.metrics = metrics;
+            }
             serve(config)
         }
         Command::User(cmd) => user(&dir, cmd),

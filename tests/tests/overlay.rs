@@ -210,3 +210,28 @@ fn a_full_superpeer_refuses_and_the_leaf_attaches_elsewhere() {
     assert_eq!(full.status().unwrap()["leaves"], 0);
     assert_eq!(roomy.status().unwrap()["leaves"], 1);
 }
+
+#[test]
+fn the_daemon_renews_its_certificate_before_expiry_without_a_password() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = loopback_config(&dir.path().join("login"));
+    config.cert_lifetime = Duration::from_secs(12);
+    let server = rt.block_on(LoginServer::start(config));
+    let node = NodeProcess::start(dir.path(), "renee", &server.addr, &["--role", "superpeer"]);
+    node.wait_role("superpeer", PROMOTE);
+    let first = node.status().unwrap()["cert_expires_at"].as_u64().unwrap();
+    // Renewal is due at 80% of the lifetime; the daemon has no password to use.
+    let renewed = wait_for("a renewed certificate", Duration::from_secs(30), || {
+        let s = node.status()?;
+        let exp = s["cert_expires_at"].as_u64()?;
+        (exp > first).then_some(exp)
+    });
+    assert!(renewed > first);
+    // The renewed certificate is what the node stores for its next start.
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.home.join("identity.json")).unwrap()).unwrap();
+    let cert = natter_proto::Certificate::from_base64(stored["cert"].as_str().unwrap()).unwrap();
+    assert!(cert.expires_at() >= renewed);
+    drop(server);
+}

@@ -204,6 +204,7 @@ pub(crate) struct Daemon {
     overlay_pending: HashMap<OutboundRequestId, OverlayPending>,
     login_pending: HashMap<OutboundRequestId, LoginPending>,
     last_renew_attempt: Option<Instant>,
+    renew_failed_at: Option<Instant>,
     going_down: Option<(Instant, Option<Replier<ControlResponse>>)>,
     msg: messaging::Messaging,
     metrics: Option<NodeMetrics>,
@@ -395,6 +396,7 @@ impl Daemon {
             overlay_pending: HashMap::new(),
             login_pending: HashMap::new(),
             last_renew_attempt: None,
+            renew_failed_at: None,
             going_down: None,
             msg: messaging::Messaging::default(),
             metrics: None,
@@ -472,14 +474,19 @@ impl Daemon {
             m.lookups.set(self.stats.lookups as i64);
             m.outbox.set(self.store.outbox_len().unwrap_or(0) as i64);
         }
-        // Renew at 80% of the certificate lifetime, retrying every minute until it works.
+        // Renew at 80% of the certificate lifetime; after a failure, retry every 30 s.
         let cert = &self.identity.cert;
         let lifetime = cert.expires_at().saturating_sub(cert.issued_at());
         let renew_at = cert.issued_at() + lifetime * 4 / 5;
+        let pending = self
+            .login_pending
+            .values()
+            .any(|p| matches!(p, LoginPending::Renew));
         if unix_now() >= renew_at
+            && !pending
             && self
-                .last_renew_attempt
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+                .renew_failed_at
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
         {
             self.renew();
         }
@@ -725,6 +732,7 @@ impl Daemon {
                     return;
                 }
                 self.identity.cert = cert;
+                self.renew_failed_at = None;
                 if let Err(e) = self.home.save_identity(&self.identity) {
                     tracing::error!(error = %e, "cannot save the renewed certificate");
                 }
@@ -738,9 +746,11 @@ impl Daemon {
                 }
             }
             (LoginPending::Renew, Ok(LoginResponse::Refused(r))) => {
+                self.renew_failed_at = Some(Instant::now());
                 self.phase(&format!("login server refused renewal: {}", r.message));
             }
             (LoginPending::Renew, Err(e)) => {
+                self.renew_failed_at = Some(Instant::now());
                 let valid = self.identity.cert.verify(&self.issuer, unix_now()).is_ok();
                 self.phase(&format!(
                     "login server unreachable ({e}); {}",

@@ -240,46 +240,44 @@ impl NodeMetrics {
             received: Counter::default(),
         };
         let natter = registry.sub_registry_with_prefix("natter");
-        natter.register(
-            "superpeer",
-            "1 while this node is a superpeer",
-            m.superpeer.clone(),
-        );
-        natter.register(
-            "leaves",
-            "Leaves attached to this superpeer",
-            m.leaves.clone(),
-        );
-        natter.register(
-            "records_stored",
-            "Directory records validated and stored",
-            m.records_stored.clone(),
-        );
-        natter.register(
-            "records_refused",
-            "Directory records refused by validation",
-            m.records_refused.clone(),
-        );
-        natter.register(
-            "lookups",
-            "Lookups served by this superpeer",
-            m.lookups.clone(),
-        );
-        natter.register(
-            "outbox_queued",
-            "Messages waiting in the outbox",
-            m.outbox.clone(),
-        );
-        natter.register(
-            "messages_delivered",
-            "Messages acknowledged by their recipient",
-            m.delivered.clone(),
-        );
-        natter.register(
-            "messages_received",
-            "Messages received and stored (duplicates excluded)",
-            m.received.clone(),
-        );
+        let gauges = [
+            (
+                "superpeer",
+                "1 while this node is a superpeer",
+                &m.superpeer,
+            ),
+            ("leaves", "Leaves attached to this superpeer", &m.leaves),
+            (
+                "records_stored",
+                "Directory records validated and stored",
+                &m.records_stored,
+            ),
+            (
+                "records_refused",
+                "Directory records refused by validation",
+                &m.records_refused,
+            ),
+            ("lookups", "Lookups served by this superpeer", &m.lookups),
+            ("outbox_queued", "Messages waiting in the outbox", &m.outbox),
+        ];
+        for (name, help, gauge) in gauges {
+            natter.register(name, help, gauge.clone());
+        }
+        let counters = [
+            (
+                "messages_delivered",
+                "Messages acknowledged by their recipient",
+                &m.delivered,
+            ),
+            (
+                "messages_received",
+                "Messages received and stored (duplicates excluded)",
+                &m.received,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            natter.register(name, help, counter.clone());
+        }
         m
     }
 }

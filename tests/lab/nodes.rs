@@ -5,10 +5,14 @@
 //!
 //! Every daemon's stdout and log are files in the lab's work dir, kept when something fails; a
 //! failing check shows the tail of the daemon concerned.
+//!
+//! Every message a scenario sends is kept in [`Net::letters`], so that any later look at an
+//! inbox can tell a lost, duplicated or unexpected message from the ones still on their way.
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use patchbay::Device;
@@ -109,6 +113,77 @@ impl Node {
     pub(crate) async fn lookup(&self, name: &str) -> Result<Value, String> {
         self.json(&["lookup", name]).await
     }
+
+    /// `natter send TO TEXT --json`, checked against the `send` contract: a message id, status
+    /// "delivered" (with path "direct" or "relayed") or "queued" (with no path), and `to`.
+    pub(crate) async fn send(&self, to: &'static str, text: &str) -> Result<Letter, String> {
+        let at = SystemTime::now();
+        let started = Instant::now();
+        let v = self.json(&["send", to, text]).await?;
+        let took = started.elapsed();
+        let status = v["status"].as_str().unwrap_or_default().to_owned();
+        let path = v["path"].as_str().map(str::to_owned);
+        let id = v["id"].as_str().unwrap_or_default().to_owned();
+        let fits = matches!(
+            (status.as_str(), path.as_deref()),
+            ("delivered", Some("direct" | "relayed")) | ("queued", None)
+        );
+        if !fits || id.len() != 26 || v["to"] != to {
+            return Err(format!(
+                "natter send {to} on {}: an answer outside the contract: {v}",
+                self.name
+            ));
+        }
+        Ok(Letter {
+            id,
+            from: self.name,
+            to,
+            text: text.to_owned(),
+            status,
+            path,
+            at,
+            took,
+        })
+    }
+
+    /// `natter inbox --json`: every message this user received, oldest first.
+    pub(crate) async fn inbox(&self) -> Result<Vec<Value>, String> {
+        let v = self.json(&["inbox"]).await?;
+        v.as_array()
+            .cloned()
+            .ok_or_else(|| format!("natter inbox on {} printed no array: {v}", self.name))
+    }
+
+    /// `natter ping NAME --count 1 --json`: the one probe.
+    pub(crate) async fn ping_once(&self, name: &str) -> Result<Value, String> {
+        let v = self.json(&["ping", name, "--count", "1"]).await?;
+        v.as_array()
+            .and_then(|a| a.first())
+            .cloned()
+            .ok_or_else(|| format!("natter ping {name} on {} printed no probe: {v}", self.name))
+    }
+
+    /// The home directory of this node's user.
+    pub(crate) fn home(&self) -> &Path {
+        &self.home
+    }
+}
+
+/// A message a scenario sent, as `natter send` answered.
+#[derive(Debug, Clone)]
+pub(crate) struct Letter {
+    pub(crate) id: String,
+    pub(crate) from: &'static str,
+    pub(crate) to: &'static str,
+    pub(crate) text: String,
+    /// "delivered" or "queued".
+    pub(crate) status: String,
+    /// "direct" or "relayed" when delivered.
+    pub(crate) path: Option<String>,
+    /// When `send` was started (wall clock, to compare with the daemons' logs).
+    pub(crate) at: SystemTime,
+    /// How long `send` took (it waits up to 5 s for the recipient's ack).
+    pub(crate) took: Duration,
 }
 
 /// Everything running in the lab.
@@ -118,7 +193,16 @@ pub(crate) struct Net {
     /// Homes, data dirs, stdout and logs of every process.
     pub(crate) work: PathBuf,
     pub(crate) login: Option<LoginServer>,
+    /// The daemons still running.
     pub(crate) nodes: Vec<Node>,
+    /// Every `natter up` ever started, with its log file, killed ones included.
+    pub(crate) logs: Vec<(&'static str, PathBuf)>,
+    /// User (host) name and device peer id of every node, as its `natter status` said.
+    pub(crate) peer_ids: Vec<(&'static str, String)>,
+    /// Every message accepted by `natter send` so far. A cell, so that scenarios record what
+    /// they send while they hold their nodes (the lab runs on one thread; no borrow is held
+    /// across an await).
+    letters: RefCell<Vec<Letter>>,
 }
 
 impl Net {
@@ -128,6 +212,9 @@ impl Net {
             work: work.to_owned(),
             login: None,
             nodes: Vec::new(),
+            logs: Vec::new(),
+            peer_ids: Vec::new(),
+            letters: RefCell::new(Vec::new()),
         }
     }
 
@@ -165,6 +252,7 @@ impl Net {
             &args,
             &self.work,
         )?;
+        self.logs.push((host.name, daemon.log_path().to_owned()));
         self.nodes.push(Node {
             name: host.name,
             device: host.device.clone(),
@@ -180,6 +268,65 @@ impl Net {
             .iter()
             .find(|n| n.name == name)
             .with_context(|| format!("natter up is not running on {name}"))
+    }
+
+    /// Reads the peer id of every running node not known yet from its `natter status`.
+    pub(crate) async fn learn_peer_ids(&mut self) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            if self.peer_ids.iter().any(|(n, _)| *n == node.name) {
+                continue;
+            }
+            let status = node.status().await.map_err(|e| anyhow::anyhow!(e))?;
+            let id = status["peer_id"]
+                .as_str()
+                .with_context(|| format!("no peer id in the status of {}: {status}", node.name))?;
+            self.peer_ids.push((node.name, id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The user whose device is `peer`.
+    pub(crate) fn name_of(&self, peer: &str) -> Option<&'static str> {
+        self.peer_ids
+            .iter()
+            .find(|(_, id)| id == peer)
+            .map(|(name, _)| *name)
+    }
+
+    /// Kills `natter up` on `name` (SIGKILL: no goodbye to anyone), as a crash or power cut
+    /// would; its log stays in the work dir.
+    pub(crate) async fn kill_node(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .with_context(|| format!("natter up is not running on {name}"))?;
+        self.nodes.remove(index).daemon.stop().await
+    }
+
+    /// Kills the login server (SIGKILL).
+    pub(crate) async fn stop_login(&mut self) -> anyhow::Result<()> {
+        let login = self
+            .login
+            .take()
+            .context("the login server is not running")?;
+        login.daemon.stop().await
+    }
+
+    /// Keeps a message `natter send` accepted.
+    pub(crate) fn record(&self, letter: &Letter) {
+        self.letters.borrow_mut().push(letter.clone());
+    }
+
+    /// The messages sent so far.
+    pub(crate) fn letters(&self) -> Vec<Letter> {
+        self.letters.borrow().clone()
+    }
+
+    /// The messages sent to `user` so far.
+    pub(crate) fn letters_to(&self, user: &str) -> Vec<Letter> {
+        let letters = self.letters.borrow();
+        letters.iter().filter(|l| l.to == user).cloned().collect()
     }
 
     /// Kills every process (SIGKILL) and reaps it.

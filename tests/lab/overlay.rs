@@ -502,7 +502,7 @@ fn check_found(answer: &Value, target: &Member, members: &[Member]) -> Check<()>
 }
 
 /// One error listing every failure, or every result.
-fn all_ok<T>(results: Vec<anyhow::Result<T>>) -> anyhow::Result<Vec<T>> {
+pub(crate) fn all_ok<T>(results: Vec<anyhow::Result<T>>) -> anyhow::Result<Vec<T>> {
     let mut found = Vec::new();
     let mut failed = Vec::new();
     for r in results {
@@ -526,7 +526,7 @@ fn host_of<'a>(superpeers: &[(String, &'a str)], peer: &str) -> &'a str {
 }
 
 /// The fields of `natter status` a failure report needs, on one line.
-fn describe(status: &Value) -> String {
+pub(crate) fn describe(status: &Value) -> String {
     format!(
         "role {} ({}), reachability {}, external {}, superpeers {}, listening on {}",
         text(&status["role"]),
@@ -538,15 +538,15 @@ fn describe(status: &Value) -> String {
     )
 }
 
-fn compact(v: &Value) -> String {
+pub(crate) fn compact(v: &Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_owned()
 }
 
-fn strings(v: &Value) -> Vec<String> {
+pub(crate) fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
             a.iter()

@@ -159,6 +159,11 @@ impl Daemon {
         })
     }
 
+    /// Its log file (stderr).
+    pub(crate) fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// When the daemon was started.
     pub(crate) fn started(&self) -> Instant {
         self.started

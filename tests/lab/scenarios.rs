@@ -1,19 +1,7 @@
 //! What the lab checks about the network and the login server, one scenario per function; the
-//! overlay's scenarios are in overlay.rs. Each writes what it measured into the report as it
-//! goes, so a failure still shows how far it got.
-//!
-//! Scenarios still to come, in this order, with `natter send`/`inbox` (none is written, and
-//! none is reported, until it is). They run on the network `promotion` and `lookup` leave
-//! running:
-//! - `messaging`: every NATed pair exchanges messages both ways, relayed through a superpeer
-//!   first.
-//! - `hole_punching`: DCUtR upgrades alice–bob (and alice–dave) to a direct connection (QUIC and
-//!   TCP); carol, behind symmetric NAT, stays relayed and keeps working.
-//! - `superpeer_loss`: killing the superpeer serving a leaf; its standby takes over and the
-//!   leaf stays reachable.
-//! - `login_down`: with the login server stopped, presence, lookup and messaging keep working.
-//! - `uplink_cut`: cutting a home uplink; the user reads offline within the lease, and back
-//!   online when the link returns.
+//! overlay's scenarios are in overlay.rs, messaging and hole punching in messaging.rs, and the
+//! faults (a superpeer killed, the login server stopped, a home's link cut) in faults.rs. Each
+//! writes what it measured into the report as it goes, so a failure still shows how far it got.
 
 use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr};

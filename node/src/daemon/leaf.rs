@@ -41,8 +41,8 @@ impl Daemon {
             }
             self.attaching = None;
         }
-        self.refused_by
-            .retain(|_, at| at.elapsed() < SKIP_AFTER_REFUSAL);
+        let now = Instant::now();
+        self.skip_until.retain(|_, until| *until > now);
         let me = self.peer_id();
         // Among the best few (the list is least loaded first), a random one: leaves that start
         // together must not all pick the same superpeers.
@@ -54,11 +54,22 @@ impl Daemon {
                 *p != me
                     && Some(*p) != self.primary
                     && Some(*p) != self.standby
-                    && !self.refused_by.contains_key(p)
+                    && !self.skip_until.contains_key(p)
             })
             .take(4)
             .collect();
-        let next = (!eligible.is_empty()).then(|| eligible[rand::random_range(0..eligible.len())]);
+        let mut next =
+            (!eligible.is_empty()).then(|| eligible[rand::random_range(0..eligible.len())]);
+        if next.is_none() && self.primary.is_none() {
+            // Unattached and every candidate is waiting out a backoff: try the one whose wait
+            // ends first rather than stay unreachable.
+            next = self
+                .skip_until
+                .iter()
+                .filter(|(p, _)| **p != me && Some(**p) != self.standby)
+                .min_by_key(|(_, until)| **until)
+                .map(|(p, _)| *p);
+        }
         match next {
             Some(peer) => {
                 tracing::debug!(%peer, "attaching");
@@ -103,6 +114,7 @@ impl Daemon {
                 } else {
                     return;
                 };
+                self.attach_failures.remove(&peer);
                 self.phase(&format!("attached to {peer} ({slot})"));
                 self.reserve_relay(peer);
                 let _ = self.store.record_host(
@@ -116,12 +128,18 @@ impl Daemon {
             }
             Ok(OverlayResponse::Full { alternatives }) => {
                 self.phase(&format!("superpeer {peer} is full; trying another"));
-                self.refused_by.insert(peer, Instant::now());
+                self.skip_until
+                    .insert(peer, Instant::now() + SKIP_AFTER_REFUSAL);
                 self.merge_candidates(alternatives);
+            }
+            Ok(OverlayResponse::Refused { message, .. }) => {
+                tracing::warn!(%peer, %message, "attach refused");
+                self.skip_until
+                    .insert(peer, Instant::now() + SKIP_AFTER_REFUSAL);
             }
             other => {
                 tracing::info!(%peer, ?other, "attach failed");
-                self.refused_by.insert(peer, Instant::now());
+                self.back_off(peer);
                 let _ = self.store.host_failed(&peer.to_string(), unix_now());
             }
         }
@@ -183,7 +201,15 @@ impl Daemon {
                 "standby superpeer {peer} lost; looking for another"
             ));
         }
-        self.refused_by.insert(peer, Instant::now());
+        self.back_off(peer);
+    }
+
+    /// Skips a superpeer that failed for 1 s, doubling with each failure up to 30 s.
+    fn back_off(&mut self, peer: PeerId) {
+        let failures = self.attach_failures.entry(peer).or_insert(0);
+        let wait = Duration::from_secs(1 << (*failures).min(5)).min(Duration::from_secs(30));
+        *failures += 1;
+        self.skip_until.insert(peer, Instant::now() + wait);
     }
 
     /// Monotonic across restarts: milliseconds since the epoch, bumped when equal.

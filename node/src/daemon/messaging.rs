@@ -144,8 +144,9 @@ fn item(m: &crate::store::InboxEntry) -> InboxItem {
 }
 
 impl Daemon {
-    /// `natter send`: checks the text, resolves the name (an unknown user is an error and
-    /// nothing is queued), then queues and tries to deliver.
+    /// `natter send`: checks name and text, writes the message to the outbox (before any
+    /// network I/O), then checks in the background that the user exists (an unknown user is
+    /// an error, and the message is taken out of the outbox again) while delivery starts.
     pub(super) fn cmd_send(
         &mut self,
         to: String,
@@ -168,7 +169,10 @@ impl Daemon {
             let _ = reply.try_send(Err("cannot send a message to yourself".into()));
             return;
         }
-        self.lookup(to, LookupFor::Send { text, wait, reply });
+        let Some(id) = self.enqueue(to.clone(), text, wait, reply) else {
+            return;
+        };
+        self.lookup(to, LookupFor::Send { id });
     }
 
     /// Every lookup ends here, whatever it was for.
@@ -204,20 +208,26 @@ impl Daemon {
                 };
                 let _ = reply.try_send(view.map(ControlResponse::Lookup));
             }
-            LookupFor::Send { text, wait, reply } => {
-                match &outcome {
-                    LookupOutcome::NotFound {
-                        exists: Some(false),
-                    } => {
+            LookupFor::Send { id } => match &outcome {
+                LookupOutcome::NotFound {
+                    exists: Some(false),
+                } => {
+                    match self.store.cancel(&id) {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(%id, "message to an unknown user already gone"),
+                        Err(e) => tracing::error!(error = %e, %id, "cannot cancel a message"),
+                    }
+                    if let Some((reply, _, _)) = self.msg.waiters.remove(&id) {
                         let _ = reply
                             .try_send(Err(format!("no user named {name}; nothing was queued")));
-                        return;
                     }
-                    LookupOutcome::Found { record, .. } => self.learn_route(&name, record),
-                    _ => {}
                 }
-                self.enqueue(name, text, wait, reply);
-            }
+                LookupOutcome::Found { record, .. } => {
+                    self.learn_route(&name, record);
+                    self.pump_outbox();
+                }
+                _ => {}
+            },
             LookupFor::Route => {
                 self.msg.resolving.remove(&name);
                 match outcome {
@@ -264,7 +274,15 @@ impl Daemon {
         );
     }
 
-    fn enqueue(&mut self, to: UserName, text: String, wait: bool, reply: Replier<ControlResponse>) {
+    /// Writes the message to the outbox and registers the `send` waiting for it; the id, or
+    /// `None` when it could not be stored (the command has its error then).
+    fn enqueue(
+        &mut self,
+        to: UserName,
+        text: String,
+        wait: bool,
+        reply: Replier<ControlResponse>,
+    ) -> Option<String> {
         let id = self.msg.ulid();
         let outgoing = OutgoingMessage {
             id: id.clone(),
@@ -275,11 +293,11 @@ impl Daemon {
         // Durable before any network I/O: from here on the message is delivered or queued.
         if let Err(e) = self.store.enqueue(&outgoing) {
             let _ = reply.try_send(Err(format!("cannot queue the message: {e}")));
-            return;
+            return None;
         }
         let deadline = Instant::now() + if wait { SEND_WAIT } else { Duration::ZERO };
-        self.msg.waiters.insert(id, (reply, deadline, to));
-        self.pump_outbox();
+        self.msg.waiters.insert(id.clone(), (reply, deadline, to));
+        Some(id)
     }
 
     /// Sends the next batch for every recipient that has due messages and nothing in flight.

@@ -109,12 +109,8 @@ enum OverlayPending {
 pub(crate) enum LookupFor {
     /// `natter lookup`: show it.
     Control(Replier<ControlResponse>),
-    /// `natter send`: queue the message unless the user does not exist.
-    Send {
-        text: String,
-        wait: bool,
-        reply: Replier<ControlResponse>,
-    },
+    /// `natter send`: the message `id` is queued; take it out again if the user does not exist.
+    Send { id: String },
     /// Delivering queued messages: where is the user now?
     Route,
     /// Telling a contact about a status change.
@@ -183,7 +179,10 @@ pub(crate) struct Daemon {
     primary: Option<PeerId>,
     standby: Option<PeerId>,
     attaching: Option<(PeerId, Instant)>,
-    refused_by: HashMap<PeerId, Instant>,
+    /// Superpeers not to try again before the given time: 60 s after a refusal, a backoff
+    /// (1 s doubling to 30 s) after a lost connection or failed attach.
+    skip_until: HashMap<PeerId, Instant>,
+    attach_failures: HashMap<PeerId, u32>,
     last_publish: Option<Instant>,
     relay_addrs: BTreeSet<Multiaddr>,
     /// The circuit address asked for on each superpeer, until its reservation is accepted.
@@ -379,7 +378,8 @@ impl Daemon {
             primary: None,
             standby: None,
             attaching: None,
-            refused_by: HashMap::new(),
+            skip_until: HashMap::new(),
+            attach_failures: HashMap::new(),
             last_publish: None,
             relay_addrs: BTreeSet::new(),
             reserving: HashMap::new(),
@@ -603,12 +603,27 @@ impl Daemon {
                 }
                 self.msg.on_connection(connection_id, peer_id, relayed);
             }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                ..
+            } if self.superpeers_seen.contains(&peer) || self.role == Current::Superpeer => {
+                // A superpeer that cannot be dialled must not slow every directory query
+                // down by a dial timeout; identify adds it back when it returns.
+                self.swarm.behaviour_mut().kad.remove_peer(&peer);
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
                 connection_id,
+                cause,
                 ..
             } => {
+                if cause.is_some()
+                    && num_established == 0
+                    && self.superpeers_seen.contains(&peer_id)
+                {
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+                }
                 self.msg.on_connection_closed(connection_id);
                 if num_established == 0 {
                     if peer_id == self.login_peer {

@@ -431,10 +431,25 @@ impl Daemon {
                 };
                 let done = match result {
                     kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
-                        if let Some(l) = self.lookups.get_mut(&lookup) {
-                            l.values.push(found.record.value);
+                        let Some(l) = self.lookups.get_mut(&lookup) else {
+                            return;
+                        };
+                        l.values.push(found.record.value);
+                        // One valid record answers the lookup: do not wait for the rest of
+                        // the query (a dead peer in it would cost a dial timeout).
+                        let valid = best_record(
+                            &l.name,
+                            l.values.iter().map(Vec::as_slice),
+                            &self.issuer,
+                            unix_now(),
+                        )
+                        .is_some();
+                        if valid
+                            && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
+                        {
+                            query.finish();
                         }
-                        step.last
+                        valid || step.last
                     }
                     kad::QueryResult::GetRecord(_) => true,
                     _ => step.last,

@@ -172,6 +172,15 @@ impl Store {
         })
     }
 
+    /// Removes a queued message that must not be sent after all (its recipient turned out
+    /// not to exist). `Ok(false)` if it is not queued.
+    pub fn cancel(&self, id: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+            Ok(n == 1)
+        })
+    }
+
     /// Moves a queued message to the sent log: the recipient's node acked it at `at_ms`,
     /// over `path` (`"direct"` or `"relayed"`). Atomic: the message is never in both tables,
     /// nor in neither. `Ok(false)` if it is not queued (a second ack for the same message).

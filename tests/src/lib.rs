@@ -1,6 +1,8 @@
 //! Helpers shared by Natter's cross-crate tests and benchmark harness: the real binaries, and
 //! a login server started in-process on loopback.
 
+pub mod bench;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

@@ -1,74 +1,99 @@
-//! `natter-bench`: Natter's benchmark harness. Starts real components (here: the login server
-//! in-process over real loopback sockets, clients as separate swarms), prints a table and
-//! optionally writes JSON. Figures only: nothing here asserts a timing.
+//! `natter-bench`: Natter's benchmark harness. Each suite prints a table of figures beside
+//! their floors, measured in the same run, and says for each figure whether it comes from the
+//! real binaries on loopback or from swarms inside this process over real loopback sockets.
+//! Figures only: nothing here asserts a timing. The suites live in `natter_tests::bench`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
-use futures::StreamExt as _;
-use libp2p::identity::Keypair;
-use libp2p::request_response;
-use libp2p::swarm::SwarmEvent;
-use natter_login_server::{Limit, accounts};
-use natter_node::LoginClient;
-use natter_node::login_client::build_swarm;
-use natter_proto::login::{LoginRequest, LoginResponse, Password};
-use natter_proto::{IssuerSigningKey, UserName};
-use natter_tests::{LoginServer, loopback_config};
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use natter_tests::bench::{self, Mode, Report};
 
 /// Natter benchmarks: figures side by side with their floor, measured in one run.
 #[derive(Debug, Parser)]
 struct Cli {
-    /// Short runs for a CI smoke test (the figures are then rough).
+    /// Short runs (every suite in well under two minutes); the figures are then rough.
     #[arg(long)]
     quick: bool,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "PATH")]
     json: Option<std::path::PathBuf>,
-    #[command(subcommand)]
-    suite: Suite,
+    /// Suites to run, in order.
+    #[arg(value_enum, required = true)]
+    suites: Vec<Suite>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 enum Suite {
-    /// Certificate issue/verify, argon2id alone, password logins/s and renewals/s through the
-    /// real login protocol on loopback.
+    /// Certificate issue/verify, argon2id alone, logins/s and renewals/s through the real
+    /// login protocol (in-process server on loopback).
     Login,
-}
-
-/// One measured figure with the floor it is compared to.
-#[derive(Debug, serde::Serialize)]
-struct Row {
-    figure: String,
-    value: f64,
-    unit: &'static str,
-    floor: Option<String>,
+    /// Message round trips (direct, relayed, after hole punching) and durable messages/s
+    /// between real daemons, against raw TCP, a bare libp2p echo and the store alone.
+    Msg,
+    /// Lookup latency, cold and cached, with 10 (and in full mode 50) real superpeers,
+    /// against one bare Kademlia hop and a bare Kademlia walk.
+    Lookup,
+    /// Superpeer memory per attached leaf, leaf daemon memory, presence record size and
+    /// validation cost (the scaling model's inputs).
+    Scale,
+    /// Every suite above.
+    All,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rows = match cli.suite {
-        Suite::Login => tokio::runtime::Runtime::new()?.block_on(login_suite(cli.quick))?,
-    };
-    println!("{:<52} {:>14} {:<8} floor", "figure", "value", "unit");
-    for r in &rows {
-        println!(
-            "{:<52} {:>14.1} {:<8} {}",
-            r.figure,
-            r.value,
-            r.unit,
-            r.floor.as_deref().unwrap_or("-")
-        );
+    let mode = if cli.quick { Mode::Quick } else { Mode::Full };
+    let mut suites: Vec<Suite> = Vec::new();
+    for s in &cli.suites {
+        let expanded: &[Suite] = match s {
+            Suite::All => &[Suite::Login, Suite::Msg, Suite::Lookup, Suite::Scale],
+            one => std::slice::from_ref(one),
+        };
+        for s in expanded {
+            if !suites.contains(s) {
+                suites.push(*s);
+            }
+        }
     }
+    let started = std::time::Instant::now();
+    let load_before = load_average();
+    let mut report = Report::default();
+    for suite in &suites {
+        eprintln!("natter-bench: running the {suite:?} suite ({mode:?} mode)");
+        let part = match suite {
+            Suite::Login => bench::login::run(mode),
+            Suite::Msg => bench::msg::run(mode),
+            Suite::Lookup => bench::lookup::run(mode),
+            Suite::Scale => bench::scale::run(mode),
+            Suite::All => unreachable!("expanded above"),
+        }
+        .with_context(|| format!("the {suite:?} suite failed"))?;
+        report.extend(part);
+    }
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let load_after = load_average();
+    println!(
+        "natter-bench {mode:?} mode, {} UTC, {}, {:.0} s, load average {load_before} before \
+         and {load_after} after (other work on the machine skews figures)\n",
+        date(unix),
+        bench::machine(),
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", report.table());
     if let Some(path) = cli.json {
         let doc = serde_json::json!({
-            "suite": "login",
-            "quick": cli.quick,
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            "rows": rows,
+            "suites": suites,
+            "mode": mode,
+            "date": date(unix),
+            "unix_time": unix,
+            "machine": bench::machine(),
+            "seconds": started.elapsed().as_secs_f64(),
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "rows": report.rows,
+            "not_measured": report.not_measured,
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -76,244 +101,31 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn login_suite(quick: bool) -> anyhow::Result<Vec<Row>> {
-    let window = if quick {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_secs(10)
-    };
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mut rows = Vec::new();
-
-    // Pure CPU, one core: the cost of the signature work itself.
-    let issuer = IssuerSigningKey::from_bytes(&rand::random());
-    let device = Keypair::generate_ed25519()
-        .try_into_ed25519()
-        .expect("ed25519")
-        .public()
-        .to_bytes();
-    let name = UserName::parse("bench")?;
-    let issue = per_second(window / 2, || {
-        issuer
-            .issue(name.clone(), device, 1, 1_800_000_000, 86_400)
-            .map(|_| ())
-            .map_err(anyhow::Error::from)
-    })?;
-    let cert = issuer.issue(name.clone(), device, 1, 1_800_000_000, 86_400)?;
-    let public = issuer.public();
-    let verify = per_second(window / 2, || {
-        cert.verify(&public, 1_800_000_001)
-            .map_err(anyhow::Error::from)
-    })?;
-    rows.push(row("certificate issue, 1 core", issue, "ops/s", None));
-    rows.push(row("certificate verify, 1 core", verify, "ops/s", None));
-
-    // Floor for logins: argon2id alone, same parameters, on every core.
-    let password = Password::new("correct horse battery");
-    let phc = accounts::hash_password(&password)?;
-    let argon_alone = parallel_per_second(cores, window, {
-        let (password, phc) = (password.clone(), phc.clone());
-        move || {
-            assert!(accounts::verify_password(&password, &phc));
-        }
-    });
-    rows.push(row(
-        &format!("argon2id verify alone, {cores} threads"),
-        argon_alone,
-        "ops/s",
-        None,
-    ));
-
-    // The real server on loopback, rate limits lifted (they would measure the limiter).
-    let dir = tempfile::tempdir()?;
-    let mut config = loopback_config(dir.path());
-    let generous = Limit {
-        burst: u32::MAX,
-        refill: Duration::from_nanos(1),
-    };
-    config.ip_limit = generous;
-    config.name_limit = generous;
-    config.max_inflight = 4096;
-    let server = LoginServer::start(config).await;
-
-    let clients = 4;
-    let depth = 16;
-    let mut certs = Vec::new();
-    for i in 0..clients {
-        let key = Keypair::generate_ed25519();
-        let user = UserName::parse(&format!("bench{i}"))?;
-        let issued = LoginClient::new(key.clone(), server.addr.clone())?
-            .register(&user, password.clone())
-            .await?;
-        certs.push((key, user, issued.cert));
-    }
-
-    let logins = load(&server, &certs, clients, cores.max(2), window, {
-        let password = password.clone();
-        move |_, user, _| LoginRequest::Login {
-            name: user.to_string(),
-            password: password.clone(),
-        }
-    })
-    .await?;
-    rows.push(row(
-        "password logins through the protocol",
-        logins,
-        "logins/s",
-        Some(format!(
-            "argon2id alone {argon_alone:.1}/s ({:.0}%)",
-            100.0 * logins / argon_alone
-        )),
-    ));
-
-    let renewals = load(&server, &certs, clients, depth, window, |_, _, cert| {
-        LoginRequest::Renew { cert: cert.clone() }
-    })
-    .await?;
-    rows.push(row(
-        &format!("renewals, {clients} connections x {depth} in flight"),
-        renewals,
-        "renew/s",
-        Some(format!("certificate issue alone {issue:.0}/s")),
-    ));
-
-    // What a one-shot CLI command pays: a fresh connection (TCP + Noise + Yamux) per renewal.
-    let (key, _, cert) = &certs[0];
-    let one_shot = LoginClient::new(key.clone(), server.addr.clone())?;
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < window / 2 {
-        one_shot.renew(cert).await?;
-        n += 1;
-    }
-    rows.push(row(
-        "renewals, new connection each, sequential",
-        n as f64 / start.elapsed().as_secs_f64(),
-        "renew/s",
-        None,
-    ));
-    server.stop().await;
-    Ok(rows)
+/// The 1-minute load average (Linux), as text.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
-fn row(figure: &str, value: f64, unit: &'static str, floor: Option<String>) -> Row {
-    Row {
-        figure: figure.into(),
-        value,
-        unit,
-        floor,
-    }
-}
-
-fn per_second(window: Duration, mut op: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < window {
-        for _ in 0..64 {
-            op()?;
-        }
-        n += 64;
-    }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
-}
-
-fn parallel_per_second(
-    threads: usize,
-    window: Duration,
-    op: impl Fn() + Send + Sync + 'static,
-) -> f64 {
-    let op = Arc::new(op);
-    let count = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (op, count, stop) = (op.clone(), count.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    op();
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(window);
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        let _ = h.join();
-    }
-    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
-}
-
-type Cred = (Keypair, UserName, natter_proto::Certificate);
-
-/// Keeps `depth` requests in flight on each of `clients` persistent connections for `window`
-/// and returns completed (successful) requests per second.
-async fn load(
-    server: &LoginServer,
-    creds: &[Cred],
-    clients: usize,
-    depth: usize,
-    window: Duration,
-    make: impl Fn(&Keypair, &UserName, &natter_proto::Certificate) -> LoginRequest
-    + Clone
-    + Send
-    + 'static,
-) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let deadline = tokio::time::Instant::now() + window;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (key, user, cert) in creds.iter().take(clients) {
-        let (key, user, cert) = (key.clone(), user.clone(), cert.clone());
-        let addr = server.addr.clone();
-        let peer = server.peer_id;
-        let make = make.clone();
-        tasks.spawn(async move {
-            let mut swarm = build_swarm(key.clone())?;
-            swarm.dial(addr)?;
-            let mut done = 0u64;
-            let mut in_flight = 0usize;
-            let mut connected = false;
-            loop {
-                if connected && tokio::time::Instant::now() < deadline {
-                    while in_flight < depth {
-                        swarm
-                            .behaviour_mut()
-                            .send_request(&peer, make(&key, &user, &cert));
-                        in_flight += 1;
-                    }
-                } else if connected && in_flight == 0 {
-                    return anyhow::Ok(done);
-                }
-                match swarm.select_next_some().await {
-                    SwarmEvent::ConnectionEstablished { .. } => connected = true,
-                    SwarmEvent::OutgoingConnectionError { error, .. } => bail!("dial: {error}"),
-                    SwarmEvent::Behaviour(request_response::Event::Message {
-                        message: request_response::Message::Response { response, .. },
-                        ..
-                    }) => {
-                        in_flight -= 1;
-                        match response {
-                            LoginResponse::Issued { .. } => done += 1,
-                            other => bail!("unexpected answer under load: {other:?}"),
-                        }
-                    }
-                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                        error,
-                        ..
-                    }) => {
-                        bail!("request failed under load: {error}")
-                    }
-                    _ => {}
-                }
-            }
-        });
-    }
-    let mut total = 0;
-    while let Some(r) = tasks.join_next().await {
-        total += r??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+/// `YYYY-MM-DD HH:MM` of a Unix time (UTC), without a date crate.
+fn date(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        secs / 3600,
+        (secs % 3600) / 60
+    )
 }

@@ -1,0 +1,284 @@
+//! A network of real processes on loopback for the benchmarks: the login server in-process
+//! (its rate limits lifted), `natter up` daemons as child processes, driven through the
+//! control API ([`ControlClient`]) as the CLI drives them.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use natter_login_server::Limit;
+use natter_node::control::ControlClient;
+use natter_node::daemon::api::{ControlRequest, ControlResponse, LookupView, StatusView};
+
+use crate::{LoginServer, bin, loopback_config};
+
+/// Where a daemon listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// TCP on 127.0.0.1 only: every connection uses the transport the floors use.
+    Tcp4,
+    /// TCP on [::1] only. Leaves then dial their IPv4 superpeers from a port nothing listens
+    /// on, so hole punching between two such leaves fails (connection refused) and their
+    /// connection stays relayed: the way to measure the relayed path for as long as needed.
+    Tcp6,
+}
+
+impl Listen {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Listen::Tcp4 => &["--listen", "/ip4/127.0.0.1/tcp/0"],
+            Listen::Tcp6 => &["--listen", "/ip6/::1/tcp/0"],
+        }
+    }
+}
+
+/// The login server and a directory for the daemons' homes.
+#[derive(Debug)]
+pub struct Cluster {
+    pub login: LoginServer,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts the login server (inside this process, on loopback TCP) with its per-IP and
+    /// per-name limits lifted: every daemon of the bench registers from 127.0.0.1.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut config = loopback_config(&dir.path().join("login"));
+        let generous = Limit {
+            burst: u32::MAX,
+            refill: Duration::from_nanos(1),
+        };
+        config.ip_limit = generous;
+        config.name_limit = generous;
+        config.max_inflight = 4096;
+        let login = LoginServer::start(config).await;
+        Ok(Self { login, dir })
+    }
+
+    /// `natter register USER` with the real CLI (password from stdin).
+    pub async fn register(&self, user: &str) -> anyhow::Result<PathBuf> {
+        use tokio::io::AsyncWriteExt as _;
+        let home = self.dir.path().join(user);
+        let mut child = tokio::process::Command::new(bin("natter"))
+            .arg("--home")
+            .arg(&home)
+            .args(["register", user, "--login", &self.login.addr.to_string()])
+            .env("NATTER_LOG", "error")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning natter register")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(b"password1\n").await?;
+        }
+        let out = child.wait_with_output().await?;
+        if !out.status.success() {
+            bail!(
+                "natter register {user}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(home)
+    }
+
+    /// Registers `user` and starts `natter up` for it: `role` is `superpeer` or `leaf`.
+    pub async fn daemon(&self, user: &str, role: &str, listen: Listen) -> anyhow::Result<Daemon> {
+        let home = self.register(user).await?;
+        Daemon::spawn(user, &home, role, listen)
+    }
+
+    /// Starts `n` superpeers `<prefix>00`, `<prefix>01`, … one after another (each announces
+    /// itself to the login server before the next starts, so later ones meet earlier ones at
+    /// once) and waits until all are superpeers.
+    pub async fn superpeers(
+        &self,
+        prefix: &str,
+        n: usize,
+        listen: Listen,
+    ) -> anyhow::Result<Vec<Daemon>> {
+        let mut sps = Vec::with_capacity(n);
+        for i in 0..n {
+            let sp = self
+                .daemon(&format!("{prefix}{i:02}"), "superpeer", listen)
+                .await?;
+            sp.wait_role("superpeer", Duration::from_secs(30)).await?;
+            sps.push(sp);
+        }
+        Ok(sps)
+    }
+}
+
+/// A `natter up` child process, killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    pub name: String,
+    pub home: PathBuf,
+    child: std::process::Child,
+}
+
+impl Daemon {
+    fn spawn(name: &str, home: &Path, role: &str, listen: Listen) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(home.join("up.log"))?;
+        let child = std::process::Command::new(bin("natter"))
+            .arg("--home")
+            .arg(home)
+            .arg("up")
+            .args(listen.args())
+            .args(["--role", role, "--min-uptime", "0", "--min-cores", "1"])
+            .env(
+                "NATTER_LOG",
+                std::env::var("NATTER_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning natter up")?;
+        Ok(Self {
+            name: name.into(),
+            home: home.to_owned(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// One control request, one reply.
+    pub async fn call(&self, request: &ControlRequest) -> anyhow::Result<ControlResponse> {
+        let mut client = ControlClient::connect(&self.home).await?;
+        Ok(client.call::<_, ControlResponse>(request).await?)
+    }
+
+    /// The first reply of a streaming request (ping); the stream is dropped after it.
+    pub async fn first(&self, request: &ControlRequest) -> anyhow::Result<ControlResponse> {
+        let client = ControlClient::connect(&self.home).await?;
+        let stream = client.stream::<_, ControlResponse>(request).await?;
+        let mut stream = std::pin::pin!(stream);
+        match stream.next().await {
+            Some(reply) => Ok(reply?),
+            None => bail!(
+                "{}: the daemon closed the stream without a reply",
+                self.name
+            ),
+        }
+    }
+
+    pub async fn status(&self) -> anyhow::Result<StatusView> {
+        match self.call(&ControlRequest::Status).await? {
+            ControlResponse::Status(s) => Ok(s),
+            other => bail!("unexpected answer to status: {other:?}"),
+        }
+    }
+
+    pub async fn lookup(&self, name: &str) -> anyhow::Result<LookupView> {
+        match self
+            .call(&ControlRequest::Lookup { name: name.into() })
+            .await?
+        {
+            ControlResponse::Lookup(v) => Ok(v),
+            other => bail!("unexpected answer to lookup: {other:?}"),
+        }
+    }
+
+    pub async fn wait_role(&self, role: &str, timeout: Duration) -> anyhow::Result<()> {
+        wait(&format!("{} to be {role}", self.name), timeout, || async {
+            self.status().await.ok().filter(|s| s.role == role)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits until a leaf has a primary superpeer (and, when `both`, a standby too).
+    pub async fn wait_attached(&self, both: bool, timeout: Duration) -> anyhow::Result<()> {
+        wait(&format!("{} attached", self.name), timeout, || async {
+            self.status()
+                .await
+                .ok()
+                .filter(|s| s.primary.is_some() && (!both || s.standby.is_some()))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits until `name` reads online from this daemon.
+    pub async fn wait_online(&self, name: &str, timeout: Duration) -> anyhow::Result<LookupView> {
+        wait(
+            &format!("{name} online as seen by {}", self.name),
+            timeout,
+            || async {
+                self.lookup(name)
+                    .await
+                    .ok()
+                    .filter(|v| v.status == "online")
+            },
+        )
+        .await
+    }
+
+    /// Resident memory of the process, in KiB (Linux `/proc`).
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid())
+    }
+
+    /// Messages in this daemon's inbox, read from its SQLite store read-only (WAL readers do
+    /// not block the daemon's writes). Cheaper and finer-grained than polling `natter inbox`,
+    /// whose reply carries every message.
+    pub fn inbox_count(&self) -> anyhow::Result<u64> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.home.join(natter_node::store::DB_FILE),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The last lines the daemon wrote (its progress and warnings), for error reports.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.home.join("up.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout`.
+pub async fn wait<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

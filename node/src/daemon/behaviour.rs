@@ -83,13 +83,22 @@ pub(crate) fn build(
                 .set_record_ttl(Some(Duration::from_secs(
                     natter_proto::limits::MAX_RECORD_LEASE_SECS,
                 )))
-                // Leaves' superpeers refresh records themselves, every lease.
+                // Home superpeers republish their leaves' records every 30 s to the closest
+                // peers of the moment: Kademlia's own publication and replication would only
+                // add traffic (about 1 PUT per record per minute and superpeer).
                 .set_publication_interval(None)
-                .set_replication_interval(Some(Duration::from_secs(60)))
+                .set_replication_interval(None)
                 .set_query_timeout(Duration::from_secs(10));
+            // Sized for a superpeer's share of the directory: records are at most 4 KiB, so
+            // 200,000 of them bound the store to about 800 MiB in the worst case.
+            let store_config = kad::store::MemoryStoreConfig {
+                max_records: 200_000,
+                max_value_bytes: natter_proto::limits::MAX_RECORD_BYTES,
+                ..Default::default()
+            };
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
-                kad::store::MemoryStore::new(peer_id),
+                kad::store::MemoryStore::with_config(peer_id, store_config),
                 kad_config,
             );
             // Every node starts as a leaf: pinned, so libp2p never switches by itself.

@@ -79,12 +79,13 @@ impl Daemon {
                 };
                 self.send_overlay(peer, request, OverlayPending::Attach(peer));
             }
-            None if self.primary.is_none()
-                && self
-                    .last_renew_attempt
-                    .is_none_or(|t| t.elapsed() > Duration::from_secs(10)) =>
+            None if self.last_renew_attempt.is_none_or(|t| {
+                // Nothing left to try: ask the login server for a fresh bootstrap list, soon
+                // when unattached, now and then when only the standby is missing.
+                let every = if self.primary.is_none() { 10 } else { 120 };
+                t.elapsed() > Duration::from_secs(every)
+            }) =>
             {
-                // Nothing left to try: ask the login server for a fresh bootstrap list.
                 self.renew();
             }
             None => {}

@@ -295,8 +295,18 @@ impl Daemon {
             let _ = reply.try_send(Err(format!("cannot queue the message: {e}")));
             return None;
         }
-        let deadline = Instant::now() + if wait { SEND_WAIT } else { Duration::ZERO };
-        self.msg.waiters.insert(id.clone(), (reply, deadline, to));
+        if wait {
+            self.msg
+                .waiters
+                .insert(id.clone(), (reply, Instant::now() + SEND_WAIT, to));
+        } else {
+            let _ = reply.try_send(Ok(ControlResponse::Sent(SendView {
+                id: id.clone(),
+                status: "queued".into(),
+                path: None,
+                to: to.to_string(),
+            })));
+        }
         Some(id)
     }
 
@@ -322,8 +332,25 @@ impl Daemon {
                 _ => batches.push((to, vec![m])),
             }
         }
-        for (to, queued) in batches {
+        let now = now_ms();
+        for (to, _) in batches {
             if self.msg.in_flight.contains(&to) {
+                continue;
+            }
+            // Conversation order: only a run of due messages from the head of the queue. A
+            // message waiting out a backoff holds back the ones after it.
+            let queued: Vec<QueuedMessage> = match self.store.queued_for(to.as_str()) {
+                Ok(q) => q
+                    .into_iter()
+                    .take_while(|m| m.next_attempt_at_ms <= now)
+                    .take(MAX_BATCH)
+                    .collect(),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the outbox failed");
+                    continue;
+                }
+            };
+            if queued.is_empty() {
                 continue;
             }
             let route = self
@@ -408,7 +435,7 @@ impl Daemon {
         }
         self.pump_outbox();
         self.ping_tick();
-        self.msg.followers.retain(|(r, _)| !r.is_closed());
+        self.feed_followers();
     }
 
     pub(super) fn on_msg_event(&mut self, event: request_response::Event<MsgRequest, MsgResponse>) {
@@ -462,10 +489,11 @@ impl Daemon {
                         if let Some(m) = &self.metrics {
                             m.delivered.inc_by(ids.len() as u64);
                         }
+                        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                        if let Err(e) = self.store.mark_all_delivered(&refs, path, at) {
+                            tracing::error!(error = %e, "recording deliveries failed");
+                        }
                         for id in ids {
-                            if let Err(e) = self.store.mark_delivered(&id, path, at) {
-                                tracing::error!(error = %e, %id, "recording a delivery failed");
-                            }
                             if let Some((reply, _, to)) = self.msg.waiters.remove(&id) {
                                 let _ = reply.try_send(Ok(ControlResponse::Sent(SendView {
                                     id,
@@ -562,31 +590,33 @@ impl Daemon {
                 }
                 let from = cert.username().to_string();
                 let received_at_ms = now_ms();
-                let (mut stored, mut duplicates) = (0u32, 0u32);
-                for m in messages {
-                    let incoming = IncomingMessage {
+                let batch: Vec<IncomingMessage> = messages
+                    .into_iter()
+                    .map(|m| IncomingMessage {
                         id: m.id,
                         from: from.clone(),
                         text: m.text,
                         sent_at_ms: m.sent_at_ms,
                         conv_seq: m.conv_seq,
                         received_at_ms,
-                    };
-                    match self.store.receive(&incoming) {
-                        Ok(Receipt::Stored) => stored += 1,
-                        Ok(Receipt::Duplicate) => duplicates += 1,
-                        Err(e) => {
-                            tracing::error!(error = %e, "storing a message failed");
-                            return self.refuse_msg(
-                                channel,
-                                (
-                                    MsgRefusal::Unavailable,
-                                    "recipient cannot store messages now".into(),
-                                ),
-                            );
-                        }
+                    })
+                    .collect();
+                // One transaction (one disk sync) for the whole batch, in order.
+                let receipts = match self.store.receive_all(&batch) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "storing messages failed");
+                        return self.refuse_msg(
+                            channel,
+                            (
+                                MsgRefusal::Unavailable,
+                                "recipient cannot store messages now".into(),
+                            ),
+                        );
                     }
-                }
+                };
+                let stored = receipts.iter().filter(|r| **r == Receipt::Stored).count() as u32;
+                let duplicates = receipts.len() as u32 - stored;
                 let _ = self
                     .swarm
                     .behaviour_mut()
@@ -649,13 +679,14 @@ impl Daemon {
                 continue;
             };
             for m in new {
-                *last = m.rowid;
+                // On a full buffer, stop here: the rest goes out at the next tick.
                 if reply
                     .try_send(Ok(ControlResponse::Event(FollowEvent::Message(item(&m)))))
                     .is_err()
                 {
                     break;
                 }
+                *last = m.rowid;
             }
         }
         followers.retain(|(r, _)| !r.is_closed());

@@ -204,6 +204,7 @@ pub(crate) struct Daemon {
     login_pending: HashMap<OutboundRequestId, LoginPending>,
     last_renew_attempt: Option<Instant>,
     renew_failed_at: Option<Instant>,
+    renewed_once: bool,
     going_down: Option<(Instant, Option<Replier<ControlResponse>>)>,
     msg: messaging::Messaging,
     metrics: Option<NodeMetrics>,
@@ -395,6 +396,7 @@ impl Daemon {
             login_pending: HashMap::new(),
             last_renew_attempt: None,
             renew_failed_at: None,
+            renewed_once: false,
             going_down: None,
             msg: messaging::Messaging::default(),
             metrics: None,
@@ -749,10 +751,21 @@ impl Daemon {
                 if let Err(e) = self.home.save_identity(&self.identity) {
                     tracing::error!(error = %e, "cannot save the renewed certificate");
                 }
-                self.phase(&format!(
-                    "logged in; {} superpeer(s) in the bootstrap list",
+                let text = format!(
+                    "{}; {} superpeer(s) in the bootstrap list",
+                    if self.renewed_once {
+                        "certificate renewed"
+                    } else {
+                        "logged in"
+                    },
                     superpeers.len()
-                ));
+                );
+                if self.renewed_once {
+                    tracing::info!("{text}");
+                } else {
+                    self.phase(&text);
+                }
+                self.renewed_once = true;
                 self.merge_candidates(superpeers);
                 for leaf in self.leaves.expired(&self.issuer, unix_now()) {
                     let _ = self.swarm.disconnect_peer_id(leaf);

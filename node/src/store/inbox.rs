@@ -67,24 +67,48 @@ impl InboxEntry {
 impl Store {
     /// Stores `msg` unless a message with its id is already stored.
     pub fn receive(&self, msg: &IncomingMessage) -> Result<Receipt, StoreError> {
-        check_message_id(&msg.id)?;
-        check_name(&msg.from)?;
-        check_text(&msg.text)?;
-        let sent_at = int("sent-at time", msg.sent_at_ms)?;
-        let conv_seq = int("conversation sequence", msg.conv_seq)?;
-        let received_at = int("received-at time", msg.received_at_ms)?;
+        let mut receipts = self.receive_all(std::slice::from_ref(msg))?;
+        Ok(receipts.pop().unwrap_or(Receipt::Duplicate))
+    }
+
+    /// Stores a batch in arrival order, in one transaction (one disk sync for the batch),
+    /// with a receipt per message. Nothing is stored if any message is invalid.
+    pub fn receive_all(&self, msgs: &[IncomingMessage]) -> Result<Vec<Receipt>, StoreError> {
+        let mut rows = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            check_message_id(&msg.id)?;
+            check_name(&msg.from)?;
+            check_text(&msg.text)?;
+            rows.push((
+                msg,
+                int("sent-at time", msg.sent_at_ms)?,
+                int("conversation sequence", msg.conv_seq)?,
+                int("received-at time", msg.received_at_ms)?,
+            ));
+        }
         self.write(|tx| {
-            let n = tx.execute(
+            let mut stmt = tx.prepare_cached(
                 "INSERT INTO inbox (id, sender, text, sent_at_ms, conv_seq, received_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (id) DO NOTHING",
-                params![msg.id, msg.from, msg.text, sent_at, conv_seq, received_at],
             )?;
-            Ok(if n == 1 {
-                Receipt::Stored
-            } else {
-                Receipt::Duplicate
-            })
+            let mut receipts = Vec::with_capacity(rows.len());
+            for (msg, sent_at, conv_seq, received_at) in &rows {
+                let n = stmt.execute(params![
+                    msg.id,
+                    msg.from,
+                    msg.text,
+                    sent_at,
+                    conv_seq,
+                    received_at
+                ])?;
+                receipts.push(if n == 1 {
+                    Receipt::Stored
+                } else {
+                    Receipt::Duplicate
+                });
+            }
+            Ok(receipts)
         })
     }
 

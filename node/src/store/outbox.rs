@@ -185,6 +185,17 @@ impl Store {
     /// over `path` (`"direct"` or `"relayed"`). Atomic: the message is never in both tables,
     /// nor in neither. `Ok(false)` if it is not queued (a second ack for the same message).
     pub fn mark_delivered(&self, id: &str, path: &str, at_ms: u64) -> Result<bool, StoreError> {
+        Ok(self.mark_all_delivered(&[id], path, at_ms)? == 1)
+    }
+
+    /// [`Store::mark_delivered`] for a whole acknowledged batch, in one transaction. Returns
+    /// how many were moved.
+    pub fn mark_all_delivered(
+        &self,
+        ids: &[&str],
+        path: &str,
+        at_ms: u64,
+    ) -> Result<usize, StoreError> {
         if !matches!(path, "direct" | "relayed") {
             return Err(StoreError::Invalid {
                 what: "delivery path",
@@ -193,18 +204,22 @@ impl Store {
         }
         let at = int("delivery time", at_ms)?;
         self.write(|tx| {
-            let moved = tx.execute(
-                "INSERT INTO sent (id, recipient, text, sent_at_ms, conv_seq, attempts, path,
-                                   delivered_at_ms)
-                 SELECT id, recipient, text, sent_at_ms, conv_seq, attempts, ?2, ?3
-                 FROM outbox WHERE id = ?1",
-                params![id, path, at],
-            )?;
-            if moved == 0 {
-                return Ok(false);
+            let mut moved_total = 0;
+            for id in ids {
+                let moved = tx.execute(
+                    "INSERT INTO sent (id, recipient, text, sent_at_ms, conv_seq, attempts, path,
+                                       delivered_at_ms)
+                     SELECT id, recipient, text, sent_at_ms, conv_seq, attempts, ?2, ?3
+                     FROM outbox WHERE id = ?1",
+                    params![id, path, at],
+                )?;
+                if moved == 0 {
+                    continue;
+                }
+                tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+                moved_total += 1;
             }
-            tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
-            Ok(true)
+            Ok(moved_total)
         })
     }
 

@@ -80,9 +80,9 @@ impl Daemon {
                 self.send_overlay(peer, request, OverlayPending::Attach(peer));
             }
             None if self.last_renew_attempt.is_none_or(|t| {
-                // Nothing left to try: ask the login server for a fresh bootstrap list, soon
-                // when unattached, now and then when only the standby is missing.
-                let every = if self.primary.is_none() { 10 } else { 120 };
+                // Nothing left to try: ask the login server for a fresh bootstrap list (every
+                // 10 s when unattached, every 20 s when only the standby is missing).
+                let every = if self.primary.is_none() { 10 } else { 20 };
                 t.elapsed() > Duration::from_secs(every)
             }) =>
             {

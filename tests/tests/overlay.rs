@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use natter_tests::{LoginServer, NodeProcess, loopback_config, wait_for};
 
 const PROMOTE: Duration = Duration::from_secs(30);
-const ATTACH: Duration = Duration::from_secs(30);
+const ATTACH: Duration = Duration::from_secs(60);
 
 struct Net {
     _rt: tokio::runtime::Runtime,

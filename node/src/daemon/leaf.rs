@@ -26,6 +26,22 @@ impl Daemon {
         if self.primary.is_none() || self.standby.is_none() {
             self.try_attach();
         }
+        // A superpeer whose reservation did not work out (refused before its relay was on,
+        // lost with the connection) is asked again every 10 s: without a relay address a
+        // leaf behind NAT cannot be reached at all.
+        for sp in [self.primary, self.standby].into_iter().flatten() {
+            let has_relay = self
+                .relay_addrs
+                .iter()
+                .any(|a| a.iter().any(|p| p == Protocol::P2p(sp)));
+            let recently = self
+                .reserve_tried
+                .get(&sp)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+            if !has_relay && !recently {
+                self.reserve_relay(sp);
+            }
+        }
         let due = self
             .last_publish
             .is_none_or(|t| t.elapsed() >= self.config.publish_interval);
@@ -158,6 +174,7 @@ impl Daemon {
     /// `<addr>/p2p/<peer>/p2p-circuit/p2p/<leaf>`. One reservation per superpeer: a second
     /// one over the same connection would replace the first.
     fn reserve_relay(&mut self, peer: PeerId) {
+        self.reserve_tried.insert(peer, Instant::now());
         let Some(addr) = self
             .addrs_of(peer)
             .iter()

@@ -187,6 +187,8 @@ pub(crate) struct Daemon {
     relay_addrs: BTreeSet<Multiaddr>,
     /// The circuit address asked for on each superpeer, until its reservation is accepted.
     reserving: HashMap<PeerId, Multiaddr>,
+    /// When a reservation was last asked of each superpeer, to retry ones that failed.
+    reserve_tried: HashMap<PeerId, Instant>,
 
     // Superpeer side.
     leaves: LeafTable,
@@ -384,6 +386,7 @@ impl Daemon {
             last_publish: None,
             relay_addrs: BTreeSet::new(),
             reserving: HashMap::new(),
+            reserve_tried: HashMap::new(),
             stats: DirectoryStats::default(),
             lookups: HashMap::new(),
             next_lookup: 0,

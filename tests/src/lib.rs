@@ -303,3 +303,54 @@ impl Drop for NodeProcess {
         self.kill();
     }
 }
+
+/// A login server in this process (on its own runtime) and a temporary directory for the
+/// homes of the nodes a test starts against it.
+#[derive(Debug)]
+pub struct TestNet {
+    pub rt: tokio::runtime::Runtime,
+    pub server: LoginServer,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestNet {
+    pub fn new() -> Self {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = rt.block_on(LoginServer::start(loopback_config(
+            &dir.path().join("login"),
+        )));
+        Self { rt, server, dir }
+    }
+
+    /// Registers `user` and starts its `natter up` with `extra` flags.
+    pub fn node(&self, user: &str, extra: &[&str]) -> NodeProcess {
+        NodeProcess::start(self.dir.path(), user, &self.server.addr, extra)
+    }
+}
+
+impl Default for TestNet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeProcess {
+    /// This node's PeerId and its loopback TCP listen address, for bare clients.
+    pub fn tcp_endpoint(&self) -> (libp2p::PeerId, Multiaddr) {
+        let status = self.status().expect("status");
+        let peer = status["peer_id"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .expect("peer id");
+        let addr = status["listen_addrs"]
+            .as_array()
+            .expect("listen_addrs")
+            .iter()
+            .filter_map(|a| a.as_str())
+            .find(|a| a.contains("/tcp/") && !a.contains("p2p-circuit"))
+            .and_then(|a| a.parse().ok())
+            .expect("a TCP listen address");
+        (peer, addr)
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, StreamProtocol, kad, noise, tcp, yamux};
+use libp2p::{StreamProtocol, kad, noise, tcp, yamux};
 use natter_proto::presence::directory_key;
 use natter_proto::{PresenceBody, PresenceRecord, Status, UserName};
 use natter_tests::{LoginServer, NodeProcess, loopback_config, wait_for};
@@ -81,17 +81,7 @@ fn forged_records_are_refused_by_a_superpeer() {
     let server = rt.block_on(LoginServer::start(loopback_config(&login_dir)));
     let sp = NodeProcess::start(dir.path(), "seed", &server.addr, &["--role", "superpeer"]);
     sp.wait_role("superpeer", Duration::from_secs(30));
-    let status = sp.status().unwrap();
-    let sp_peer: PeerId = status["peer_id"].as_str().unwrap().parse().unwrap();
-    let sp_addr: Multiaddr = status["listen_addrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .find(|a| a.contains("/tcp/") && !a.contains("p2p-circuit"))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (sp_peer, sp_addr) = sp.tcp_endpoint();
 
     let issuer = natter_login_server::keys::load_or_create_issuer_key(&login_dir).unwrap();
     let eve = Keypair::generate_ed25519();

@@ -18,28 +18,21 @@ use natter_node::daemon::api::{ControlRequest, ControlResponse};
 use natter_proto::login::Password;
 use natter_proto::msg::{DirectMessage, MsgRefusal, MsgRequest, MsgResponse};
 use natter_proto::{Certificate, UserName};
-use natter_tests::{LoginServer, NodeProcess, loopback_config, natter, natter_json, wait_for};
+use natter_tests::{NodeProcess, natter, natter_json, wait_for};
 
-struct Net {
-    rt: tokio::runtime::Runtime,
-    server: LoginServer,
-    dir: tempfile::TempDir,
-}
+type Net = natter_tests::TestNet;
 
 fn net() -> Net {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let server = rt.block_on(LoginServer::start(loopback_config(
-        &dir.path().join("login"),
-    )));
-    Net { rt, server, dir }
+    Net::new()
 }
 
-impl Net {
-    fn node(&self, user: &str, extra: &[&str]) -> NodeProcess {
-        NodeProcess::start(self.dir.path(), user, &self.server.addr, extra)
-    }
+/// The messaging tests' shapes of network.
+trait Shapes {
+    fn superpeers(&self, names: &[&str]) -> Vec<NodeProcess>;
+    fn leaf(&self, name: &str) -> NodeProcess;
+}
 
+impl Shapes for Net {
     fn superpeers(&self, names: &[&str]) -> Vec<NodeProcess> {
         let sps: Vec<NodeProcess> = names
             .iter()
@@ -320,17 +313,7 @@ fn spoofed_senders_are_refused_and_duplicates_stored_once() {
     let net = net();
     let sps = net.superpeers(&["sam"]);
     let sam = &sps[0];
-    let status = sam.status().unwrap();
-    let sam_peer: PeerId = status["peer_id"].as_str().unwrap().parse().unwrap();
-    let sam_addr: Multiaddr = status["listen_addrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .find(|a| a.contains("/tcp/") && !a.contains("p2p-circuit"))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (sam_peer, sam_addr) = sam.tcp_endpoint();
 
     let key = Keypair::generate_ed25519();
     let mallet: Certificate = net

@@ -8,32 +8,13 @@ use std::time::{Duration, Instant};
 
 use natter_tests::{LoginServer, NodeProcess, loopback_config, wait_for};
 
-const PROMOTE: Duration = Duration::from_secs(30);
+const PROMOTE: Duration = Duration::from_secs(60);
 const ATTACH: Duration = Duration::from_secs(60);
 
-struct Net {
-    _rt: tokio::runtime::Runtime,
-    server: LoginServer,
-    dir: tempfile::TempDir,
-}
+type Net = natter_tests::TestNet;
 
 fn net() -> Net {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let server = rt.block_on(LoginServer::start(loopback_config(
-        &dir.path().join("login"),
-    )));
-    Net {
-        _rt: rt,
-        server,
-        dir,
-    }
-}
-
-impl Net {
-    fn node(&self, user: &str, extra: &[&str]) -> NodeProcess {
-        NodeProcess::start(self.dir.path(), user, &self.server.addr, extra)
-    }
+    Net::new()
 }
 
 fn attached(node: &NodeProcess, n: usize) -> Vec<String> {
@@ -165,7 +146,7 @@ fn a_leaf_whose_primary_dies_is_reachable_again_through_another_within_seconds()
     // with relay addresses that no longer go through the dead superpeer.
     let found = wait_for(
         "alice reachable through another superpeer",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || {
             let v = bob.lookup("alice")?;
             let relays = v["superpeers"].as_array()?;

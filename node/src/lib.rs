@@ -5,6 +5,7 @@ pub mod control;
 pub mod daemon;
 pub mod home;
 pub mod login_client;
+mod net;
 pub mod store;
 
 pub use home::{Home, HomeError, Identity};

@@ -103,7 +103,7 @@ fn status(d: &Daemon) -> StatusView {
         leaves: d.leaves.len(),
         max_leaves: d.leaves.capacity(),
         presence: d.presence.to_string(),
-        listen_addrs: d.swarm.listeners().map(|a| a.to_string()).collect(),
+        listen_addrs: d.listeners.iter().map(|a| a.to_string()).collect(),
         external_addrs: d.confirmed.iter().map(|a| a.to_string()).collect(),
         records_stored: d.stats.records_stored,
         records_refused: d.stats.records_refused,
@@ -124,7 +124,7 @@ fn reachability(d: &Daemon) -> &'static str {
 }
 
 fn netcheck_view(d: &Daemon) -> NetcheckView {
-    let listen: Vec<_> = d.swarm.listeners().cloned().collect();
+    let listen: Vec<_> = d.listeners.iter().cloned().collect();
     NetcheckView {
         reachability: reachability(d).into(),
         observed_addrs: d

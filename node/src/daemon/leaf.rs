@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant};
 
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::{Multiaddr, PeerId};
 use natter_proto::overlay::{OverlayRequest, OverlayResponse};
 use natter_proto::{PresenceBody, PresenceRecord, Status, UserName};
 
 use super::api::LookupView;
 use super::{Current, Daemon, LoginPending, LookupFor, LookupOutcome, OverlayPending, unix_now};
+use crate::net::Command;
 
 /// How long an attach attempt may take before the next candidate is tried.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -189,12 +189,8 @@ impl Daemon {
             .take_while(|p| !matches!(p, Protocol::P2p(_)))
             .collect();
         let circuit = base.with(Protocol::P2p(peer)).with(Protocol::P2pCircuit);
-        match self.swarm.listen_on(circuit.clone()) {
-            Ok(_) => {
-                self.reserving.insert(peer, circuit);
-            }
-            Err(e) => tracing::warn!(%circuit, error = %e, "relay reservation failed"),
-        }
+        self.net.send(Command::ListenOn(circuit.clone()));
+        self.reserving.insert(peer, circuit);
     }
 
     /// A superpeer this leaf was attached to is gone: the standby takes over.
@@ -360,12 +356,9 @@ impl Daemon {
     /// Routes an answer to a request this node sent.
     pub(super) fn on_overlay_response(
         &mut self,
-        request_id: OutboundRequestId,
+        pending: OverlayPending,
         answer: Result<OverlayResponse, String>,
     ) {
-        let Some(pending) = self.overlay_pending.remove(&request_id) else {
-            return;
-        };
         match pending {
             OverlayPending::Attach(peer) => self.on_attach_result(peer, answer),
             OverlayPending::Publish { peer, down } => {
@@ -394,14 +387,6 @@ impl Daemon {
             }
             OverlayPending::Detach => {}
         }
-    }
-
-    pub(super) fn on_overlay_failure(
-        &mut self,
-        request_id: OutboundRequestId,
-        error: request_response::OutboundFailure,
-    ) {
-        self.on_overlay_response(request_id, Err(error.to_string()));
     }
 }
 

@@ -6,8 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::ConnectionId;
+use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use natter_proto::msg::{
     self, DirectMessage, MAX_BATCH, MAX_BATCH_TEXT_BYTES, MsgRefusal, MsgRequest, MsgResponse,
@@ -18,6 +17,7 @@ use super::api::{ControlResponse, FollowEvent, InboxItem, PingProbe, SendView};
 use super::leaf::lookup_view;
 use super::{Daemon, LookupFor, LookupOutcome, unix_now};
 use crate::control::Replier;
+use crate::net::{Command, OutRequest, Token};
 use crate::store::{IncomingMessage, OutgoingMessage, QueuedMessage, Receipt};
 
 /// How long `send` waits for the recipient's acknowledgement before answering "queued".
@@ -36,7 +36,7 @@ pub(crate) struct Route {
 }
 
 #[derive(Debug)]
-enum MsgPending {
+pub(crate) enum MsgPending {
     Deliver { to: UserName, ids: Vec<String> },
     Ping { run: u64, sent: Instant },
     Presence,
@@ -57,7 +57,7 @@ struct PingRun {
 /// Messaging state of the daemon.
 #[derive(Debug, Default)]
 pub(crate) struct Messaging {
-    pending: HashMap<OutboundRequestId, MsgPending>,
+    pending: HashMap<Token, MsgPending>,
     in_flight: HashSet<UserName>,
     routes: HashMap<UserName, Route>,
     resolving: HashSet<UserName>,
@@ -66,8 +66,6 @@ pub(crate) struct Messaging {
     followers: Vec<(Replier<ControlResponse>, i64)>,
     pings: Vec<PingRun>,
     next_ping: u64,
-    /// Which connections go through a relay, to report the path.
-    conns: HashMap<ConnectionId, (PeerId, bool)>,
     last_ulid: (u64, u128),
 }
 
@@ -102,34 +100,9 @@ impl Messaging {
             .collect()
     }
 
-    pub(crate) fn on_connection(&mut self, id: ConnectionId, peer: PeerId, relayed: bool) {
-        self.conns.insert(id, (peer, relayed));
-    }
-
-    pub(crate) fn on_connection_closed(&mut self, id: ConnectionId) {
-        self.conns.remove(&id);
-    }
-
-    fn path(&self, id: ConnectionId) -> &'static str {
-        match self.conns.get(&id) {
-            Some((_, true)) => "relayed",
-            _ => "direct",
-        }
-    }
-
-    pub(crate) fn has_direct(&self, peer: PeerId) -> bool {
-        self.conns
-            .values()
-            .any(|(p, relayed)| *p == peer && !relayed)
-    }
-
-    /// Relayed connections to `peer`, to close once a direct one exists.
-    pub(crate) fn relayed_to(&self, peer: PeerId) -> Vec<ConnectionId> {
-        self.conns
-            .iter()
-            .filter(|(_, (p, relayed))| *p == peer && *relayed)
-            .map(|(id, _)| *id)
-            .collect()
+    /// The message request `token` was, if it was one.
+    pub(crate) fn take_pending(&mut self, token: Token) -> Option<MsgPending> {
+        self.pending.remove(&token)
     }
 }
 
@@ -381,21 +354,22 @@ impl Daemon {
                     conv_seq: m.conv_seq,
                 })
                 .collect();
-            for addr in &route.addrs {
-                self.swarm.add_peer_address(route.peer, addr.clone());
-            }
             let ids = batch.iter().map(|m| m.id.clone()).collect();
             let request = MsgRequest::Deliver {
                 cert: self.identity.cert.clone(),
                 messages: batch,
             };
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .msg
-                .send_request(&route.peer, request);
+            let token = self.token();
+            self.net.request(
+                token,
+                route.peer,
+                route.addrs.clone(),
+                OutRequest::Msg(request),
+            );
             self.msg.in_flight.insert(to.clone());
-            self.msg.pending.insert(id, MsgPending::Deliver { to, ids });
+            self.msg
+                .pending
+                .insert(token, MsgPending::Deliver { to, ids });
         }
     }
 
@@ -438,48 +412,11 @@ impl Daemon {
         self.feed_followers();
     }
 
-    pub(super) fn on_msg_event(&mut self, event: request_response::Event<MsgRequest, MsgResponse>) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => self.on_msg_request(peer, request, channel),
-            request_response::Event::Message {
-                connection_id,
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                let path = self.msg.path(connection_id);
-                self.on_msg_response(request_id, Ok((response, path)));
-            }
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                self.on_msg_response(request_id, Err(error.to_string()));
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "inbound message failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
-        }
-    }
-
-    fn on_msg_response(
+    pub(super) fn on_msg_response(
         &mut self,
-        id: OutboundRequestId,
+        pending: MsgPending,
         answer: Result<(MsgResponse, &'static str), String>,
     ) {
-        let Some(pending) = self.msg.pending.remove(&id) else {
-            return;
-        };
         match pending {
             MsgPending::Deliver { to, ids } => {
                 self.msg.in_flight.remove(&to);
@@ -552,14 +489,13 @@ impl Daemon {
         channel: ResponseChannel<MsgResponse>,
         (code, message): (MsgRefusal, String),
     ) {
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .msg
-            .send_response(channel, MsgResponse::Refused { code, message });
+        self.net.send(Command::RespondMsg {
+            channel,
+            response: MsgResponse::Refused { code, message },
+        });
     }
 
-    fn on_msg_request(
+    pub(super) fn on_msg_request(
         &mut self,
         peer: PeerId,
         request: MsgRequest,
@@ -617,11 +553,10 @@ impl Daemon {
                 };
                 let stored = receipts.iter().filter(|r| **r == Receipt::Stored).count() as u32;
                 let duplicates = receipts.len() as u32 - stored;
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .msg
-                    .send_response(channel, MsgResponse::Stored { stored, duplicates });
+                self.net.send(Command::RespondMsg {
+                    channel,
+                    response: MsgResponse::Stored { stored, duplicates },
+                });
                 if let Some(m) = &self.metrics {
                     m.received.inc_by(u64::from(stored));
                 }
@@ -633,11 +568,10 @@ impl Daemon {
                 if let Err(refusal) = msg::authenticate(&cert, &self.issuer, &peer, now) {
                     return self.refuse_msg(channel, refusal);
                 }
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .msg
-                    .send_response(channel, MsgResponse::Pong { nonce });
+                self.net.send(Command::RespondMsg {
+                    channel,
+                    response: MsgResponse::Pong { nonce },
+                });
             }
             MsgRequest::Presence { record } => {
                 if let Err(e) = record.verify(&self.issuer, now) {
@@ -652,11 +586,10 @@ impl Daemon {
                         ),
                     );
                 }
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .msg
-                    .send_response(channel, MsgResponse::Noted);
+                self.net.send(Command::RespondMsg {
+                    channel,
+                    response: MsgResponse::Noted,
+                });
                 let name = record.username().clone();
                 self.learn_route(&name, &record);
                 let event = FollowEvent::Presence {
@@ -767,9 +700,7 @@ impl Daemon {
                 }
                 continue;
             };
-            for addr in &route.addrs {
-                self.swarm.add_peer_address(route.peer, addr.clone());
-            }
+            let token = self.token();
             let run = &mut self.msg.pings[index];
             run.seq += 1;
             run.waiting = true;
@@ -778,13 +709,10 @@ impl Daemon {
                 nonce: u64::from(run.seq),
             };
             let run_id = run.id;
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .msg
-                .send_request(&route.peer, request);
+            self.net
+                .request(token, route.peer, route.addrs, OutRequest::Msg(request));
             self.msg.pending.insert(
-                id,
+                token,
                 MsgPending::Ping {
                     run: run_id,
                     sent: Instant::now(),
@@ -864,15 +792,14 @@ impl Daemon {
         let Some(record) = self.own_record(status, home) else {
             return;
         };
-        for addr in &route.addrs {
-            self.swarm.add_peer_address(route.peer, addr.clone());
-        }
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .msg
-            .send_request(&route.peer, MsgRequest::Presence { record });
-        self.msg.pending.insert(id, MsgPending::Presence);
+        let token = self.token();
+        self.net.request(
+            token,
+            route.peer,
+            route.addrs,
+            OutRequest::Msg(MsgRequest::Presence { record }),
+        );
+        self.msg.pending.insert(token, MsgPending::Presence);
     }
 }
 

@@ -1,13 +1,12 @@
-//! The node daemon (`natter up`): one swarm, one event loop that alone touches it, and the
-//! control API the other subcommands use.
+//! The node daemon (`natter up`): the services of a node, driven by the network task's events
+//! (see [`crate::net`], which alone owns the swarm), the control API and their timers.
 //!
-//! Layout: [`behaviour`] builds the swarm; this file holds the daemon's state, its main loop
-//! and the timers; `leaf` is the leaf side (attach, failover, publishing), `superpeer` the
-//! superpeer side (promotion, admission, directory, lookups), `commands` answers the control
-//! API, `netcheck` reads NAT behaviour from observations.
+//! Layout: this file holds the daemon's state, its main loop and the timers; `leaf` is the
+//! leaf side (attach, failover, publishing), `superpeer` the superpeer side (promotion,
+//! admission, directory, lookups), `messaging` the outbox, inbox and pings, `commands`
+//! answers the control API, `netcheck` reads NAT behaviour from observations.
 
 pub mod api;
-mod behaviour;
 mod commands;
 mod leaf;
 mod messaging;
@@ -17,10 +16,7 @@ mod superpeer;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt as _;
-use libp2p::request_response::{self, OutboundRequestId};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
+use libp2p::{Multiaddr, PeerId};
 use natter_proto::login::{LoginRequest, LoginResponse, SuperpeerInfo};
 use natter_proto::{IssuerKey, Status, UserName};
 use natter_superpeer::directory::{DirectoryStats, LookupCache};
@@ -30,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::{ControlServer, Incoming, Replier};
 use crate::home::{Home, Identity};
+use crate::net::{self, Command, DirectoryRecords, InResponse, Net, NetEvent, OutRequest, Token};
 use crate::store::Store;
 use api::{ControlRequest, ControlResponse};
-use behaviour::Behaviour;
 
 /// How a node daemon runs. [`DaemonConfig::default`] gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -153,7 +149,14 @@ pub(crate) fn unix_now() -> u64 {
 
 /// The daemon's whole state. Only [`Daemon::run`]'s loop holds it.
 pub(crate) struct Daemon {
-    swarm: Swarm<Behaviour>,
+    net: Net,
+    /// This node's PeerId (its device key's).
+    me: PeerId,
+    /// The directory's records (superpeers), shared with Kademlia in the network task.
+    records: DirectoryRecords,
+    /// Addresses the network listens on, as it reported them.
+    listeners: BTreeSet<Multiaddr>,
+    next_token: Token,
     config: DaemonConfig,
     home: Home,
     store: std::sync::Arc<Store>,
@@ -196,14 +199,15 @@ pub(crate) struct Daemon {
     cache: LookupCache,
     lookups: HashMap<u64, superpeer::Lookup>,
     next_lookup: u64,
-    queries: HashMap<kad::QueryId, u64>,
     last_announce: Option<Instant>,
     last_own_publish: Option<Instant>,
     last_bootstrap: Option<Instant>,
     superpeers_seen: BTreeSet<PeerId>,
 
-    overlay_pending: HashMap<OutboundRequestId, OverlayPending>,
-    login_pending: HashMap<OutboundRequestId, LoginPending>,
+    overlay_pending: HashMap<Token, OverlayPending>,
+    login_pending: HashMap<Token, LoginPending>,
+    /// Directory GETs in flight, with the lookup each serves.
+    queries: HashMap<Token, u64>,
     last_renew_attempt: Option<Instant>,
     renew_failed_at: Option<Instant>,
     renewed_once: bool,
@@ -214,7 +218,6 @@ pub(crate) struct Daemon {
 
 /// What `--metrics` exposes: libp2p's own metrics and Natter's.
 pub(crate) struct NodeMetrics {
-    p2p: libp2p::metrics::Metrics,
     superpeer: Gauge,
     leaves: Gauge,
     records_stored: Gauge,
@@ -231,7 +234,6 @@ type Counter = prometheus_client::metrics::counter::Counter;
 impl NodeMetrics {
     fn new(registry: &mut prometheus_client::registry::Registry) -> Self {
         let m = Self {
-            p2p: libp2p::metrics::Metrics::new(registry),
             superpeer: Gauge::default(),
             leaves: Gauge::default(),
             records_stored: Gauge::default(),
@@ -300,29 +302,59 @@ pub async fn run(
     }
     let store = std::sync::Arc::new(Store::open(home.dir())?);
     let control = ControlServer::bind(home.dir()).await?;
-    let mut daemon = Daemon::new(home, config, identity, key, store)?;
-    for addr in daemon.config.listen.clone() {
-        daemon
-            .swarm
-            .listen_on(addr.clone())
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    }
-    if let Some(addr) = daemon.config.metrics {
+    let (swarm, records) = net::behaviour::build(
+        key.clone(),
+        &net::behaviour::SwarmSettings {
+            max_leaves: config.max_leaves,
+            max_connections: config.max_connections,
+            idle_timeout: Duration::from_secs(120),
+        },
+    )?;
+    let mut metrics = None;
+    let mut metrics_server = None;
+    if let Some(addr) = config.metrics {
         let server = natter_login_server::metrics::MetricsServer::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
         let mut registry = prometheus_client::registry::Registry::default();
-        daemon.metrics = Some(NodeMetrics::new(&mut registry));
+        let p2p = libp2p::metrics::Metrics::new(&mut registry);
+        metrics = Some((NodeMetrics::new(&mut registry), p2p));
+        metrics_server = Some((server, registry));
+    }
+    let (p2p, node_metrics) = match metrics {
+        Some((node, p2p)) => (Some(p2p), Some(node)),
+        None => (None, None),
+    };
+    let (mut network, handle, events) = net::Network::new(swarm, p2p);
+    for addr in config.listen.clone() {
+        network.listen_on(addr)?;
+    }
+    let mut daemon = Daemon::new(
+        home,
+        config,
+        identity,
+        key,
+        store,
+        Net::new(handle),
+        records,
+    )?;
+    daemon.metrics = node_metrics;
+    if let Some((server, registry)) = metrics_server {
         daemon.phase(&format!(
             "metrics on http://{}/metrics",
             server.local_addr()?
         ));
         tokio::spawn(server.run(std::sync::Arc::new(registry), shutdown.child_token()));
     }
+    let network_task = tokio::spawn(network.run());
     let (tx, rx) = mpsc::channel(64);
     let control_shutdown = shutdown.child_token();
     let control_task = tokio::spawn(control.serve(tx, control_shutdown.clone()));
-    let result = daemon.run(rx, shutdown).await;
+    let result = daemon.run(rx, events, shutdown).await;
+    // The last commands (answers, the offline record) go out before the network stops.
+    daemon.net.drain().await;
+    drop(daemon);
+    let _ = network_task.await;
     control_shutdown.cancel();
     let _ = control_task.await;
     result
@@ -335,15 +367,9 @@ impl Daemon {
         identity: Identity,
         key: libp2p::identity::Keypair,
         store: std::sync::Arc<Store>,
+        net: Net,
+        records: DirectoryRecords,
     ) -> anyhow::Result<Self> {
-        let swarm = behaviour::build(
-            key.clone(),
-            &behaviour::SwarmSettings {
-                max_leaves: config.max_leaves,
-                max_connections: config.max_connections,
-                idle_timeout: Duration::from_secs(120),
-            },
-        )?;
         let login_peer = crate::login_client::server_peer_id(&identity.login)?;
         let mut candidates = Vec::new();
         for host in store.hosts(200).unwrap_or_default() {
@@ -362,7 +388,11 @@ impl Daemon {
             issuer: identity.issuer_key,
             leaves: LeafTable::new(config.max_leaves),
             cache: LookupCache::new(Duration::from_secs(3), 10_000),
-            swarm,
+            net,
+            me: key.public().to_peer_id(),
+            records,
+            listeners: BTreeSet::new(),
+            next_token: 0,
             home,
             store,
             identity,
@@ -408,7 +438,12 @@ impl Daemon {
     }
 
     pub(crate) fn peer_id(&self) -> PeerId {
-        *self.swarm.local_peer_id()
+        self.me
+    }
+
+    fn token(&mut self) -> Token {
+        self.next_token += 1;
+        self.next_token
     }
 
     /// A progress line for the person who ran `natter up`, and the same in the log.
@@ -420,6 +455,7 @@ impl Daemon {
     async fn run(
         &mut self,
         mut control: mpsc::Receiver<Incoming<ControlRequest, ControlResponse>>,
+        mut events: mpsc::Receiver<NetEvent>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         self.phase(&format!(
@@ -440,7 +476,11 @@ impl Daemon {
                     break;
                 }
                 Some(incoming) = control.recv() => self.on_control(incoming),
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = events.recv() => match event {
+                    Some(event) => self.on_net_event(event),
+                    None => anyhow::bail!("the network task stopped"),
+                },
+                () = self.net.flush(), if self.net.has_backlog() => {}
                 _ = tick.tick() => {
                     self.on_tick();
                     if let Some((deadline, _)) = &self.going_down
@@ -504,14 +544,15 @@ impl Daemon {
     }
 
     fn send_login(&mut self, request: LoginRequest, pending: LoginPending) {
+        let token = self.token();
         let login = self.identity.login.clone();
-        self.swarm.add_peer_address(self.login_peer, login);
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .login
-            .send_request(&self.login_peer, request);
-        self.login_pending.insert(id, pending);
+        self.net.request(
+            token,
+            self.login_peer,
+            vec![login],
+            OutRequest::Login(request),
+        );
+        self.login_pending.insert(token, pending);
     }
 
     fn send_overlay(
@@ -520,57 +561,36 @@ impl Daemon {
         request: natter_proto::overlay::OverlayRequest,
         pending: OverlayPending,
     ) {
-        if let Some(info) = self
+        let addrs = self
             .candidates
             .iter()
             .find(|c| c.peer_id == peer.to_string())
-        {
-            for a in info.addrs.clone() {
-                if let Ok(a) = a.parse() {
-                    self.swarm.add_peer_address(peer, a);
-                }
-            }
-        }
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .overlay
-            .send_request(&peer, request);
-        self.overlay_pending.insert(id, pending);
+            .map(|info| info.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+            .unwrap_or_default();
+        let token = self.token();
+        self.net
+            .request(token, peer, addrs, OutRequest::Overlay(request));
+        self.overlay_pending.insert(token, pending);
     }
 
-    fn on_swarm_event(&mut self, event: SwarmEvent<behaviour::BehaviourEvent>) {
-        use behaviour::BehaviourEvent as B;
-        if let Some(m) = &self.metrics {
-            use libp2p::metrics::Recorder as _;
-            match &event {
-                SwarmEvent::Behaviour(B::Identify(e)) => m.p2p.record(e),
-                SwarmEvent::Behaviour(B::Kad(e)) => m.p2p.record(e),
-                SwarmEvent::Behaviour(B::Relay(e)) => m.p2p.record(e),
-                SwarmEvent::Behaviour(B::Dcutr(e)) => m.p2p.record(e),
-                SwarmEvent::Behaviour(B::Ping(e)) => m.p2p.record(e),
-                _ => {}
-            }
-            m.p2p.record(&event);
-        }
+    fn on_net_event(&mut self, event: NetEvent) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                if address
-                    .iter()
-                    .any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
-                {
-                    let full = address.clone().with_p2p(self.peer_id()).unwrap_or(address);
+            NetEvent::NewListenAddr(address) => {
+                if is_relayed(&address) {
+                    let full = address.clone().with_p2p(self.me).unwrap_or(address);
                     self.relay_addrs.insert(full);
                     self.last_publish = None;
                 } else {
                     tracing::info!(%address, "listening");
+                    self.listeners.insert(address);
                 }
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
-                let full = address.clone().with_p2p(self.peer_id()).unwrap_or(address);
+            NetEvent::ExpiredListenAddr(address) => {
+                self.listeners.remove(&address);
+                let full = address.clone().with_p2p(self.me).unwrap_or(address);
                 self.relay_addrs.remove(&full);
             }
-            SwarmEvent::ExternalAddrConfirmed { address } => {
+            NetEvent::ExternalAddrConfirmed(address) => {
                 if !is_relayed(&address) {
                     tracing::info!(%address, "public address confirmed");
                     if self.confirmed.insert(address) && self.role == Current::Superpeer {
@@ -580,152 +600,131 @@ impl Daemon {
                     self.evaluate_role();
                 }
             }
-            SwarmEvent::ExternalAddrExpired { address } => {
+            NetEvent::ExternalAddrExpired(address) => {
                 self.confirmed.remove(&address);
                 self.evaluate_role();
             }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                ..
-            } => {
-                if peer_id == self.login_peer {
+            NetEvent::Connected { peer } => {
+                if peer == self.login_peer {
                     self.login_connected = true;
                 }
-                let relayed = endpoint.is_relayed();
-                if !relayed {
-                    // A direct path exists (e.g. after hole punching): retire relayed ones, so
-                    // messages take the direct path; an interrupted send is simply retried.
-                    for old in self.msg.relayed_to(peer_id) {
-                        tracing::info!(peer = %peer_id, "direct connection established; closing the relayed one");
-                        self.swarm.close_connection(old);
-                    }
-                }
-                if relayed && self.msg.has_direct(peer_id) {
-                    // Already connected directly: the relay is not needed.
-                    self.swarm.close_connection(connection_id);
-                }
-                self.msg.on_connection(connection_id, peer_id, relayed);
             }
-            SwarmEvent::OutgoingConnectionError {
-                peer_id: Some(peer),
-                ..
-            } if self.superpeers_seen.contains(&peer) || self.role == Current::Superpeer => {
+            NetEvent::DialFailed(peer)
+                if self.superpeers_seen.contains(&peer) || self.role == Current::Superpeer =>
+            {
                 // A superpeer that cannot be dialled must not slow every directory query
                 // down by a dial timeout; identify adds it back when it returns.
-                self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                self.net.send(Command::KadRemovePeer(peer));
             }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established,
-                connection_id,
-                cause,
-                ..
-            } => {
-                if cause.is_some()
-                    && num_established == 0
-                    && self.superpeers_seen.contains(&peer_id)
-                {
-                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+            NetEvent::DialFailed(_) => {}
+            NetEvent::Disconnected { peer, error } => {
+                if error && self.superpeers_seen.contains(&peer) {
+                    self.net.send(Command::KadRemovePeer(peer));
                 }
-                self.msg.on_connection_closed(connection_id);
-                if num_established == 0 {
-                    if peer_id == self.login_peer {
-                        self.login_connected = false;
-                    }
-                    self.on_peer_gone(peer_id);
+                if peer == self.login_peer {
+                    self.login_connected = false;
                 }
+                self.on_peer_gone(peer);
             }
-            SwarmEvent::Behaviour(B::Identify(identify::Event::Received {
-                peer_id, info, ..
-            })) => {
-                self.observed.insert(peer_id, info.observed_addr.clone());
+            NetEvent::Identified { peer, info } => {
+                self.observed.insert(peer, info.observed_addr.clone());
                 let is_superpeer = info
                     .protocols
                     .iter()
                     .any(|p| p.as_ref() == natter_proto::protocol::KAD);
                 if is_superpeer {
-                    self.superpeers_seen.insert(peer_id);
+                    self.superpeers_seen.insert(peer);
                     if self.role == Current::Superpeer {
                         for addr in info.listen_addrs.iter().filter(|a| !is_relayed(a)) {
-                            self.swarm
-                                .behaviour_mut()
-                                .kad
-                                .add_address(&peer_id, addr.clone());
+                            self.net.send(Command::KadAddAddress(peer, addr.clone()));
                         }
                     }
                 } else {
-                    self.superpeers_seen.remove(&peer_id);
-                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+                    self.superpeers_seen.remove(&peer);
+                    self.net.send(Command::KadRemovePeer(peer));
                 }
             }
-            SwarmEvent::Behaviour(B::AutonatClient(event)) => {
-                let reachable = event.result.is_ok();
-                tracing::debug!(addr = %event.tested_addr, server = %event.server, reachable, "AutoNAT probe");
+            NetEvent::AutonatProbe {
+                addr,
+                server,
+                reachable,
+            } => {
+                tracing::debug!(%addr, %server, reachable, "AutoNAT probe");
                 if self.probes.len() >= 16 {
                     self.probes.pop_front();
                 }
                 self.probes.push_back(api::Probe {
-                    addr: event.tested_addr.to_string(),
-                    server: event.server.to_string(),
+                    addr: addr.to_string(),
+                    server: server.to_string(),
                     reachable,
                 });
             }
-            SwarmEvent::Behaviour(B::Login(event)) => self.on_login_event(event),
-            SwarmEvent::Behaviour(B::Overlay(event)) => self.on_overlay_event(event),
-            SwarmEvent::Behaviour(B::Msg(event)) => self.on_msg_event(event),
-            SwarmEvent::Behaviour(B::Kad(event)) => self.on_kad_event(event),
-            SwarmEvent::Behaviour(B::Relay(event)) => self.on_relay_event(event),
-            SwarmEvent::Behaviour(B::RelayClient(
-                libp2p::relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
-            )) => {
+            NetEvent::Response {
+                token,
+                result,
+                path,
+            } => self.on_response(token, result, path),
+            NetEvent::OverlayRequest {
+                peer,
+                request,
+                channel,
+            } => self.on_overlay_request(peer, request, channel),
+            NetEvent::MsgRequest {
+                peer,
+                request,
+                channel,
+            } => self.on_msg_request(peer, request, channel),
+            NetEvent::KadPut { source, record } => self.on_kad_put(source, record),
+            NetEvent::KadFound { token, value } => self.on_kad_found(token, value),
+            NetEvent::KadDone(token) => {
+                if let Some(lookup) = self.queries.remove(&token) {
+                    self.resolve_lookup(lookup);
+                }
+            }
+            NetEvent::RelayReservation(peer) => self.on_relay_reservation(peer),
+            NetEvent::Reserved(relay_peer_id) => {
                 // The relay may not know its own public address to tell us; the circuit
                 // address we asked for is reachable all the same.
                 if let Some(circuit) = self.reserving.get(&relay_peer_id) {
                     let full = circuit
                         .clone()
-                        .with(libp2p::multiaddr::Protocol::P2p(self.peer_id()));
+                        .with(libp2p::multiaddr::Protocol::P2p(self.me));
                     if self.relay_addrs.insert(full) {
                         self.last_publish = None;
                     }
                 }
             }
-            SwarmEvent::Behaviour(B::Dcutr(event)) => {
-                tracing::info!(peer = %event.remote_peer_id, result = ?event.result, "hole punch");
-            }
-            other => tracing::trace!(?other, "swarm event"),
         }
     }
 
-    fn on_login_event(&mut self, event: request_response::Event<LoginRequest, LoginResponse>) {
-        match event {
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                let Some(pending) = self.login_pending.remove(&request_id) else {
-                    return;
-                };
-                self.on_login_response(pending, Ok(response));
-            }
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                let Some(pending) = self.login_pending.remove(&request_id) else {
-                    return;
-                };
-                tracing::warn!(%error, "login server request failed");
-                self.on_login_response(pending, Err(error.to_string()));
-            }
-            _ => {}
+    /// An answer (or failure) to one of this node's requests, to whoever sent it.
+    fn on_response(&mut self, token: Token, result: Result<InResponse, String>, path: net::Path) {
+        if let Some(pending) = self.login_pending.remove(&token) {
+            let response = match result {
+                Ok(InResponse::Login(r)) => Ok(r),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => {
+                    tracing::warn!(error = %e, "login server request failed");
+                    Err(e)
+                }
+            };
+            self.on_login_response(pending, response);
+        } else if let Some(pending) = self.overlay_pending.remove(&token) {
+            let response = match result {
+                Ok(InResponse::Overlay(r)) => Ok(r),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e),
+            };
+            self.on_overlay_response(pending, response);
+        } else if let Some(pending) = self.msg.take_pending(token) {
+            let response = match result {
+                Ok(InResponse::Msg(r)) => Ok((r, path.as_str())),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e),
+            };
+            self.on_msg_response(pending, response);
         }
     }
-
     fn on_login_response(
         &mut self,
         pending: LoginPending,
@@ -771,7 +770,7 @@ impl Daemon {
                 self.renewed_once = true;
                 self.merge_candidates(superpeers);
                 for leaf in self.leaves.expired(&self.issuer, unix_now()) {
-                    let _ = self.swarm.disconnect_peer_id(leaf);
+                    self.net.send(Command::Disconnect(leaf));
                 }
             }
             (LoginPending::Renew, Ok(LoginResponse::Refused(r))) => {
@@ -861,8 +860,8 @@ impl Daemon {
         }
         if self.config.role == Role::Superpeer {
             return self
-                .swarm
-                .listeners()
+                .listeners
+                .iter()
                 .filter(|a| !is_relayed(a) && !is_unspecified(a))
                 .cloned()
                 .collect();

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use libp2p::request_response::{self, ResponseChannel};
-use libp2p::{PeerId, kad, relay};
+use libp2p::request_response::ResponseChannel;
+use libp2p::{PeerId, kad};
 use natter_proto::login::{LoginRequest, SuperpeerInfo};
 use natter_proto::overlay::{OverlayRefusal, OverlayRequest, OverlayResponse};
 use natter_proto::presence::directory_key;
@@ -15,6 +15,7 @@ use natter_superpeer::promotion::{Decision, Resources, decide};
 use natter_superpeer::{Admission, Role};
 
 use super::{Current, Daemon, LoginPending, LookupFor, OverlayPending, unix_now};
+use crate::net::{Command, Token};
 
 /// Who asked for a lookup this superpeer is resolving.
 pub(crate) enum Requester {
@@ -58,9 +59,7 @@ impl Daemon {
             Role::Superpeer => "role is superpeer (forced)".into(),
             _ => "public address confirmed and resources sufficient".into(),
         };
-        let b = self.swarm.behaviour_mut();
-        b.kad.set_mode(Some(kad::Mode::Server));
-        b.relay.set_status(Some(relay::Status::Enable));
+        self.net.send(Command::SetSuperpeer(true));
         // A superpeer serves itself: drop any attachment it had as a leaf.
         for sp in [self.primary.take(), self.standby.take()]
             .into_iter()
@@ -73,7 +72,7 @@ impl Daemon {
             // A forced seed vouches for its listen addresses itself: the relay hands them to
             // the leaves it serves, and identify tells peers.
             for addr in self.public_addrs() {
-                self.swarm.add_external_address(addr);
+                self.net.send(Command::AddExternalAddress(addr));
             }
         }
         self.phase(&format!(
@@ -91,14 +90,12 @@ impl Daemon {
         self.phase(&format!("demoted to leaf: {reason}"));
         self.role = Current::Leaf;
         self.role_reason = reason;
-        let b = self.swarm.behaviour_mut();
-        b.kad.set_mode(Some(kad::Mode::Client));
-        b.relay.set_status(Some(relay::Status::Disable));
+        self.net.send(Command::SetSuperpeer(false));
         // Leaves find another superpeer through their standby.
         let leaves: Vec<PeerId> = self.leaves.peers().copied().collect();
         for leaf in leaves {
             self.leaves.remove(&leaf);
-            let _ = self.swarm.disconnect_peer_id(leaf);
+            self.net.send(Command::Disconnect(leaf));
         }
         self.last_publish = None;
     }
@@ -123,16 +120,17 @@ impl Daemon {
                 .take(20)
             {
                 if let Ok(peer) = c.peer_id.parse::<PeerId>() {
-                    for a in c.addrs.iter().filter_map(|a| a.parse().ok()) {
-                        self.swarm.behaviour_mut().kad.add_address(&peer, a);
+                    let addrs: Vec<libp2p::Multiaddr> =
+                        c.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                    for a in &addrs {
+                        self.net.send(Command::KadAddAddress(peer, a.clone()));
                     }
-                    if !self.swarm.is_connected(&peer) {
-                        let _ = self.swarm.dial(peer);
-                    }
+                    self.net.send(Command::AddAddresses(peer, addrs));
+                    self.net.send(Command::Dial(peer));
                 }
             }
             if !self.superpeers_seen.is_empty() {
-                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                self.net.send(Command::KadBootstrap);
             }
         }
         // Announce every minute; every 5 s while no other superpeer is known, so that
@@ -186,63 +184,15 @@ impl Daemon {
                 Instant::now() + Duration::from_secs(natter_proto::limits::MAX_RECORD_LEASE_SECS),
             ),
         };
-        if let Err(e) = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .put_record(kad_record, kad::Quorum::One)
-        {
-            tracing::warn!(error = %e, "storing a record failed");
-        }
+        self.net.send(Command::KadPut(kad_record));
     }
 
-    fn stored_value(&mut self, key: &[u8]) -> Option<Vec<u8>> {
-        use kad::store::RecordStore as _;
-        self.swarm
-            .behaviour_mut()
-            .kad
-            .store_mut()
-            .get(&kad::RecordKey::new(&key))
-            .map(|r| r.value.clone())
-    }
-
-    pub(super) fn on_overlay_event(
-        &mut self,
-        event: request_response::Event<OverlayRequest, OverlayResponse>,
-    ) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => self.on_overlay_request(peer, request, channel),
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => self.on_overlay_response(request_id, Ok(response)),
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => self.on_overlay_failure(request_id, error),
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "overlay request failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
-        }
+    fn stored_value(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.records.value(key)
     }
 
     fn respond(&mut self, channel: ResponseChannel<OverlayResponse>, response: OverlayResponse) {
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .overlay
-            .send_response(channel, response);
+        self.net.send(Command::RespondOverlay { channel, response });
     }
 
     fn other_superpeers(&self, except: PeerId) -> Vec<SuperpeerInfo> {
@@ -256,7 +206,7 @@ impl Daemon {
             .collect()
     }
 
-    fn on_overlay_request(
+    pub(super) fn on_overlay_request(
         &mut self,
         peer: PeerId,
         request: OverlayRequest,
@@ -372,12 +322,12 @@ impl Daemon {
         self.next_lookup += 1;
         let key = directory_key(&name);
         let local = self.stored_value(&key);
-        let query = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .get_record(kad::RecordKey::new(&key));
-        self.queries.insert(query, id);
+        let token = self.token();
+        self.net.send(Command::KadGet {
+            token,
+            key: kad::RecordKey::new(&key),
+        });
+        self.queries.insert(token, id);
         self.lookups.insert(
             id,
             Lookup {
@@ -389,82 +339,59 @@ impl Daemon {
         );
     }
 
-    pub(super) fn on_kad_event(&mut self, event: kad::Event) {
-        match event {
-            kad::Event::InboundRequest {
-                request:
-                    kad::InboundRequest::PutRecord {
-                        source,
-                        record: Some(record),
-                        ..
-                    },
-            } => {
-                let key = record.key.to_vec();
-                let stored = self.stored_value(&key);
-                match admit_record(
-                    &key,
-                    &record.value,
-                    &self.issuer,
-                    unix_now(),
-                    stored.as_deref(),
-                ) {
-                    Ok(accepted) => {
-                        use kad::store::RecordStore as _;
-                        self.cache.invalidate(accepted.username());
-                        if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
-                            tracing::warn!(error = %e, "record store full");
-                        } else {
-                            self.stats.records_stored += 1;
-                        }
-                    }
-                    Err(e) => {
-                        self.stats.records_refused += 1;
-                        tracing::warn!(peer = %source, error = %e, "directory record refused");
-                    }
+    /// A peer asks to store a directory record: validated first, like every record.
+    pub(super) fn on_kad_put(&mut self, source: PeerId, record: kad::Record) {
+        let key = record.key.to_vec();
+        let stored = self.stored_value(&key);
+        match admit_record(
+            &key,
+            &record.value,
+            &self.issuer,
+            unix_now(),
+            stored.as_deref(),
+        ) {
+            Ok(accepted) => {
+                use kad::store::RecordStore as _;
+                self.cache.invalidate(accepted.username());
+                if let Err(e) = self.records.put(record) {
+                    tracing::warn!(error = %e, "record store full");
+                } else {
+                    self.stats.records_stored += 1;
                 }
             }
-            kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
-            } => {
-                let Some(&lookup) = self.queries.get(&id) else {
-                    return;
-                };
-                let done = match result {
-                    kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
-                        let Some(l) = self.lookups.get_mut(&lookup) else {
-                            return;
-                        };
-                        l.values.push(found.record.value);
-                        // One valid record answers the lookup: do not wait for the rest of
-                        // the query (a dead peer in it would cost a dial timeout).
-                        let valid = best_record(
-                            &l.name,
-                            l.values.iter().map(Vec::as_slice),
-                            &self.issuer,
-                            unix_now(),
-                        )
-                        .is_some();
-                        if valid
-                            && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
-                        {
-                            query.finish();
-                        }
-                        valid || step.last
-                    }
-                    kad::QueryResult::GetRecord(_) => true,
-                    _ => step.last,
-                };
-                if done {
-                    self.queries.remove(&id);
-                    self.resolve_lookup(lookup);
-                }
+            Err(e) => {
+                self.stats.records_refused += 1;
+                tracing::warn!(peer = %source, error = %e, "directory record refused");
             }
-            other => tracing::trace!(?other, "kad event"),
+        }
+    }
+
+    /// A value for one of this node's directory GETs. One valid record answers the lookup: do
+    /// not wait for the rest of the query (a dead peer in it would cost a dial timeout).
+    pub(super) fn on_kad_found(&mut self, token: Token, value: Vec<u8>) {
+        let Some(&lookup) = self.queries.get(&token) else {
+            return;
+        };
+        let Some(l) = self.lookups.get_mut(&lookup) else {
+            return;
+        };
+        l.values.push(value);
+        let valid = best_record(
+            &l.name,
+            l.values.iter().map(Vec::as_slice),
+            &self.issuer,
+            unix_now(),
+        )
+        .is_some();
+        if valid {
+            self.queries.remove(&token);
+            self.net.send(Command::KadFinish(token));
+            self.resolve_lookup(lookup);
         }
     }
 
     /// All answers are in: pick the best record and confirm liveness with its home.
-    fn resolve_lookup(&mut self, id: u64) {
+    pub(super) fn resolve_lookup(&mut self, id: u64) {
         let Some(lookup) = self.lookups.get_mut(&id) else {
             return;
         };
@@ -537,17 +464,10 @@ impl Daemon {
     }
 
     /// Only attached leaves may hold a relay reservation here: the relay is for them.
-    pub(super) fn on_relay_event(&mut self, event: relay::Event) {
-        match event {
-            relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
-                if !self.leaves.contains(&src_peer_id)
-                    && !self.superpeers_seen.contains(&src_peer_id)
-                {
-                    tracing::info!(peer = %src_peer_id, "relay reservation without attachment: disconnecting");
-                    let _ = self.swarm.disconnect_peer_id(src_peer_id);
-                }
-            }
-            other => tracing::debug!(?other, "relay"),
+    pub(super) fn on_relay_reservation(&mut self, peer: PeerId) {
+        if !self.leaves.contains(&peer) && !self.superpeers_seen.contains(&peer) {
+            tracing::info!(%peer, "relay reservation without attachment: disconnecting");
+            self.net.send(Command::Disconnect(peer));
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The node's one swarm: every behaviour a node may need is always present; promotion and
+//! The node's one swarm (owned by the network task): every behaviour a node may need is always present; promotion and
 //! demotion only flip their status (Kademlia mode, relay HOP), never rebuild the swarm.
 
 use std::num::NonZeroUsize;
@@ -23,6 +23,7 @@ use natter_proto::overlay::{OverlayRequest, OverlayResponse};
 use natter_proto::protocol;
 use natter_superpeer::relay::RelayLimits;
 
+use super::records::DirectoryRecords;
 use crate::login_client::{self, LoginCodec};
 
 pub(crate) type MsgCodec = request_response::json::codec::Codec<MsgRequest, MsgResponse>;
@@ -40,7 +41,7 @@ pub(crate) struct Behaviour {
     pub(crate) ping: ping::Behaviour,
     pub(crate) autonat_client: autonat::v2::client::Behaviour,
     pub(crate) autonat_server: autonat::v2::server::Behaviour,
-    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) kad: kad::Behaviour<DirectoryRecords>,
     pub(crate) login: request_response::Behaviour<LoginCodec>,
     pub(crate) overlay: request_response::Behaviour<OverlayCodec>,
     pub(crate) msg: request_response::Behaviour<MsgCodec>,
@@ -54,10 +55,24 @@ pub(crate) struct SwarmSettings {
     pub(crate) idle_timeout: Duration,
 }
 
+/// The swarm and the directory's record store, which the superpeer service shares with
+/// Kademlia (see [`DirectoryRecords`]).
 pub(crate) fn build(
     key: libp2p::identity::Keypair,
     settings: &SwarmSettings,
-) -> anyhow::Result<Swarm<Behaviour>> {
+) -> anyhow::Result<(Swarm<Behaviour>, DirectoryRecords)> {
+    let peer_id = key.public().to_peer_id();
+    // Sized for a superpeer's share of the directory: records are at most 4 KiB, so
+    // 200,000 of them bound the store to about 800 MiB in the worst case.
+    let records = DirectoryRecords::new(
+        peer_id,
+        kad::store::MemoryStoreConfig {
+            max_records: 200_000,
+            max_value_bytes: natter_proto::limits::MAX_RECORD_BYTES,
+            ..Default::default()
+        },
+    );
+    let kad_records = records.clone();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -78,7 +93,7 @@ pub(crate) fn build(
             let peer_id = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(StreamProtocol::new(protocol::KAD));
             kad_config
-                // Every record is validated before it is stored: see the event loop.
+                // Every record is validated before it is stored: see the superpeer service.
                 .set_record_filtering(kad::StoreInserts::FilterBoth)
                 .set_record_ttl(Some(Duration::from_secs(
                     natter_proto::limits::MAX_RECORD_LEASE_SECS,
@@ -89,18 +104,7 @@ pub(crate) fn build(
                 .set_publication_interval(None)
                 .set_replication_interval(None)
                 .set_query_timeout(Duration::from_secs(10));
-            // Sized for a superpeer's share of the directory: records are at most 4 KiB, so
-            // 200,000 of them bound the store to about 800 MiB in the worst case.
-            let store_config = kad::store::MemoryStoreConfig {
-                max_records: 200_000,
-                max_value_bytes: natter_proto::limits::MAX_RECORD_BYTES,
-                ..Default::default()
-            };
-            let mut kad = kad::Behaviour::with_config(
-                peer_id,
-                kad::store::MemoryStore::with_config(peer_id, store_config),
-                kad_config,
-            );
+            let mut kad = kad::Behaviour::with_config(peer_id, kad_records, kad_config);
             // Every node starts as a leaf: pinned, so libp2p never switches by itself.
             kad.set_mode(Some(kad::Mode::Client));
             let mut relay = relay::Behaviour::new(
@@ -159,7 +163,7 @@ pub(crate) fn build(
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(settings.idle_timeout))
         .build();
-    Ok(swarm)
+    Ok((swarm, records))
 }
 
 /// Addresses of peers the node was told about (login server, superpeers from the bootstrap

@@ -1,0 +1,694 @@
+//! The network task: the only owner of the node's `Swarm`.
+//!
+//! The daemon's services never touch the swarm. They hold a [`NetHandle`] and send it
+//! [`Command`]s (fire and forget; a request carries a [`Token`] of the caller's choosing), and
+//! they receive [`NetEvent`]s on one bounded channel: connections, addresses, inbound requests
+//! (with the channel to answer on) and the answers to their own requests, tagged with their
+//! token. This is the split of rust-libp2p's file-sharing example and of lighthouse's
+//! `Network` vs its router.
+//!
+//! What is pure connection management stays here, next to the swarm: which connections are
+//! relayed (so an answer can say which path it took), retiring relayed connections once a
+//! direct one exists, the address book, Kademlia query bookkeeping and libp2p's metrics.
+
+pub(crate) mod behaviour;
+pub(crate) mod records;
+
+use std::collections::HashMap;
+
+use futures::StreamExt as _;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, relay};
+use natter_proto::login::{LoginRequest, LoginResponse};
+use natter_proto::msg::{MsgRequest, MsgResponse};
+use natter_proto::overlay::{OverlayRequest, OverlayResponse};
+use tokio::sync::mpsc;
+
+use behaviour::{Behaviour, BehaviourEvent};
+pub(crate) use records::DirectoryRecords;
+
+/// Chosen by whoever sends a request; comes back with its answer.
+pub(crate) type Token = u64;
+
+/// Events buffered between the network task and the daemon. When the daemon falls behind,
+/// the network task waits (backpressure on the swarm) rather than drop anything.
+const EVENT_BUFFER: usize = 1024;
+/// Commands buffered towards the network task (see [`Net`] for what happens beyond it).
+const COMMAND_BUFFER: usize = 1024;
+
+/// A request this node sends, on one of its request-response protocols.
+#[derive(Debug)]
+pub(crate) enum OutRequest {
+    Login(LoginRequest),
+    Overlay(OverlayRequest),
+    Msg(MsgRequest),
+}
+
+/// The answer to an [`OutRequest`].
+#[derive(Debug)]
+pub(crate) enum InResponse {
+    Login(LoginResponse),
+    Overlay(OverlayResponse),
+    Msg(MsgResponse),
+}
+
+/// How a request reached its peer, as reported for messages and pings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    Direct,
+    Relayed,
+}
+
+impl Path {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Relayed => "relayed",
+        }
+    }
+}
+
+/// What the daemon asks of the network.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Sends `request` to `peer` (dialling `addrs` if not connected); the answer comes back as
+    /// [`NetEvent::Response`] with the same token.
+    Request {
+        token: Token,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: OutRequest,
+    },
+    RespondOverlay {
+        channel: ResponseChannel<OverlayResponse>,
+        response: OverlayResponse,
+    },
+    RespondMsg {
+        channel: ResponseChannel<MsgResponse>,
+        response: MsgResponse,
+    },
+    /// Remembers addresses to dial `peer` at.
+    AddAddresses(PeerId, Vec<Multiaddr>),
+    /// Dials `peer` unless already connected.
+    Dial(PeerId),
+    /// Listens on an address (a `/p2p-circuit` one asks for a relay reservation).
+    ListenOn(Multiaddr),
+    Disconnect(PeerId),
+    AddExternalAddress(Multiaddr),
+    /// Kademlia server mode and relay HOP on (`true`) or off: promotion and demotion.
+    SetSuperpeer(bool),
+    KadAddAddress(PeerId, Multiaddr),
+    KadRemovePeer(PeerId),
+    KadBootstrap,
+    KadPut(kad::Record),
+    /// Starts a GET for `key`; every value found comes back as [`NetEvent::KadFound`], then
+    /// [`NetEvent::KadDone`].
+    KadGet {
+        token: Token,
+        key: kad::RecordKey,
+    },
+    /// Ends a GET early (one valid record is enough); nothing more comes for its token.
+    KadFinish(Token),
+}
+
+/// What the network tells the daemon.
+#[derive(Debug)]
+pub(crate) enum NetEvent {
+    NewListenAddr(Multiaddr),
+    ExpiredListenAddr(Multiaddr),
+    ExternalAddrConfirmed(Multiaddr),
+    ExternalAddrExpired(Multiaddr),
+    Connected {
+        peer: PeerId,
+    },
+    /// The last connection to `peer` closed (`error`: it did not close cleanly).
+    Disconnected {
+        peer: PeerId,
+        error: bool,
+    },
+    DialFailed(PeerId),
+    Identified {
+        peer: PeerId,
+        info: Box<identify::Info>,
+    },
+    AutonatProbe {
+        addr: Multiaddr,
+        server: PeerId,
+        reachable: bool,
+    },
+    Response {
+        token: Token,
+        result: Result<InResponse, String>,
+        path: Path,
+    },
+    OverlayRequest {
+        peer: PeerId,
+        request: OverlayRequest,
+        channel: ResponseChannel<OverlayResponse>,
+    },
+    MsgRequest {
+        peer: PeerId,
+        request: MsgRequest,
+        channel: ResponseChannel<MsgResponse>,
+    },
+    /// A peer asks this node to store a directory record (validate before storing).
+    KadPut {
+        source: PeerId,
+        record: kad::Record,
+    },
+    KadFound {
+        token: Token,
+        value: Vec<u8>,
+    },
+    KadDone(Token),
+    /// A peer holds a relay reservation on this node now.
+    RelayReservation(PeerId),
+    /// This node's reservation on `relay` was accepted.
+    Reserved(PeerId),
+}
+
+/// The daemon's side of the network: a cloneable sender of commands.
+#[derive(Debug, Clone)]
+pub(crate) struct NetHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+/// What the daemon holds: the handle plus a backlog for the moments the command buffer is
+/// full. The daemon never waits to send a command (the network task may itself be waiting
+/// for the daemon to take an event); its loop flushes the backlog as room frees up.
+#[derive(Debug)]
+pub(crate) struct Net {
+    handle: NetHandle,
+    backlog: std::collections::VecDeque<Command>,
+}
+
+impl Net {
+    pub(crate) fn new(handle: NetHandle) -> Self {
+        Self {
+            handle,
+            backlog: Default::default(),
+        }
+    }
+
+    pub(crate) fn send(&mut self, command: Command) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(command);
+            return;
+        }
+        match self.handle.commands.try_send(command) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(command)) => self.backlog.push_back(command),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("network task gone; command dropped");
+            }
+        }
+    }
+
+    pub(crate) fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Moves backlogged commands into the channel as far as it has room; waits for room for
+    /// the first one (use in a `select!` arm guarded by [`Net::has_backlog`]).
+    pub(crate) async fn flush(&mut self) {
+        let Ok(permit) = self.handle.commands.reserve().await else {
+            self.backlog.clear();
+            return;
+        };
+        if let Some(command) = self.backlog.pop_front() {
+            permit.send(command);
+        }
+        while let Some(command) = self.backlog.pop_front() {
+            match self.handle.commands.try_send(command) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(command)) => {
+                    self.backlog.push_front(command);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends everything still backlogged, waiting as needed (at shutdown).
+    pub(crate) async fn drain(&mut self) {
+        while let Some(command) = self.backlog.pop_front() {
+            if self.handle.commands.send(command).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn request(
+        &mut self,
+        token: Token,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: OutRequest,
+    ) {
+        self.send(Command::Request {
+            token,
+            peer,
+            addrs,
+            request,
+        });
+    }
+}
+
+/// The task that owns the swarm. Build it with [`Network::new`], then `tokio::spawn` its
+/// [`Network::run`]; it ends when every [`NetHandle`] is dropped.
+pub(crate) struct Network {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    /// Our requests in flight, by libp2p's id, with the caller's token.
+    outbound: HashMap<OutboundRequestId, Token>,
+    queries: HashMap<kad::QueryId, Token>,
+    /// Every open connection and whether it goes through a relay.
+    conns: HashMap<ConnectionId, (PeerId, bool)>,
+    metrics: Option<libp2p::metrics::Metrics>,
+    /// Events produced by one swarm event, sent before the next is polled (at most two).
+    ready: std::collections::VecDeque<NetEvent>,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("peer_id", self.swarm.local_peer_id())
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Network {
+    /// Wraps `swarm`; returns the task, the handle to command it and its events.
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        metrics: Option<libp2p::metrics::Metrics>,
+    ) -> (Self, NetHandle, mpsc::Receiver<NetEvent>) {
+        let (command_tx, command_rx) = mpsc::channel(COMMAND_BUFFER);
+        let (event_tx, event_rx) = mpsc::channel(EVENT_BUFFER);
+        let network = Self {
+            swarm,
+            commands: command_rx,
+            events: event_tx,
+            outbound: HashMap::new(),
+            queries: HashMap::new(),
+            conns: HashMap::new(),
+            metrics,
+            ready: Default::default(),
+        };
+        (
+            network,
+            NetHandle {
+                commands: command_tx,
+            },
+            event_rx,
+        )
+    }
+
+    /// Listens on `addr` now, so that a bad or taken address is an error at start-up.
+    pub(crate) fn listen_on(&mut self, addr: Multiaddr) -> anyhow::Result<()> {
+        self.swarm
+            .listen_on(addr.clone())
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    }
+
+    pub(crate) async fn run(mut self) {
+        let span = tracing::info_span!("network", peer = %self.swarm.local_peer_id());
+        let _enter = span.enter();
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => {
+                    if let Some(event) = self.on_swarm_event(event) {
+                        self.ready.push_back(event);
+                    }
+                    while let Some(event) = self.ready.pop_front() {
+                        if self.events.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        tracing::debug!("network task ends");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let swarm = &mut self.swarm;
+        match command {
+            Command::Request {
+                token,
+                peer,
+                addrs,
+                request,
+            } => {
+                for addr in addrs {
+                    swarm.add_peer_address(peer, addr);
+                }
+                let b = swarm.behaviour_mut();
+                let id = match request {
+                    OutRequest::Login(r) => b.login.send_request(&peer, r),
+                    OutRequest::Overlay(r) => b.overlay.send_request(&peer, r),
+                    OutRequest::Msg(r) => b.msg.send_request(&peer, r),
+                };
+                self.outbound.insert(id, token);
+            }
+            Command::RespondOverlay { channel, response } => {
+                let _ = swarm
+                    .behaviour_mut()
+                    .overlay
+                    .send_response(channel, response);
+            }
+            Command::RespondMsg { channel, response } => {
+                let _ = swarm.behaviour_mut().msg.send_response(channel, response);
+            }
+            Command::AddAddresses(peer, addrs) => {
+                for addr in addrs {
+                    swarm.add_peer_address(peer, addr);
+                }
+            }
+            Command::Dial(peer) => {
+                if !swarm.is_connected(&peer) {
+                    let _ = swarm.dial(peer);
+                }
+            }
+            Command::ListenOn(addr) => {
+                if let Err(e) = swarm.listen_on(addr.clone()) {
+                    tracing::warn!(%addr, error = %e, "cannot listen");
+                }
+            }
+            Command::Disconnect(peer) => {
+                let _ = swarm.disconnect_peer_id(peer);
+            }
+            Command::AddExternalAddress(addr) => swarm.add_external_address(addr),
+            Command::SetSuperpeer(on) => {
+                let b = swarm.behaviour_mut();
+                if on {
+                    b.kad.set_mode(Some(kad::Mode::Server));
+                    b.relay.set_status(Some(relay::Status::Enable));
+                } else {
+                    b.kad.set_mode(Some(kad::Mode::Client));
+                    b.relay.set_status(Some(relay::Status::Disable));
+                }
+            }
+            Command::KadAddAddress(peer, addr) => {
+                swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
+            Command::KadRemovePeer(peer) => {
+                swarm.behaviour_mut().kad.remove_peer(&peer);
+            }
+            Command::KadBootstrap => {
+                let _ = swarm.behaviour_mut().kad.bootstrap();
+            }
+            Command::KadPut(record) => {
+                if let Err(e) = swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, kad::Quorum::One)
+                {
+                    tracing::warn!(error = %e, "storing a record failed");
+                }
+            }
+            Command::KadGet { token, key } => {
+                let id = swarm.behaviour_mut().kad.get_record(key);
+                self.queries.insert(id, token);
+            }
+            Command::KadFinish(token) => {
+                let id = self
+                    .queries
+                    .iter()
+                    .find(|(_, t)| **t == token)
+                    .map(|(id, _)| *id);
+                if let Some(id) = id {
+                    self.queries.remove(&id);
+                    // The query's remaining events find no token: the caller has decided.
+                    if let Some(mut query) = swarm.behaviour_mut().kad.query_mut(&id) {
+                        query.finish();
+                    }
+                }
+            }
+        }
+    }
+
+    fn record_metrics(&self, event: &SwarmEvent<BehaviourEvent>) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        use BehaviourEvent as B;
+        use libp2p::metrics::Recorder as _;
+        match event {
+            SwarmEvent::Behaviour(B::Identify(e)) => m.record(e),
+            SwarmEvent::Behaviour(B::Kad(e)) => m.record(e),
+            SwarmEvent::Behaviour(B::Relay(e)) => m.record(e),
+            SwarmEvent::Behaviour(B::Dcutr(e)) => m.record(e),
+            SwarmEvent::Behaviour(B::Ping(e)) => m.record(e),
+            _ => {}
+        }
+        m.record(event);
+    }
+
+    /// Handles what is the network's own business and turns the rest into a [`NetEvent`].
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Option<NetEvent> {
+        use BehaviourEvent as B;
+        self.record_metrics(&event);
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => Some(NetEvent::NewListenAddr(address)),
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                Some(NetEvent::ExpiredListenAddr(address))
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                Some(NetEvent::ExternalAddrConfirmed(address))
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                Some(NetEvent::ExternalAddrExpired(address))
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let relayed = endpoint.is_relayed();
+                if relayed {
+                    if self.has_direct(peer_id) {
+                        // Already connected directly: the relay is not needed.
+                        self.swarm.close_connection(connection_id);
+                    }
+                } else {
+                    // A direct path exists (e.g. after hole punching): retire relayed ones,
+                    // so messages take the direct path; an interrupted send is retried.
+                    for old in self.relayed_to(peer_id) {
+                        tracing::info!(peer = %peer_id, "direct connection established; closing the relayed one");
+                        self.swarm.close_connection(old);
+                    }
+                }
+                self.conns.insert(connection_id, (peer_id, relayed));
+                Some(NetEvent::Connected { peer: peer_id })
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                self.conns.remove(&connection_id);
+                (num_established == 0).then(|| NetEvent::Disconnected {
+                    peer: peer_id,
+                    error: cause.is_some(),
+                })
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                ..
+            } => Some(NetEvent::DialFailed(peer)),
+            SwarmEvent::Behaviour(B::Identify(identify::Event::Received {
+                peer_id, info, ..
+            })) => Some(NetEvent::Identified {
+                peer: peer_id,
+                info: Box::new(info),
+            }),
+            SwarmEvent::Behaviour(B::AutonatClient(autonat::v2::client::Event {
+                tested_addr,
+                server,
+                result,
+                ..
+            })) => Some(NetEvent::AutonatProbe {
+                addr: tested_addr,
+                server,
+                reachable: result.is_ok(),
+            }),
+            SwarmEvent::Behaviour(B::Login(event)) => {
+                self.on_response_event(event, InResponse::Login, |_, _, _| None)
+            }
+            SwarmEvent::Behaviour(B::Overlay(event)) => {
+                self.on_response_event(event, InResponse::Overlay, |peer, request, channel| {
+                    Some(NetEvent::OverlayRequest {
+                        peer,
+                        request,
+                        channel,
+                    })
+                })
+            }
+            SwarmEvent::Behaviour(B::Msg(event)) => {
+                self.on_response_event(event, InResponse::Msg, |peer, request, channel| {
+                    Some(NetEvent::MsgRequest {
+                        peer,
+                        request,
+                        channel,
+                    })
+                })
+            }
+            SwarmEvent::Behaviour(B::Kad(event)) => self.on_kad_event(event),
+            SwarmEvent::Behaviour(B::Relay(relay::Event::ReservationReqAccepted {
+                src_peer_id,
+                ..
+            })) => Some(NetEvent::RelayReservation(src_peer_id)),
+            SwarmEvent::Behaviour(B::Relay(other)) => {
+                tracing::debug!(?other, "relay");
+                None
+            }
+            SwarmEvent::Behaviour(B::RelayClient(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => Some(NetEvent::Reserved(relay_peer_id)),
+            SwarmEvent::Behaviour(B::Dcutr(event)) => {
+                tracing::info!(peer = %event.remote_peer_id, result = ?event.result, "hole punch");
+                None
+            }
+            other => {
+                tracing::trace!(?other, "swarm event");
+                None
+            }
+        }
+    }
+
+    /// One request-response protocol's event: answers to our requests go back with their
+    /// token (and the path they took); requests to us go up through `inbound`.
+    fn on_response_event<Req, Resp>(
+        &mut self,
+        event: request_response::Event<Req, Resp>,
+        wrap: fn(Resp) -> InResponse,
+        inbound: impl FnOnce(PeerId, Req, ResponseChannel<Resp>) -> Option<NetEvent>,
+    ) -> Option<NetEvent> {
+        match event {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message,
+            } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => inbound(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    let token = self.outbound.remove(&request_id)?;
+                    Some(NetEvent::Response {
+                        token,
+                        result: Ok(wrap(response)),
+                        path: self.path(connection_id),
+                    })
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                connection_id,
+                ..
+            } => {
+                let token = self.outbound.remove(&request_id)?;
+                Some(NetEvent::Response {
+                    token,
+                    result: Err(error.to_string()),
+                    path: self.path(connection_id),
+                })
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound request failed");
+                None
+            }
+            request_response::Event::ResponseSent { .. } => None,
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) -> Option<NetEvent> {
+        match event {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => Some(NetEvent::KadPut { source, record }),
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => {
+                let token = *self.queries.get(&id)?;
+                match result {
+                    kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                        if step.last {
+                            self.queries.remove(&id);
+                            // The last step's value, then the end.
+                            self.ready.push_back(NetEvent::KadFound {
+                                token,
+                                value: found.record.value,
+                            });
+                            return Some(NetEvent::KadDone(token));
+                        }
+                        Some(NetEvent::KadFound {
+                            token,
+                            value: found.record.value,
+                        })
+                    }
+                    _ if step.last => {
+                        self.queries.remove(&id);
+                        Some(NetEvent::KadDone(token))
+                    }
+                    kad::QueryResult::GetRecord(Err(_)) => {
+                        self.queries.remove(&id);
+                        Some(NetEvent::KadDone(token))
+                    }
+                    _ => None,
+                }
+            }
+            other => {
+                tracing::trace!(?other, "kad event");
+                None
+            }
+        }
+    }
+
+    fn path(&self, id: ConnectionId) -> Path {
+        match self.conns.get(&id) {
+            Some((_, true)) => Path::Relayed,
+            _ => Path::Direct,
+        }
+    }
+
+    fn has_direct(&self, peer: PeerId) -> bool {
+        self.conns
+            .values()
+            .any(|(p, relayed)| *p == peer && !relayed)
+    }
+
+    /// Relayed connections to `peer`, to close once a direct one exists.
+    fn relayed_to(&self, peer: PeerId) -> Vec<ConnectionId> {
+        self.conns
+            .iter()
+            .filter(|(_, (p, relayed))| *p == peer && *relayed)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}

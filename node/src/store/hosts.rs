@@ -6,7 +6,7 @@
 //! sink to the end but stay, since a superpeer that is down now may be back later.
 
 use natter_proto::limits::{MAX_ADDR_LEN, MAX_ANNOUNCED_ADDRS};
-use rusqlite::{OptionalExtension as _, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use super::{Store, StoreError, int, sql_limit};
 
@@ -189,7 +189,7 @@ fn decode_addrs(peer_id: &str, json: &str) -> Result<Vec<String>, StoreError> {
 
 /// Deletes the least recently seen hosts beyond [`MAX_HOSTS`], never `keep` (the host just
 /// recorded, which may tie with others on `last_seen`).
-fn evict(tx: &Transaction<'_>, keep: &str) -> Result<(), StoreError> {
+fn evict(tx: &Connection, keep: &str) -> Result<(), StoreError> {
     let count: i64 = tx.query_row("SELECT COUNT(*) FROM hosts", [], |r| r.get(0))?;
     let excess = count.saturating_sub(sql_limit(MAX_HOSTS));
     if excess > 0 {

@@ -11,29 +11,42 @@
 //!   and per-conversation order;
 //! - **contacts** ([`Store::contacts`]).
 //!
-//! Calls are synchronous and block on disk (every commit is fsynced, `synchronous = FULL`): run
-//! them on tokio's blocking pool, never on the event loop. Every write is one transaction, so a
+//! [`Store`]'s methods are synchronous and block on disk (every commit is fsynced,
+//! `synchronous = FULL`). The CLI calls them directly when the daemon is down; the daemon never
+//! does: it moves the store onto its own thread with [`StoreHandle::spawn`] and sends it jobs
+//! ([`StoreHandle::run`], [`StoreHandle::submit`]) through a bounded queue. The store thread runs
+//! every job that waited meanwhile in one [group](Store::group), one transaction and one fsync
+//! for all of them, and answers each job only once that commit returned: an `Ok` means the
+//! write is on disk. Each job runs inside its own savepoint, so a job that fails (or panics)
+//! leaves no trace and does not undo the others.
+//!
+//! Every write is atomic: one transaction of its own, or one savepoint inside a group, so a
 //! crash leaves either all of it or none of it.
 //!
 //! Inputs are checked here too (names, message ids, text size, integer range), because this is
 //! the last place where two spellings of one name could split a conversation: a bad input is a
 //! typed [`StoreError`], never a panic and never a silent change.
 
+mod actor;
 mod contacts;
+mod group;
 mod hosts;
 mod inbox;
 mod outbox;
 mod schema;
 
 use std::fs;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use natter_proto::limits::MAX_MESSAGE_TEXT_BYTES;
 use natter_proto::{NameError, UserName};
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 
+pub use actor::{MAX_GROUP_JOBS, StoreHandle, StoreThread};
 pub use contacts::MAX_CONTACTS;
 pub use hosts::{FAILING_AFTER, Host, MAX_HOST_ADDRS, MAX_HOSTS};
 pub use inbox::{InboxEntry, IncomingMessage, Receipt};
@@ -99,6 +112,22 @@ pub enum StoreError {
     /// The contact list is at its limit.
     #[error("contact list is full: at most {max} contacts")]
     ContactsFull { max: usize },
+    /// SQLite rolled the open [group](Store::group)'s transaction back on its own (disk full,
+    /// I/O error): nothing written in the group is kept, and no more writes are accepted in it.
+    #[error("local store: the transaction was rolled back by SQLite; nothing of it was kept")]
+    RolledBack,
+    /// Committing (or beginning) the job's group failed: nothing it wrote is kept, and what it
+    /// read may have included writes that were not kept either. Shared by every job of the
+    /// group.
+    #[error("local store: commit failed, this write was not kept: {0}")]
+    CommitFailed(#[source] std::sync::Arc<StoreError>),
+    /// A store call panicked; what it wrote was rolled back.
+    #[error("local store: a store call panicked: {0}")]
+    Panicked(String),
+    /// The store thread has stopped (shut down, its owner dropped, or it died): the job did not
+    /// run, or its group was never committed. Either way nothing it wrote is kept.
+    #[error("local store is closed")]
+    Closed,
 }
 
 /// The node's store. Cheap to share (`Arc<Store>`); calls block, see the module docs.
@@ -107,7 +136,9 @@ pub struct Store {
     path: PathBuf,
     /// One connection, serialised: the daemon is the only writer, and SQLite serialises writes
     /// anyway, so a pool would add nothing but lock contention.
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
+    /// Notified when a group ends, for other threads waiting for the connection meanwhile.
+    group_ended: Condvar,
     /// [`MAX_OUTBOX`], lowered by tests to exercise the limit cheaply.
     max_outbox: usize,
     /// [`MAX_CONTACTS`], lowered by tests.
@@ -138,7 +169,11 @@ impl Store {
         })?;
         Ok(Self {
             path,
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Conn {
+                sqlite: conn,
+                group: None,
+            }),
+            group_ended: Condvar::new(),
             max_outbox: MAX_OUTBOX,
             max_contacts: MAX_CONTACTS,
         })
@@ -149,25 +184,72 @@ impl Store {
         &self.path
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while the lock was held rolled its transaction back (Transaction's Drop):
-        // the connection is consistent, keep serving.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// The connection, once no other thread's [group](Store::group) is open.
+    fn conn(&self) -> MutexGuard<'_, Conn> {
+        let me = thread::current().id();
+        let mut conn = self.lock();
+        while conn.group.is_some_and(|owner| owner != me) {
+            conn = self
+                .group_ended
+                .wait(conn)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        conn
     }
 
-    /// Runs `f` in one write transaction, committed only if `f` succeeds.
+    /// The connection's lock, whoever's group is open.
+    fn lock(&self) -> MutexGuard<'_, Conn> {
+        // A panic while the lock was held rolled its transaction or savepoint back (their
+        // Drop): the connection is consistent, keep serving.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` atomically, kept only if `f` succeeds: in a write transaction of its own, or,
+    /// inside this thread's [group](Store::group), in a savepoint that the group's commit
+    /// makes durable.
     ///
     /// `IMMEDIATE` takes the write lock up front, so a transaction that reads then writes never
-    /// fails half-way with SQLITE_BUSY when another connection writes.
+    /// fails half-way with SQLITE_BUSY when another connection writes (a group begins
+    /// `IMMEDIATE` too).
     fn write<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        if conn.group.is_some() {
+            if conn.sqlite.is_autocommit() {
+                // A savepoint now would be a transaction of its own, outside the group.
+                return Err(StoreError::RolledBack);
+            }
+            let sp = conn.sqlite.savepoint()?;
+            let out = f(&sp)?;
+            sp.commit()?;
+            Ok(out)
+        } else {
+            let tx = conn
+                .sqlite
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        }
+    }
+}
+
+/// The connection and who is grouping writes on it; derefs to the connection.
+#[derive(Debug)]
+struct Conn {
+    sqlite: Connection,
+    /// The thread whose [group](Store::group) is open: its writes become savepoints in the
+    /// group's transaction, and other threads wait until it ends.
+    group: Option<ThreadId>,
+}
+
+impl Deref for Conn {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.sqlite
     }
 }
 

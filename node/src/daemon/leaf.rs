@@ -134,13 +134,10 @@ impl Daemon {
                 self.attach_failures.remove(&peer);
                 self.phase(&format!("attached to {peer} ({slot})"));
                 self.reserve_relay(peer);
-                let _ = self.store.record_host(
-                    &peer.to_string(),
-                    &self.addrs_of(peer),
-                    None,
-                    None,
-                    unix_now(),
-                );
+                let (id, addrs) = (peer.to_string(), self.addrs_of(peer));
+                self.store_write("host cache write", move |s| {
+                    s.record_host(&id, &addrs, None, None, unix_now()).map(drop)
+                });
                 self.merge_candidates(superpeers);
             }
             Ok(OverlayResponse::Full { alternatives }) => {
@@ -157,7 +154,10 @@ impl Daemon {
             other => {
                 tracing::info!(%peer, ?other, "attach failed");
                 self.back_off(peer);
-                let _ = self.store.host_failed(&peer.to_string(), unix_now());
+                let id = peer.to_string();
+                self.store_write("host cache write", move |s| {
+                    s.host_failed(&id, unix_now()).map(drop)
+                });
             }
         }
     }

@@ -18,7 +18,7 @@ use super::leaf::lookup_view;
 use super::{Daemon, LookupFor, LookupOutcome, unix_now};
 use crate::control::Replier;
 use crate::net::{Command, OutRequest, Token};
-use crate::store::{IncomingMessage, OutgoingMessage, QueuedMessage, Receipt};
+use crate::store::{IncomingMessage, OutgoingMessage, QueuedMessage, Receipt, Store, StoreError};
 
 /// How long `send` waits for the recipient's acknowledgement before answering "queued".
 const SEND_WAIT: Duration = Duration::from_secs(5);
@@ -61,6 +61,14 @@ pub(crate) struct Messaging {
     in_flight: HashSet<UserName>,
     routes: HashMap<UserName, Route>,
     resolving: HashSet<UserName>,
+    /// Messages just queued for users whose existence is being checked, by user.
+    checking: HashMap<UserName, Vec<String>>,
+    /// An outbox read is running; another pass is wanted after it.
+    pumping: bool,
+    pump_again: bool,
+    /// An inbox read for the followers is running; another pass is wanted after it.
+    feeding: bool,
+    feed_again: bool,
     /// `send` commands waiting for their message's acknowledgement, by message id.
     waiters: HashMap<String, (Replier<ControlResponse>, Instant, UserName)>,
     followers: Vec<(Replier<ControlResponse>, i64)>,
@@ -100,10 +108,58 @@ impl Messaging {
             .collect()
     }
 
+    /// Sends each follower the entries past its last one; a full buffer stops that follower
+    /// here (the rest goes out at the next pass).
+    fn feed(&mut self, new: &[crate::store::InboxEntry]) {
+        for (reply, last) in &mut self.followers {
+            let from = *last;
+            for m in new.iter().filter(|m| m.rowid > from) {
+                if reply
+                    .try_send(Ok(ControlResponse::Event(FollowEvent::Message(item(m)))))
+                    .is_err()
+                {
+                    break;
+                }
+                *last = m.rowid;
+            }
+        }
+        self.followers.retain(|(r, _)| !r.is_closed());
+    }
+
     /// The message request `token` was, if it was one.
     pub(crate) fn take_pending(&mut self, token: Token) -> Option<MsgPending> {
         self.pending.remove(&token)
     }
+}
+
+/// On the store thread: for every recipient with due messages and nothing in flight (`busy`),
+/// the run of due messages from the head of its queue, in conversation order (a message
+/// waiting out a backoff holds back the ones after it), at most a batch.
+fn due_batches(
+    store: &Store,
+    now: u64,
+    busy: &HashSet<String>,
+) -> Result<Vec<(String, Vec<QueuedMessage>)>, StoreError> {
+    let mut recipients: Vec<String> = Vec::new();
+    for m in store.due(now, 4 * MAX_BATCH)? {
+        if !busy.contains(&m.to) && recipients.last() != Some(&m.to) && !recipients.contains(&m.to)
+        {
+            recipients.push(m.to);
+        }
+    }
+    let mut batches = Vec::with_capacity(recipients.len());
+    for to in recipients {
+        let queued: Vec<QueuedMessage> = store
+            .queued_for(&to)?
+            .into_iter()
+            .take_while(|m| m.next_attempt_at_ms <= now)
+            .take(MAX_BATCH)
+            .collect();
+        if !queued.is_empty() {
+            batches.push((to, queued));
+        }
+    }
+    Ok(batches)
 }
 
 fn item(m: &crate::store::InboxEntry) -> InboxItem {
@@ -142,10 +198,68 @@ impl Daemon {
             let _ = reply.try_send(Err("cannot send a message to yourself".into()));
             return;
         }
-        let Some(id) = self.enqueue(to.clone(), text, wait, reply) else {
-            return;
+        let id = self.msg.ulid();
+        let outgoing = OutgoingMessage {
+            id: id.clone(),
+            to: to.to_string(),
+            text,
+            sent_at_ms: now_ms(),
         };
-        self.lookup(to, LookupFor::Send { id });
+        // Durable before any network I/O and before the answer: from here on the message is
+        // delivered or queued.
+        self.store_then(
+            move |s| s.enqueue(&outgoing),
+            move |d, stored| d.on_enqueued(to, id, wait, reply, stored.map(drop)),
+        );
+    }
+
+    /// The message `id` is in the outbox (or could not be stored).
+    fn on_enqueued(
+        &mut self,
+        to: UserName,
+        id: String,
+        wait: bool,
+        reply: Replier<ControlResponse>,
+        stored: Result<(), crate::store::StoreError>,
+    ) {
+        if let Err(e) = stored {
+            let _ = reply.try_send(Err(format!("cannot queue the message: {e}")));
+            return;
+        }
+        if wait {
+            self.msg
+                .waiters
+                .insert(id.clone(), (reply, Instant::now() + SEND_WAIT, to.clone()));
+        } else {
+            let _ = reply.try_send(Ok(ControlResponse::Sent(SendView {
+                id: id.clone(),
+                status: "queued".into(),
+                path: None,
+                to: to.to_string(),
+            })));
+        }
+        if self.fresh_route(&to).is_some() {
+            // A user with a fresh route exists: no lookup, straight to delivery.
+            self.pump_outbox();
+            return;
+        }
+        // Does the user exist? One lookup per recipient at a time, whatever the burst.
+        match self.msg.checking.entry(to.clone()) {
+            std::collections::hash_map::Entry::Occupied(mut ids) => ids.get_mut().push(id),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(vec![id]);
+                self.lookup(to, LookupFor::Send);
+            }
+        }
+        self.pump_outbox();
+    }
+
+    /// The route to `to`, if a lookup gave one recently enough to be trusted.
+    fn fresh_route(&self, to: &UserName) -> Option<&Route> {
+        self.msg
+            .routes
+            .get(to)
+            .filter(|r| r.at.elapsed() < ROUTE_TTL)
     }
 
     /// Every lookup ends here, whatever it was for.
@@ -181,26 +295,39 @@ impl Daemon {
                 };
                 let _ = reply.try_send(view.map(ControlResponse::Lookup));
             }
-            LookupFor::Send { id } => match &outcome {
-                LookupOutcome::NotFound {
-                    exists: Some(false),
-                } => {
-                    match self.store.cancel(&id) {
-                        Ok(true) => {}
-                        Ok(false) => tracing::warn!(%id, "message to an unknown user already gone"),
-                        Err(e) => tracing::error!(error = %e, %id, "cannot cancel a message"),
+            LookupFor::Send => {
+                let ids = self.msg.checking.remove(&name).unwrap_or_default();
+                match &outcome {
+                    LookupOutcome::NotFound {
+                        exists: Some(false),
+                    } => {
+                        for id in ids {
+                            let job_id = id.clone();
+                            let name = name.clone();
+                            self.store_then(
+                                move |s| s.cancel(&job_id),
+                                move |d, cancelled| {
+                                    match cancelled {
+                                        Ok(true) => {}
+                                        Ok(false) => tracing::warn!(%id, "message to an unknown user already gone"),
+                                        Err(e) => tracing::error!(error = %e, %id, "cannot cancel a message"),
+                                    }
+                                    if let Some((reply, _, _)) = d.msg.waiters.remove(&id) {
+                                        let _ = reply.try_send(Err(format!(
+                                            "no user named {name}; nothing was queued"
+                                        )));
+                                    }
+                                },
+                            );
+                        }
                     }
-                    if let Some((reply, _, _)) = self.msg.waiters.remove(&id) {
-                        let _ = reply
-                            .try_send(Err(format!("no user named {name}; nothing was queued")));
+                    LookupOutcome::Found { record, .. } => {
+                        self.learn_route(&name, record);
+                        self.pump_outbox();
                     }
+                    _ => {}
                 }
-                LookupOutcome::Found { record, .. } => {
-                    self.learn_route(&name, record);
-                    self.pump_outbox();
-                }
-                _ => {}
-            },
+            }
             LookupFor::Route => {
                 self.msg.resolving.remove(&name);
                 match outcome {
@@ -247,92 +374,49 @@ impl Daemon {
         );
     }
 
-    /// Writes the message to the outbox and registers the `send` waiting for it; the id, or
-    /// `None` when it could not be stored (the command has its error then).
-    fn enqueue(
-        &mut self,
-        to: UserName,
-        text: String,
-        wait: bool,
-        reply: Replier<ControlResponse>,
-    ) -> Option<String> {
-        let id = self.msg.ulid();
-        let outgoing = OutgoingMessage {
-            id: id.clone(),
-            to: to.to_string(),
-            text,
-            sent_at_ms: now_ms(),
-        };
-        // Durable before any network I/O: from here on the message is delivered or queued.
-        if let Err(e) = self.store.enqueue(&outgoing) {
-            let _ = reply.try_send(Err(format!("cannot queue the message: {e}")));
-            return None;
-        }
-        if wait {
-            self.msg
-                .waiters
-                .insert(id.clone(), (reply, Instant::now() + SEND_WAIT, to));
-        } else {
-            let _ = reply.try_send(Ok(ControlResponse::Sent(SendView {
-                id: id.clone(),
-                status: "queued".into(),
-                path: None,
-                to: to.to_string(),
-            })));
-        }
-        Some(id)
-    }
-
     /// Sends the next batch for every recipient that has due messages and nothing in flight.
+    ///
+    /// The outbox is read on the store thread; one read at a time, and a call while one runs
+    /// only asks for another pass after it (so a burst of sends costs a few reads, not one
+    /// each).
     pub(super) fn pump_outbox(&mut self) {
         if self.going_down.is_some() {
             return;
         }
-        let due = match self.store.due(now_ms(), 4 * MAX_BATCH) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "reading the outbox failed");
-                return;
-            }
-        };
-        let mut batches: Vec<(UserName, Vec<QueuedMessage>)> = Vec::new();
-        for m in due {
-            let Ok(to) = UserName::parse_canonical(&m.to) else {
+        if self.msg.pumping {
+            self.msg.pump_again = true;
+            return;
+        }
+        self.msg.pumping = true;
+        let busy: HashSet<String> = self.msg.in_flight.iter().map(|u| u.to_string()).collect();
+        let now = now_ms();
+        self.store_then(
+            move |s| due_batches(s, now, &busy),
+            |d, batches| {
+                d.msg.pumping = false;
+                match batches {
+                    Ok(batches) => d.send_batches(batches),
+                    Err(e) => tracing::error!(error = %e, "reading the outbox failed"),
+                }
+                if std::mem::take(&mut d.msg.pump_again) {
+                    d.pump_outbox();
+                }
+            },
+        );
+    }
+
+    fn send_batches(&mut self, batches: Vec<(String, Vec<QueuedMessage>)>) {
+        if self.going_down.is_some() {
+            return;
+        }
+        for (to, queued) in batches {
+            let Ok(to) = UserName::parse_canonical(&to) else {
                 continue;
             };
-            match batches.last_mut() {
-                Some((last, batch)) if *last == to => batch.push(m),
-                _ => batches.push((to, vec![m])),
-            }
-        }
-        let now = now_ms();
-        for (to, _) in batches {
             if self.msg.in_flight.contains(&to) {
                 continue;
             }
-            // Conversation order: only a run of due messages from the head of the queue. A
-            // message waiting out a backoff holds back the ones after it.
-            let queued: Vec<QueuedMessage> = match self.store.queued_for(to.as_str()) {
-                Ok(q) => q
-                    .into_iter()
-                    .take_while(|m| m.next_attempt_at_ms <= now)
-                    .take(MAX_BATCH)
-                    .collect(),
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the outbox failed");
-                    continue;
-                }
-            };
-            if queued.is_empty() {
-                continue;
-            }
-            let route = self
-                .msg
-                .routes
-                .get(&to)
-                .filter(|r| r.at.elapsed() < ROUTE_TTL)
-                .cloned();
-            let Some(route) = route else {
+            let Some(route) = self.fresh_route(&to).cloned() else {
                 if self.msg.resolving.insert(to.clone()) {
                     self.lookup(to, LookupFor::Route);
                 }
@@ -375,16 +459,19 @@ impl Daemon {
 
     /// Pushes every due message of `to` back by its backoff.
     fn postpone(&mut self, to: &UserName, why: &str) {
-        let Ok(queued) = self.store.queued_for(to.as_str()) else {
-            return;
-        };
-        let now = now_ms();
-        for m in queued.into_iter().filter(|m| m.next_attempt_at_ms <= now) {
-            let attempts = m.attempts.saturating_add(1);
-            let _ =
-                self.store
-                    .reschedule(&m.id, attempts, now + backoff_ms(attempts - 1), Some(why));
-        }
+        let (to, why) = (to.to_string(), why.to_owned());
+        self.store_write("postponing messages", move |s| {
+            let now = now_ms();
+            for m in s
+                .queued_for(&to)?
+                .into_iter()
+                .filter(|m| m.next_attempt_at_ms <= now)
+            {
+                let attempts = m.attempts.saturating_add(1);
+                s.reschedule(&m.id, attempts, now + backoff_ms(attempts - 1), Some(&why))?;
+            }
+            Ok(())
+        });
     }
 
     /// Answers `send` commands whose wait is over with "queued".
@@ -426,10 +513,12 @@ impl Daemon {
                         if let Some(m) = &self.metrics {
                             m.delivered.inc_by(ids.len() as u64);
                         }
-                        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-                        if let Err(e) = self.store.mark_all_delivered(&refs, path, at) {
-                            tracing::error!(error = %e, "recording deliveries failed");
-                        }
+                        let done = ids.clone();
+                        // Queued before the next outbox read: that read no longer sees them.
+                        self.store_write("recording deliveries", move |s| {
+                            let refs: Vec<&str> = done.iter().map(String::as_str).collect();
+                            s.mark_all_delivered(&refs, path, at).map(drop)
+                        });
                         for id in ids {
                             if let Some((reply, _, to)) = self.msg.waiters.remove(&id) {
                                 let _ = reply.try_send(Ok(ControlResponse::Sent(SendView {
@@ -537,32 +626,12 @@ impl Daemon {
                         received_at_ms,
                     })
                     .collect();
-                // One transaction (one disk sync) for the whole batch, in order.
-                let receipts = match self.store.receive_all(&batch) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, "storing messages failed");
-                        return self.refuse_msg(
-                            channel,
-                            (
-                                MsgRefusal::Unavailable,
-                                "recipient cannot store messages now".into(),
-                            ),
-                        );
-                    }
-                };
-                let stored = receipts.iter().filter(|r| **r == Receipt::Stored).count() as u32;
-                let duplicates = receipts.len() as u32 - stored;
-                self.net.send(Command::RespondMsg {
-                    channel,
-                    response: MsgResponse::Stored { stored, duplicates },
-                });
-                if let Some(m) = &self.metrics {
-                    m.received.inc_by(u64::from(stored));
-                }
-                if stored > 0 {
-                    self.feed_followers();
-                }
+                // One transaction for the whole batch, in order, committed together with
+                // whatever else reached the store meanwhile; acknowledged once durable.
+                self.store_then(
+                    move |s| s.receive_all(&batch),
+                    move |d, receipts| d.on_received(channel, receipts),
+                );
             }
             MsgRequest::Ping { cert, nonce } => {
                 if let Err(refusal) = msg::authenticate(&cert, &self.issuer, &peer, now) {
@@ -604,30 +673,81 @@ impl Daemon {
         }
     }
 
-    /// Streams messages stored since each follower's last one.
-    fn feed_followers(&mut self) {
-        let mut followers = std::mem::take(&mut self.msg.followers);
-        for (reply, last) in &mut followers {
-            let Ok(new) = self.store.inbox(Some(*last), 1000) else {
-                continue;
-            };
-            for m in new {
-                // On a full buffer, stop here: the rest goes out at the next tick.
-                if reply
-                    .try_send(Ok(ControlResponse::Event(FollowEvent::Message(item(&m)))))
-                    .is_err()
-                {
-                    break;
-                }
-                *last = m.rowid;
+    /// A delivered batch is stored (or not): answer its sender.
+    fn on_received(
+        &mut self,
+        channel: ResponseChannel<MsgResponse>,
+        receipts: Result<Vec<Receipt>, StoreError>,
+    ) {
+        let receipts = match receipts {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "storing messages failed");
+                return self.refuse_msg(
+                    channel,
+                    (
+                        MsgRefusal::Unavailable,
+                        "recipient cannot store messages now".into(),
+                    ),
+                );
             }
+        };
+        let stored = receipts.iter().filter(|r| **r == Receipt::Stored).count() as u32;
+        let duplicates = receipts.len() as u32 - stored;
+        self.net.send(Command::RespondMsg {
+            channel,
+            response: MsgResponse::Stored { stored, duplicates },
+        });
+        if let Some(m) = &self.metrics {
+            m.received.inc_by(u64::from(stored));
         }
-        followers.retain(|(r, _)| !r.is_closed());
-        self.msg.followers = followers;
+        if stored > 0 {
+            self.feed_followers();
+        }
+    }
+
+    /// Streams messages stored since each follower's last one: one read for all of them on
+    /// the store thread, one at a time (a call meanwhile asks for another pass after it).
+    fn feed_followers(&mut self) {
+        self.msg.followers.retain(|(r, _)| !r.is_closed());
+        if self.msg.followers.is_empty() {
+            return;
+        }
+        if self.msg.feeding {
+            self.msg.feed_again = true;
+            return;
+        }
+        self.msg.feeding = true;
+        let from = self.msg.followers.iter().map(|(_, last)| *last).min();
+        self.store_then(
+            move |s| s.inbox(from, 1000),
+            |d, new| {
+                d.msg.feeding = false;
+                match new {
+                    Ok(new) => d.msg.feed(&new),
+                    Err(e) => tracing::warn!(error = %e, "reading the inbox failed"),
+                }
+                if std::mem::take(&mut d.msg.feed_again) {
+                    d.feed_followers();
+                }
+            },
+        );
     }
 
     pub(super) fn cmd_inbox(&mut self, follow: bool, reply: Replier<ControlResponse>) {
-        let all = match self.store.inbox(None, 100_000) {
+        self.store_then(
+            |s| s.inbox(None, 100_000),
+            move |d, all| d.answer_inbox(follow, reply, all),
+        );
+    }
+
+    fn answer_inbox(
+        &mut self,
+        follow: bool,
+        reply: Replier<ControlResponse>,
+        all: Result<Vec<crate::store::InboxEntry>, StoreError>,
+    ) {
+        let all = match all {
             Ok(all) => all,
             Err(e) => {
                 let _ = reply.try_send(Err(format!("cannot read the inbox: {e}")));
@@ -646,6 +766,8 @@ impl Daemon {
         }
         if self.msg.followers.len() < 16 {
             self.msg.followers.push((reply, last));
+            // Anything stored while the history was read.
+            self.feed_followers();
         } else {
             let _ = reply.try_send(Err("too many inbox followers".into()));
         }
@@ -728,37 +850,68 @@ impl Daemon {
         reply: Replier<ControlResponse>,
     ) {
         let parse = |n: String| UserName::parse(&n).map_err(|e| format!("invalid name {n:?}: {e}"));
-        let result = match (add, remove) {
-            (Some(n), _) => parse(n).and_then(|n| {
-                self.store
-                    .add_contact(n.as_str())
-                    .map(|_| format!("{n} added to contacts"))
-                    .map_err(|e| e.to_string())
-            }),
-            (_, Some(n)) => parse(n).and_then(|n| match self.store.remove_contact(n.as_str()) {
-                Ok(true) => Ok(format!("{n} removed from contacts")),
-                Ok(false) => Err(format!("{n} is not a contact")),
-                Err(e) => Err(e.to_string()),
-            }),
-            (None, None) => {
-                let _ = reply.try_send(
-                    self.store
-                        .contacts()
-                        .map(ControlResponse::Contacts)
-                        .map_err(|e| e.to_string()),
-                );
-                return;
-            }
-        };
-        let _ = reply.try_send(result.map(|message| ControlResponse::Done { message }));
+        match (add, remove) {
+            (Some(n), _) => match parse(n) {
+                Ok(n) => self.store_then(
+                    move |s| s.add_contact(n.as_str()).map(|_| n),
+                    move |_, added| {
+                        let _ = reply.try_send(
+                            added
+                                .map(|n| ControlResponse::Done {
+                                    message: format!("{n} added to contacts"),
+                                })
+                                .map_err(|e| e.to_string()),
+                        );
+                    },
+                ),
+                Err(e) => {
+                    let _ = reply.try_send(Err(e));
+                }
+            },
+            (_, Some(n)) => match parse(n) {
+                Ok(n) => self.store_then(
+                    move |s| s.remove_contact(n.as_str()).map(|removed| (n, removed)),
+                    move |_, removed| {
+                        let _ = reply.try_send(match removed {
+                            Ok((n, true)) => Ok(ControlResponse::Done {
+                                message: format!("{n} removed from contacts"),
+                            }),
+                            Ok((n, false)) => Err(format!("{n} is not a contact")),
+                            Err(e) => Err(e.to_string()),
+                        });
+                    },
+                ),
+                Err(e) => {
+                    let _ = reply.try_send(Err(e));
+                }
+            },
+            (None, None) => self.store_then(
+                |s| s.contacts(),
+                move |_, contacts| {
+                    let _ = reply.try_send(
+                        contacts
+                            .map(ControlResponse::Contacts)
+                            .map_err(|e| e.to_string()),
+                    );
+                },
+            ),
+        }
     }
 
     /// Tells online contacts of this node's new status directly (best effort; crashes are
     /// caught by the presence lease instead).
     pub(super) fn push_presence(&mut self) {
-        let Ok(contacts) = self.store.contacts() else {
-            return;
-        };
+        self.store_then(
+            |s| s.contacts(),
+            |d, contacts| {
+                if let Ok(contacts) = contacts {
+                    d.push_presence_to_contacts(contacts);
+                }
+            },
+        );
+    }
+
+    fn push_presence_to_contacts(&mut self, contacts: Vec<String>) {
         for c in contacts.into_iter().take(1000) {
             let Ok(name) = UserName::parse_canonical(&c) else {
                 continue;

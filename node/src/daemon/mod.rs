@@ -16,6 +16,9 @@ mod superpeer;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use libp2p::{Multiaddr, PeerId};
 use natter_proto::login::{LoginRequest, LoginResponse, SuperpeerInfo};
 use natter_proto::{IssuerKey, Status, UserName};
@@ -27,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::control::{ControlServer, Incoming, Replier};
 use crate::home::{Home, Identity};
 use crate::net::{self, Command, DirectoryRecords, InResponse, Net, NetEvent, OutRequest, Token};
-use crate::store::Store;
+use crate::store::{Host, Store, StoreError, StoreHandle};
 use api::{ControlRequest, ControlResponse};
 
 /// How a node daemon runs. [`DaemonConfig::default`] gives the documented defaults.
@@ -105,8 +108,9 @@ enum OverlayPending {
 pub(crate) enum LookupFor {
     /// `natter lookup`: show it.
     Control(Replier<ControlResponse>),
-    /// `natter send`: the message `id` is queued; take it out again if the user does not exist.
-    Send { id: String },
+    /// `natter send`: messages to this user are queued (their ids wait in the messaging
+    /// state); take them out again if the user does not exist.
+    Send,
     /// Delivering queued messages: where is the user now?
     Route,
     /// Telling a contact about a status change.
@@ -140,6 +144,13 @@ enum LoginPending {
     },
 }
 
+/// What happens in the daemon's loop when a store job is done.
+type Then = Box<dyn FnOnce(&mut Daemon) + Send>;
+
+/// Store jobs queued towards the store thread; beyond it, callers wait (in the job's future,
+/// never in the loop).
+const STORE_QUEUE: usize = 1024;
+
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -159,7 +170,10 @@ pub(crate) struct Daemon {
     next_token: Token,
     config: DaemonConfig,
     home: Home,
-    store: std::sync::Arc<Store>,
+    /// The store thread: every disk access goes through it (never blocking this loop).
+    store: StoreHandle,
+    /// Store jobs in flight, each with what to do with its result here.
+    store_jobs: FuturesUnordered<BoxFuture<'static, Then>>,
     identity: Identity,
     issuer: IssuerKey,
     key: libp2p::identity::Keypair,
@@ -300,7 +314,9 @@ pub async fn run(
             identity.user
         );
     }
-    let store = std::sync::Arc::new(Store::open(home.dir())?);
+    let store = Store::open(home.dir())?;
+    let hosts = store.hosts(200).unwrap_or_default();
+    let (store, store_thread) = StoreHandle::spawn(store, STORE_QUEUE)?;
     let control = ControlServer::bind(home.dir()).await?;
     let (swarm, records) = net::behaviour::build(
         key.clone(),
@@ -334,7 +350,7 @@ pub async fn run(
         config,
         identity,
         key,
-        store,
+        (store, hosts),
         Net::new(handle),
         records,
     )?;
@@ -353,10 +369,17 @@ pub async fn run(
     let result = daemon.run(rx, events, shutdown).await;
     // The last commands (answers, the offline record) go out before the network stops.
     daemon.net.drain().await;
+    // Writes already queued (an acknowledged message, a host) still reach the disk.
+    daemon.finish_store_jobs().await;
     drop(daemon);
     let _ = network_task.await;
     control_shutdown.cancel();
     let _ = control_task.await;
+    match tokio::task::spawn_blocking(move || store_thread.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the store thread failed"),
+        Err(e) => tracing::error!(error = %e, "the store thread failed"),
+    }
     result
 }
 
@@ -366,13 +389,13 @@ impl Daemon {
         config: DaemonConfig,
         identity: Identity,
         key: libp2p::identity::Keypair,
-        store: std::sync::Arc<Store>,
+        (store, hosts): (StoreHandle, Vec<Host>),
         net: Net,
         records: DirectoryRecords,
     ) -> anyhow::Result<Self> {
         let login_peer = crate::login_client::server_peer_id(&identity.login)?;
         let mut candidates = Vec::new();
-        for host in store.hosts(200).unwrap_or_default() {
+        for host in hosts {
             candidates.push(SuperpeerInfo {
                 peer_id: host.peer_id,
                 addrs: host.addrs,
@@ -395,6 +418,7 @@ impl Daemon {
             next_token: 0,
             home,
             store,
+            store_jobs: FuturesUnordered::new(),
             identity,
             key,
             started: Instant::now(),
@@ -441,6 +465,41 @@ impl Daemon {
         self.me
     }
 
+    /// Runs `job` on the store thread; `then` gets its result here, in this loop, once the
+    /// job's group is committed (durable).
+    fn store_then<T, F, C>(&mut self, job: F, then: C)
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        C: FnOnce(&mut Daemon, Result<T, StoreError>) + Send + 'static,
+    {
+        let done = self.store.submit(job);
+        self.store_jobs.push(Box::pin(async move {
+            let result = done.await;
+            Box::new(move |d: &mut Daemon| then(d, result)) as Then
+        }));
+    }
+
+    /// A store write nobody waits for; a failure is logged.
+    fn store_write<F>(&mut self, what: &'static str, job: F)
+    where
+        F: FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
+    {
+        self.store_then(job, move |_, result| {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "{what} failed");
+            }
+        });
+    }
+
+    /// Waits for the store jobs in flight and runs what follows them (at shutdown).
+    async fn finish_store_jobs(&mut self) {
+        while let Some(then) = self.store_jobs.next().await {
+            then(self);
+        }
+        self.net.drain().await;
+    }
+
     fn token(&mut self) -> Token {
         self.next_token += 1;
         self.next_token
@@ -481,6 +540,7 @@ impl Daemon {
                     None => anyhow::bail!("the network task stopped"),
                 },
                 () = self.net.flush(), if self.net.has_backlog() => {}
+                Some(then) = self.store_jobs.next(), if !self.store_jobs.is_empty() => then(self),
                 _ = tick.tick() => {
                     self.on_tick();
                     if let Some((deadline, _)) = &self.going_down
@@ -515,7 +575,14 @@ impl Daemon {
             m.records_stored.set(self.stats.records_stored as i64);
             m.records_refused.set(self.stats.records_refused as i64);
             m.lookups.set(self.stats.lookups as i64);
-            m.outbox.set(self.store.outbox_len().unwrap_or(0) as i64);
+            self.store_then(
+                |s| s.outbox_len(),
+                |d, n| {
+                    if let (Some(m), Ok(n)) = (&d.metrics, n) {
+                        m.outbox.set(n as i64);
+                    }
+                },
+            );
         }
         // Renew at 80% of the certificate lifetime; after a failure, retry every 30 s.
         let cert = &self.identity.cert;
@@ -818,15 +885,15 @@ impl Daemon {
             if sp.peer_id == me {
                 continue;
             }
-            if let Err(e) = self.store.record_host(
-                &sp.peer_id,
-                &sp.addrs,
-                None,
-                Some((sp.leaves, sp.capacity)),
-                unix_now(),
-            ) {
-                tracing::warn!(error = %e, "host cache write failed");
-            }
+            let (peer, addrs, load) = (
+                sp.peer_id.clone(),
+                sp.addrs.clone(),
+                (sp.leaves, sp.capacity),
+            );
+            self.store_write("host cache write", move |s| {
+                s.record_host(&peer, &addrs, None, Some(load), unix_now())
+                    .map(drop)
+            });
             match self.candidates.iter_mut().find(|c| c.peer_id == sp.peer_id) {
                 Some(existing) => *existing = sp,
                 None => self.candidates.push(sp),

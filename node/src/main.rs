@@ -138,9 +138,12 @@ enum Command {
     /// Measure the round trip to a user's device and show the path (relayed or direct).
     Ping {
         name: String,
-        /// Number of probes, one per second.
+        /// Number of probes.
         #[arg(long, default_value_t = 5)]
         count: u32,
+        /// Seconds between probes (e.g. 0.2).
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -390,9 +393,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Inbox { json, follow } => runtime.block_on(inbox(&home, json, follow)),
-        Command::Ping { name, count, json } => {
+        Command::Ping {
+            name,
+            count,
+            interval,
+            json,
+        } => {
             let name = parse_name(&name)?;
-            runtime.block_on(ping(&home, name, count, json))
+            let interval_ms = (interval * 1000.0).round() as u64;
+            runtime.block_on(ping(&home, name, count, interval_ms, json))
         }
         Command::Contacts(cmd) => {
             let (request, json) = match cmd {
@@ -462,11 +471,30 @@ async fn inbox(home: &Home, json: bool, follow: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ping(home: &Home, name: UserName, count: u32, json: bool) -> anyhow::Result<()> {
+/// `--interval`: seconds between 0.001 and 60.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 0.5)"))?;
+    if (0.001..=60.0).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!("{s} s is outside 0.001 to 60 s"))
+    }
+}
+
+async fn ping(
+    home: &Home,
+    name: UserName,
+    count: u32,
+    interval_ms: u64,
+    json: bool,
+) -> anyhow::Result<()> {
     use futures::StreamExt as _;
     let request = ControlRequest::Ping {
         name: name.to_string(),
         count,
+        interval_ms: Some(interval_ms),
     };
     let client = ControlClient::connect(home.dir()).await?;
     let stream = client.stream::<_, ControlResponse>(&request).await?;

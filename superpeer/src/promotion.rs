@@ -2,7 +2,7 @@
 //! resources; and a user who did not opt out. Defaults follow Gnutella's ultrapeer rules and
 //! Skype's practice of preferring long-running, well-connected machines.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the user asked for with `--role`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -118,9 +118,167 @@ pub fn decide(
     Decision::Superpeer
 }
 
+/// How long a new answer of the policy must hold before the role follows it.
+///
+/// Without it, a short dip (free memory while a build runs, an AutoNAT probe that failed once)
+/// would demote a superpeer and drop every leaf it carries, only to promote it again seconds
+/// later. Forced roles (`--role leaf|superpeer`) are not held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hysteresis {
+    /// A node that may become a superpeer waits this long (default 2 s).
+    pub promote_after: Duration,
+    /// A superpeer that no longer qualifies waits this long (default 30 s).
+    pub demote_after: Duration,
+}
+
+impl Default for Hysteresis {
+    fn default() -> Self {
+        Self {
+            promote_after: Duration::from_secs(2),
+            demote_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the role should do now, after [`RoleGate::observe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleChange {
+    /// Keep the current role (the decision agrees, or a change is still being held back).
+    Stay,
+    Promote,
+    /// Become a leaf, for this reason.
+    Demote(String),
+}
+
+/// Applies [`Hysteresis`] to a stream of [`Decision`]s: the role changes only when the other
+/// answer held, without interruption, for the configured time. A pure state machine: the
+/// caller passes the time in.
+#[derive(Debug, Clone)]
+pub struct RoleGate {
+    hysteresis: Hysteresis,
+    /// Since when the decision has disagreed with the current role.
+    disagreeing_since: Option<Instant>,
+}
+
+impl RoleGate {
+    pub fn new(hysteresis: Hysteresis) -> Self {
+        Self {
+            hysteresis,
+            disagreeing_since: None,
+        }
+    }
+
+    /// Feeds one decision taken at `now` for a node whose role is superpeer (`is_superpeer`)
+    /// or leaf; `forced` decisions (the user's `--role`) act at once.
+    pub fn observe(
+        &mut self,
+        is_superpeer: bool,
+        decision: Decision,
+        forced: bool,
+        now: Instant,
+    ) -> RoleChange {
+        let wants_superpeer = matches!(decision, Decision::Superpeer);
+        if wants_superpeer == is_superpeer {
+            self.disagreeing_since = None;
+            return RoleChange::Stay;
+        }
+        let since = *self.disagreeing_since.get_or_insert(now);
+        let hold = if wants_superpeer {
+            self.hysteresis.promote_after
+        } else {
+            self.hysteresis.demote_after
+        };
+        if !forced && now.saturating_duration_since(since) < hold {
+            return RoleChange::Stay;
+        }
+        self.disagreeing_since = None;
+        match decision {
+            Decision::Superpeer => RoleChange::Promote,
+            Decision::Leaf(reason) => RoleChange::Demote(reason),
+        }
+    }
+
+    /// How long until a change being held back would take effect, if one is.
+    pub fn pending(&self, is_superpeer: bool, now: Instant) -> Option<Duration> {
+        let since = self.disagreeing_since?;
+        let hold = if is_superpeer {
+            self.hysteresis.demote_after
+        } else {
+            self.hysteresis.promote_after
+        };
+        Some(hold.saturating_sub(now.saturating_duration_since(since)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn leaf(reason: &str) -> Decision {
+        Decision::Leaf(reason.into())
+    }
+
+    #[test]
+    fn a_short_dip_does_not_demote() {
+        let mut gate = RoleGate::new(Hysteresis::default());
+        let t0 = Instant::now();
+        let s = |secs| t0 + Duration::from_secs(secs);
+        assert_eq!(
+            gate.observe(true, leaf("low memory"), false, s(0)),
+            RoleChange::Stay
+        );
+        assert_eq!(
+            gate.observe(true, leaf("low memory"), false, s(20)),
+            RoleChange::Stay
+        );
+        assert_eq!(gate.pending(true, s(20)), Some(Duration::from_secs(10)));
+        // The condition recovers before 30 s: the clock starts again.
+        assert_eq!(
+            gate.observe(true, Decision::Superpeer, false, s(25)),
+            RoleChange::Stay
+        );
+        assert_eq!(gate.pending(true, s(25)), None);
+        assert_eq!(
+            gate.observe(true, leaf("low memory"), false, s(26)),
+            RoleChange::Stay
+        );
+        assert_eq!(
+            gate.observe(true, leaf("low memory"), false, s(55)),
+            RoleChange::Stay
+        );
+        assert_eq!(
+            gate.observe(true, leaf("low memory"), false, s(56)),
+            RoleChange::Demote("low memory".into())
+        );
+    }
+
+    #[test]
+    fn promotion_waits_briefly_and_forced_roles_act_at_once() {
+        let mut gate = RoleGate::new(Hysteresis::default());
+        let t0 = Instant::now();
+        assert_eq!(
+            gate.observe(false, Decision::Superpeer, false, t0),
+            RoleChange::Stay
+        );
+        assert_eq!(
+            gate.observe(
+                false,
+                Decision::Superpeer,
+                false,
+                t0 + Duration::from_secs(2)
+            ),
+            RoleChange::Promote
+        );
+        let mut forced = RoleGate::new(Hysteresis::default());
+        assert_eq!(
+            forced.observe(false, Decision::Superpeer, true, t0),
+            RoleChange::Promote
+        );
+        assert_eq!(
+            forced.observe(true, leaf("opted out"), true, t0),
+            RoleChange::Demote("opted out".into())
+        );
+    }
 
     fn capable() -> Resources {
         Resources {

@@ -79,6 +79,32 @@ fn send(from: &NodeProcess, to: &str, text: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Runs `natter ARGS` on `node`'s home; fails the test if it has not ended within 30 s.
+fn ping_with_deadline(node: &NodeProcess, args: &[&str]) -> String {
+    let mut child = std::process::Command::new(natter_tests::bin("natter"))
+        .arg("--home")
+        .arg(&node.home)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("natter {args:?} did not end within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn inbox(node: &NodeProcess) -> Vec<serde_json::Value> {
     natter_json(&node.home, &["inbox"])
         .and_then(|v| v.as_array().cloned())
@@ -186,6 +212,13 @@ fn queued_while_the_recipient_is_down_and_delivered_when_it_returns() {
     let queued = send(&alice, "bob", "while you were out");
     assert_eq!(queued["status"], "queued", "{queued}");
     assert!(queued["path"].is_null());
+
+    // A ping to a user who is offline ends with a probe that says why (it used to hang).
+    let ping = ping_with_deadline(&alice, &["ping", "bob", "--count", "3", "--json"]);
+    assert!(
+        ping.contains("offline or unknown"),
+        "ping to an offline user: {ping}"
+    );
 
     bob.restart();
     wait_for(

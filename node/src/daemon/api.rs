@@ -29,6 +29,9 @@ pub enum ControlRequest {
     Ping {
         name: String,
         count: u32,
+        /// Time between probes in milliseconds (default 1,000).
+        #[serde(default)]
+        interval_ms: Option<u64>,
     },
     ContactsAdd {
         name: String,

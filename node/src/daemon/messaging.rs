@@ -50,6 +50,8 @@ struct PingRun {
     count: u32,
     seq: u32,
     reply: Replier<ControlResponse>,
+    /// Probes go out every `interval`, counted from when the previous one was sent.
+    interval: Duration,
     next_at: Instant,
     waiting: bool,
 }
@@ -340,6 +342,10 @@ impl Daemon {
                     _ => {
                         self.msg.routes.remove(&name);
                         self.postpone(&name, "recipient is offline");
+                        self.end_pings(
+                            &name,
+                            &format!("{name} is offline or unknown: no route to their device"),
+                        );
                     }
                 }
             }
@@ -555,7 +561,9 @@ impl Daemon {
                 };
                 if let Some(run) = self.msg.pings.iter_mut().find(|r| r.id == run) {
                     run.waiting = false;
-                    run.next_at = Instant::now() + Duration::from_secs(1);
+                    // Paced from when this probe went out: every `interval`, not interval
+                    // plus the round trip.
+                    run.next_at = sent + run.interval;
                     let failed = rtt_ms.is_none();
                     let _ = run.reply.try_send(Ok(ControlResponse::Ping(PingProbe {
                         seq: run.seq,
@@ -773,7 +781,13 @@ impl Daemon {
         }
     }
 
-    pub(super) fn cmd_ping(&mut self, name: String, count: u32, reply: Replier<ControlResponse>) {
+    pub(super) fn cmd_ping(
+        &mut self,
+        name: String,
+        count: u32,
+        interval_ms: Option<u64>,
+        reply: Replier<ControlResponse>,
+    ) {
         let name = match UserName::parse(&name) {
             Ok(n) => n,
             Err(e) => {
@@ -792,13 +806,38 @@ impl Daemon {
             count: count.clamp(1, 1000),
             seq: 0,
             reply,
+            interval: Duration::from_millis(interval_ms.unwrap_or(1000).clamp(1, 60_000)),
             next_at: Instant::now(),
             waiting: false,
         });
         self.ping_tick();
     }
 
-    fn ping_tick(&mut self) {
+    /// When the next probe of any ping run is due, if one is.
+    pub(super) fn next_ping_at(&self) -> Option<Instant> {
+        self.msg
+            .pings
+            .iter()
+            .filter(|r| !r.waiting && r.seq < r.count)
+            .map(|r| r.next_at)
+            .min()
+    }
+
+    /// Ends the ping runs to `name` with one failed probe that says why.
+    fn end_pings(&mut self, name: &UserName, why: &str) {
+        for run in self.msg.pings.iter_mut().filter(|r| &r.name == name) {
+            let _ = run.reply.try_send(Ok(ControlResponse::Ping(PingProbe {
+                seq: run.seq + 1,
+                rtt_ms: None,
+                path: None,
+                error: Some(why.to_owned()),
+            })));
+        }
+        // Dropping the replier ends the client's stream.
+        self.msg.pings.retain(|r| &r.name != name);
+    }
+
+    pub(super) fn ping_tick(&mut self) {
         let now = Instant::now();
         // Finished or abandoned runs end their stream by dropping the replier.
         self.msg
@@ -817,6 +856,8 @@ impl Daemon {
                 .filter(|r| r.at.elapsed() < ROUTE_TTL)
                 .cloned();
             let Some(route) = route else {
+                // Wait for the route (the lookup's answer ends the run if there is none).
+                self.msg.pings[index].next_at = now + Duration::from_millis(100);
                 if self.msg.resolving.insert(name.clone()) {
                     self.lookup(name, LookupFor::Route);
                 }

@@ -55,6 +55,9 @@ pub struct DaemonConfig {
     /// others reach a leaf through its superpeers' relays first (hole punching may still
     /// upgrade the path), and the directory does not reveal its IP address.
     pub publish_direct: bool,
+    /// How long the promotion policy's answer must hold before the role follows it
+    /// (default: 2 s to promote, 30 s to demote).
+    pub hysteresis: natter_superpeer::promotion::Hysteresis,
 }
 
 impl Default for DaemonConfig {
@@ -72,6 +75,7 @@ impl Default for DaemonConfig {
             publish_interval: Duration::from_secs(30),
             metrics: None,
             publish_direct: true,
+            hysteresis: Default::default(),
         }
     }
 }
@@ -151,6 +155,13 @@ type Then = Box<dyn FnOnce(&mut Daemon) + Send>;
 /// never in the loop).
 const STORE_QUEUE: usize = 1024;
 
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -182,6 +193,8 @@ pub(crate) struct Daemon {
 
     role: Current,
     role_reason: String,
+    /// Holds role changes back until the policy's answer has held for a while.
+    role_gate: natter_superpeer::promotion::RoleGate,
     presence: Status,
     seq: u64,
     /// Addresses AutoNAT v2 confirmed (never relayed ones).
@@ -425,6 +438,7 @@ impl Daemon {
             login_peer,
             role: Current::Leaf,
             role_reason,
+            role_gate: natter_superpeer::promotion::RoleGate::new(config.hysteresis),
             presence: Status::Online,
             seq: 0,
             confirmed: BTreeSet::new(),
@@ -529,6 +543,8 @@ impl Daemon {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Each ping run has its own pace, not the tick's.
+            let ping_at = self.next_ping_at();
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     self.phase("stopping");
@@ -541,6 +557,7 @@ impl Daemon {
                 },
                 () = self.net.flush(), if self.net.has_backlog() => {}
                 Some(then) = self.store_jobs.next(), if !self.store_jobs.is_empty() => then(self),
+                () = sleep_until_or_never(ping_at), if ping_at.is_some() => self.ping_tick(),
                 _ = tick.tick() => {
                     self.on_tick();
                     if let Some((deadline, _)) = &self.going_down

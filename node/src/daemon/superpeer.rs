@@ -11,7 +11,7 @@ use natter_proto::overlay::{OverlayRefusal, OverlayRequest, OverlayResponse};
 use natter_proto::presence::directory_key;
 use natter_proto::{PresenceRecord, Status, UserName};
 use natter_superpeer::directory::{admit_record, best_record};
-use natter_superpeer::promotion::{Decision, Resources, decide};
+use natter_superpeer::promotion::{Decision, Resources, RoleChange, decide};
 use natter_superpeer::{Admission, Role};
 
 use super::{Current, Daemon, LoginPending, LookupFor, OverlayPending, unix_now};
@@ -44,11 +44,18 @@ impl Daemon {
             &resources,
             &self.config.thresholds,
         );
-        match (decision, self.role) {
-            (Decision::Superpeer, Current::Leaf) => self.promote(),
-            (Decision::Leaf(reason), Current::Superpeer) => self.demote(reason),
-            (Decision::Leaf(reason), Current::Leaf) => self.role_reason = reason,
-            (Decision::Superpeer, Current::Superpeer) => {}
+        let is_superpeer = self.role == Current::Superpeer;
+        if let (Decision::Leaf(reason), false) = (&decision, is_superpeer) {
+            self.role_reason = reason.clone();
+        }
+        let forced = self.config.role != Role::Auto;
+        match self
+            .role_gate
+            .observe(is_superpeer, decision, forced, Instant::now())
+        {
+            RoleChange::Promote => self.promote(),
+            RoleChange::Demote(reason) => self.demote(reason),
+            RoleChange::Stay => {}
         }
     }
 

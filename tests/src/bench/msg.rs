@@ -414,6 +414,7 @@ async fn pings(from: &Daemon, name: &str, n: usize, path: &str) -> anyhow::Resul
     let request = ControlRequest::Ping {
         name: name.into(),
         count: 1,
+        interval_ms: None,
     };
     let mut i = 0;
     while i < n + 5 {
@@ -579,6 +580,7 @@ async fn upgrade(from: &Daemon, name: &str, timeout: Duration) -> anyhow::Result
     let request = ControlRequest::Ping {
         name: name.into(),
         count: 1,
+        interval_ms: None,
     };
     let start = Instant::now();
     while start.elapsed() < timeout {

@@ -1,43 +1,30 @@
-//! Direct messages: `send` writes the outbox before any network I/O, delivery retries with
-//! backoff until the recipient's node acknowledges storage, in conversation order, in batches;
-//! the receiver authenticates the sender, deduplicates by id and streams new messages to
-//! `inbox --follow`. Also `ping` probes and presence pushed to contacts.
+//! Direct messages: `send` writes the outbox before any network I/O, and the outbox service
+//! ([`super::outbox`], a state machine) decides delivery; this file carries its actions out
+//! (store jobs, lookups, requests, answers). The receiver authenticates the sender,
+//! deduplicates by id and streams new messages to `inbox --follow`. Also `ping` probes and
+//! presence pushed to contacts.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::time::Instant as TokioInstant;
+
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
-use natter_proto::msg::{
-    self, DirectMessage, MAX_BATCH, MAX_BATCH_TEXT_BYTES, MsgRefusal, MsgRequest, MsgResponse,
-};
+use natter_proto::msg::{self, MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
 use natter_proto::{PresenceRecord, UserName};
 
 use super::api::{ControlResponse, FollowEvent, InboxItem, PingProbe, SendView};
 use super::leaf::lookup_view;
+use super::outbox::{Action, Outbox, SendOutcome, backoff_ms};
 use super::{Daemon, LookupFor, LookupOutcome, unix_now};
 use crate::control::Replier;
 use crate::net::{Command, OutRequest, Token};
 use crate::store::{IncomingMessage, OutgoingMessage, QueuedMessage, Receipt, Store, StoreError};
 
-/// How long `send` waits for the recipient's acknowledgement before answering "queued".
-const SEND_WAIT: Duration = Duration::from_secs(5);
-/// A route (peer id and addresses from a lookup) is trusted this long.
-const ROUTE_TTL: Duration = Duration::from_secs(60);
-/// Retry backoff: 1 s doubling to at most 30 s.
-const MAX_BACKOFF_MS: u64 = 30_000;
-
-/// Where a user's device can be reached.
-#[derive(Debug, Clone)]
-pub(crate) struct Route {
-    peer: PeerId,
-    addrs: Vec<Multiaddr>,
-    at: Instant,
-}
-
 #[derive(Debug)]
 pub(crate) enum MsgPending {
-    Deliver { to: UserName, ids: Vec<String> },
+    Deliver { to: UserName },
     Ping { run: u64, sent: Instant },
     Presence,
 }
@@ -60,19 +47,11 @@ struct PingRun {
 #[derive(Debug, Default)]
 pub(crate) struct Messaging {
     pending: HashMap<Token, MsgPending>,
-    in_flight: HashSet<UserName>,
-    routes: HashMap<UserName, Route>,
-    resolving: HashSet<UserName>,
-    /// Messages just queued for users whose existence is being checked, by user.
-    checking: HashMap<UserName, Vec<String>>,
-    /// An outbox read is running; another pass is wanted after it.
-    pumping: bool,
-    pump_again: bool,
+    /// Delivery decisions; `send` commands waiting for their message wait in it.
+    pub(super) outbox: Outbox<Replier<ControlResponse>>,
     /// An inbox read for the followers is running; another pass is wanted after it.
     feeding: bool,
     feed_again: bool,
-    /// `send` commands waiting for their message's acknowledgement, by message id.
-    waiters: HashMap<String, (Replier<ControlResponse>, Instant, UserName)>,
     followers: Vec<(Replier<ControlResponse>, i64)>,
     pings: Vec<PingRun>,
     next_ping: u64,
@@ -84,12 +63,6 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn backoff_ms(attempts: u32) -> u64 {
-    1000u64
-        .saturating_mul(1u64 << attempts.min(16))
-        .min(MAX_BACKOFF_MS)
 }
 
 impl Messaging {
@@ -164,6 +137,18 @@ fn due_batches(
     Ok(batches)
 }
 
+/// Where a record says its device is: the device's PeerId, direct addresses first.
+fn route_of(record: &PresenceRecord) -> (PeerId, Vec<Multiaddr>) {
+    let addrs = record
+        .body
+        .direct_addrs
+        .iter()
+        .chain(&record.body.relay_addrs)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    (record.body.cert.peer_id(), addrs)
+}
+
 fn item(m: &crate::store::InboxEntry) -> InboxItem {
     InboxItem {
         id: m.id.clone(),
@@ -228,10 +213,8 @@ impl Daemon {
             let _ = reply.try_send(Err(format!("cannot queue the message: {e}")));
             return;
         }
-        if wait {
-            self.msg
-                .waiters
-                .insert(id.clone(), (reply, Instant::now() + SEND_WAIT, to.clone()));
+        let waiter = if wait {
+            Some(reply)
         } else {
             let _ = reply.try_send(Ok(ControlResponse::Sent(SendView {
                 id: id.clone(),
@@ -239,32 +222,99 @@ impl Daemon {
                 path: None,
                 to: to.to_string(),
             })));
-        }
-        if self.fresh_route(&to).is_some() {
-            // A user with a fresh route exists: no lookup, straight to delivery.
-            self.pump_outbox();
-            return;
-        }
-        // Does the user exist? One lookup per recipient at a time, whatever the burst.
-        match self.msg.checking.entry(to.clone()) {
-            std::collections::hash_map::Entry::Occupied(mut ids) => ids.get_mut().push(id),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(vec![id]);
-                self.lookup(to, LookupFor::Send);
+            None
+        };
+        self.msg.outbox.queued(to, id, waiter, TokioInstant::now());
+        self.run_outbox();
+    }
+
+    /// Carries out what the outbox decided.
+    pub(super) fn run_outbox(&mut self) {
+        while let Some(action) = self.msg.outbox.next_action() {
+            match action {
+                Action::ReadDue { busy } => {
+                    let now = now_ms();
+                    self.store_then(
+                        move |s| due_batches(s, now, &busy),
+                        |d, batches| {
+                            let batches = batches
+                                .map_err(
+                                    |e| tracing::error!(error = %e, "reading the outbox failed"),
+                                )
+                                .ok();
+                            d.msg.outbox.due_read(batches, TokioInstant::now());
+                            d.run_outbox();
+                        },
+                    );
+                }
+                Action::Lookup(name) => self.lookup(name, LookupFor::Route),
+                Action::CheckUser(name) => self.lookup(name, LookupFor::Send),
+                Action::Deliver {
+                    to,
+                    peer,
+                    addrs,
+                    messages,
+                } => {
+                    let request = MsgRequest::Deliver {
+                        cert: self.identity.cert.clone(),
+                        messages,
+                    };
+                    let token = self.token();
+                    self.net
+                        .request(token, peer, addrs, OutRequest::Msg(request));
+                    self.msg.pending.insert(token, MsgPending::Deliver { to });
+                }
+                Action::MarkDelivered { ids, path } => {
+                    if let Some(m) = &self.metrics {
+                        m.delivered.inc_by(ids.len() as u64);
+                    }
+                    let at = now_ms();
+                    self.store_write("recording deliveries", move |s| {
+                        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                        s.mark_all_delivered(&refs, path, at).map(drop)
+                    });
+                }
+                Action::Postpone { to, why } => self.postpone(&to, &why),
+                Action::Cancel { ids } => {
+                    self.store_write("taking messages to an unknown user out", move |s| {
+                        for id in &ids {
+                            if !s.cancel(id)? {
+                                tracing::warn!(%id, "message to an unknown user already gone");
+                            }
+                        }
+                        Ok(())
+                    });
+                }
+                Action::Answer {
+                    waiter,
+                    id,
+                    to,
+                    outcome,
+                } => {
+                    let answer = match outcome {
+                        SendOutcome::Delivered(path) => Ok(ControlResponse::Sent(SendView {
+                            id,
+                            status: "delivered".into(),
+                            path: Some(path.into()),
+                            to: to.to_string(),
+                        })),
+                        SendOutcome::Queued => Ok(ControlResponse::Sent(SendView {
+                            id,
+                            status: "queued".into(),
+                            path: None,
+                            to: to.to_string(),
+                        })),
+                        SendOutcome::UnknownUser => {
+                            Err(format!("no user named {to}; nothing was queued"))
+                        }
+                    };
+                    let _ = waiter.try_send(answer);
+                }
             }
         }
-        self.pump_outbox();
     }
 
-    /// The route to `to`, if a lookup gave one recently enough to be trusted.
-    fn fresh_route(&self, to: &UserName) -> Option<&Route> {
-        self.msg
-            .routes
-            .get(to)
-            .filter(|r| r.at.elapsed() < ROUTE_TTL)
-    }
-
-    /// Every lookup ends here, whatever it was for.
+    /// Every lookup ends here    /// Every lookup ends here, whatever it was for.
     pub(super) fn on_lookup_result(
         &mut self,
         name: UserName,
@@ -298,56 +348,43 @@ impl Daemon {
                 let _ = reply.try_send(view.map(ControlResponse::Lookup));
             }
             LookupFor::Send => {
-                let ids = self.msg.checking.remove(&name).unwrap_or_default();
-                match &outcome {
+                match outcome {
                     LookupOutcome::NotFound {
                         exists: Some(false),
-                    } => {
-                        for id in ids {
-                            let job_id = id.clone();
-                            let name = name.clone();
-                            self.store_then(
-                                move |s| s.cancel(&job_id),
-                                move |d, cancelled| {
-                                    match cancelled {
-                                        Ok(true) => {}
-                                        Ok(false) => tracing::warn!(%id, "message to an unknown user already gone"),
-                                        Err(e) => tracing::error!(error = %e, %id, "cannot cancel a message"),
-                                    }
-                                    if let Some((reply, _, _)) = d.msg.waiters.remove(&id) {
-                                        let _ = reply.try_send(Err(format!(
-                                            "no user named {name}; nothing was queued"
-                                        )));
-                                    }
-                                },
-                            );
-                        }
+                    } => self.msg.outbox.user_unknown(&name),
+                    LookupOutcome::Found { record, confirmed }
+                        if confirmed && record.is_live(unix_now()) =>
+                    {
+                        let (peer, addrs) = route_of(&record);
+                        self.msg
+                            .outbox
+                            .route_found(name, peer, addrs, TokioInstant::now());
                     }
-                    LookupOutcome::Found { record, .. } => {
-                        self.learn_route(&name, record);
-                        self.pump_outbox();
-                    }
-                    _ => {}
+                    _ => self.msg.outbox.check_done(&name),
                 }
+                self.run_outbox();
             }
             LookupFor::Route => {
-                self.msg.resolving.remove(&name);
                 match outcome {
                     LookupOutcome::Found { record, confirmed }
                         if confirmed && record.is_live(unix_now()) =>
                     {
-                        self.learn_route(&name, &record);
-                        self.pump_outbox();
+                        let (peer, addrs) = route_of(&record);
+                        self.msg
+                            .outbox
+                            .route_found(name, peer, addrs, TokioInstant::now());
                     }
                     _ => {
-                        self.msg.routes.remove(&name);
-                        self.postpone(&name, "recipient is offline");
+                        self.msg
+                            .outbox
+                            .route_missing(name.clone(), "recipient is offline");
                         self.end_pings(
                             &name,
                             &format!("{name} is offline or unknown: no route to their device"),
                         );
                     }
                 }
+                self.run_outbox();
             }
             LookupFor::Push => {
                 if let LookupOutcome::Found {
@@ -363,104 +400,10 @@ impl Daemon {
     }
 
     fn learn_route(&mut self, name: &UserName, record: &PresenceRecord) {
-        let addrs = record
-            .body
-            .direct_addrs
-            .iter()
-            .chain(&record.body.relay_addrs)
-            .filter_map(|a| a.parse().ok())
-            .collect();
-        self.msg.routes.insert(
-            name.clone(),
-            Route {
-                peer: record.body.cert.peer_id(),
-                addrs,
-                at: Instant::now(),
-            },
-        );
-    }
-
-    /// Sends the next batch for every recipient that has due messages and nothing in flight.
-    ///
-    /// The outbox is read on the store thread; one read at a time, and a call while one runs
-    /// only asks for another pass after it (so a burst of sends costs a few reads, not one
-    /// each).
-    pub(super) fn pump_outbox(&mut self) {
-        if self.going_down.is_some() {
-            return;
-        }
-        if self.msg.pumping {
-            self.msg.pump_again = true;
-            return;
-        }
-        self.msg.pumping = true;
-        let busy: HashSet<String> = self.msg.in_flight.iter().map(|u| u.to_string()).collect();
-        let now = now_ms();
-        self.store_then(
-            move |s| due_batches(s, now, &busy),
-            |d, batches| {
-                d.msg.pumping = false;
-                match batches {
-                    Ok(batches) => d.send_batches(batches),
-                    Err(e) => tracing::error!(error = %e, "reading the outbox failed"),
-                }
-                if std::mem::take(&mut d.msg.pump_again) {
-                    d.pump_outbox();
-                }
-            },
-        );
-    }
-
-    fn send_batches(&mut self, batches: Vec<(String, Vec<QueuedMessage>)>) {
-        if self.going_down.is_some() {
-            return;
-        }
-        for (to, queued) in batches {
-            let Ok(to) = UserName::parse_canonical(&to) else {
-                continue;
-            };
-            if self.msg.in_flight.contains(&to) {
-                continue;
-            }
-            let Some(route) = self.fresh_route(&to).cloned() else {
-                if self.msg.resolving.insert(to.clone()) {
-                    self.lookup(to, LookupFor::Route);
-                }
-                continue;
-            };
-            let mut size = 0;
-            let batch: Vec<DirectMessage> = queued
-                .into_iter()
-                .take(MAX_BATCH)
-                .take_while(|m| {
-                    size += m.text.len();
-                    size <= MAX_BATCH_TEXT_BYTES || size == m.text.len()
-                })
-                .map(|m| DirectMessage {
-                    id: m.id,
-                    to: m.to,
-                    text: m.text,
-                    sent_at_ms: m.sent_at_ms,
-                    conv_seq: m.conv_seq,
-                })
-                .collect();
-            let ids = batch.iter().map(|m| m.id.clone()).collect();
-            let request = MsgRequest::Deliver {
-                cert: self.identity.cert.clone(),
-                messages: batch,
-            };
-            let token = self.token();
-            self.net.request(
-                token,
-                route.peer,
-                route.addrs.clone(),
-                OutRequest::Msg(request),
-            );
-            self.msg.in_flight.insert(to.clone());
-            self.msg
-                .pending
-                .insert(token, MsgPending::Deliver { to, ids });
-        }
+        let (peer, addrs) = route_of(record);
+        self.msg
+            .outbox
+            .learn_route(name.clone(), peer, addrs, TokioInstant::now());
     }
 
     /// Pushes every due message of `to` back by its backoff.
@@ -480,27 +423,11 @@ impl Daemon {
         });
     }
 
-    /// Answers `send` commands whose wait is over with "queued".
+    /// Time passes: `send`s whose wait is over hear "queued", held-back recipients are tried
+    /// again, followers get what they missed.
     pub(super) fn messaging_tick(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<String> = self
-            .msg
-            .waiters
-            .iter()
-            .filter(|(_, (_, deadline, _))| now >= *deadline)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
-            if let Some((reply, _, to)) = self.msg.waiters.remove(&id) {
-                let _ = reply.try_send(Ok(ControlResponse::Sent(SendView {
-                    id,
-                    status: "queued".into(),
-                    path: None,
-                    to: to.to_string(),
-                })));
-            }
-        }
-        self.pump_outbox();
+        self.msg.outbox.tick(TokioInstant::now());
+        self.run_outbox();
         self.ping_tick();
         self.feed_followers();
     }
@@ -511,32 +438,9 @@ impl Daemon {
         answer: Result<(MsgResponse, &'static str), String>,
     ) {
         match pending {
-            MsgPending::Deliver { to, ids } => {
-                self.msg.in_flight.remove(&to);
+            MsgPending::Deliver { to } => {
                 match answer {
-                    Ok((MsgResponse::Stored { .. }, path)) => {
-                        let at = now_ms();
-                        if let Some(m) = &self.metrics {
-                            m.delivered.inc_by(ids.len() as u64);
-                        }
-                        let done = ids.clone();
-                        // Queued before the next outbox read: that read no longer sees them.
-                        self.store_write("recording deliveries", move |s| {
-                            let refs: Vec<&str> = done.iter().map(String::as_str).collect();
-                            s.mark_all_delivered(&refs, path, at).map(drop)
-                        });
-                        for id in ids {
-                            if let Some((reply, _, to)) = self.msg.waiters.remove(&id) {
-                                let _ = reply.try_send(Ok(ControlResponse::Sent(SendView {
-                                    id,
-                                    status: "delivered".into(),
-                                    path: Some(path.into()),
-                                    to: to.to_string(),
-                                })));
-                            }
-                        }
-                        self.pump_outbox();
-                    }
+                    Ok((MsgResponse::Stored { .. }, path)) => self.msg.outbox.delivered(&to, path),
                     other => {
                         let why = match other {
                             Ok((MsgResponse::Refused { message, .. }, _)) => message,
@@ -544,10 +448,10 @@ impl Daemon {
                             Err(e) => e,
                         };
                         tracing::info!(%to, error = %why, "delivery failed; will retry");
-                        self.msg.routes.remove(&to);
-                        self.postpone(&to, &why);
+                        self.msg.outbox.failed(to, why, TokioInstant::now());
                     }
                 }
+                self.run_outbox();
             }
             MsgPending::Ping { run, sent } => {
                 let (rtt_ms, path, error) = match answer {
@@ -573,7 +477,7 @@ impl Daemon {
                     })));
                     if failed {
                         let name = run.name.clone();
-                        self.msg.routes.remove(&name);
+                        self.msg.outbox.forget_route(&name);
                     }
                 }
             }
@@ -849,16 +753,11 @@ impl Daemon {
                 continue;
             }
             let name = run.name.clone();
-            let route = self
-                .msg
-                .routes
-                .get(&name)
-                .filter(|r| r.at.elapsed() < ROUTE_TTL)
-                .cloned();
+            let route = self.msg.outbox.route(&name, TokioInstant::now()).cloned();
             let Some(route) = route else {
                 // Wait for the route (the lookup's answer ends the run if there is none).
                 self.msg.pings[index].next_at = now + Duration::from_millis(100);
-                if self.msg.resolving.insert(name.clone()) {
+                if self.msg.outbox.start_resolving(&name) {
                     self.lookup(name, LookupFor::Route);
                 }
                 continue;
@@ -957,12 +856,7 @@ impl Daemon {
             let Ok(name) = UserName::parse_canonical(&c) else {
                 continue;
             };
-            if self
-                .msg
-                .routes
-                .get(&name)
-                .is_some_and(|r| r.at.elapsed() < ROUTE_TTL)
-            {
+            if self.msg.outbox.route(&name, TokioInstant::now()).is_some() {
                 self.push_presence_to(&name);
             } else {
                 self.lookup(name, LookupFor::Push);
@@ -971,7 +865,7 @@ impl Daemon {
     }
 
     fn push_presence_to(&mut self, name: &UserName) {
-        let Some(route) = self.msg.routes.get(name).cloned() else {
+        let Some(route) = self.msg.outbox.route(name, TokioInstant::now()).cloned() else {
             return;
         };
         let status = if self.going_down.is_some() {
@@ -1007,14 +901,5 @@ mod tests {
         let ids: Vec<String> = (0..1000).map(|_| m.ulid()).collect();
         assert!(ids.iter().all(|id| msg::is_ulid(id)), "{:?}", &ids[..3]);
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
-    }
-
-    #[test]
-    fn backoff_doubles_to_a_minute() {
-        assert_eq!(backoff_ms(0), 1000);
-        assert_eq!(backoff_ms(1), 2000);
-        assert_eq!(backoff_ms(4), 16_000);
-        assert_eq!(backoff_ms(5), 30_000);
-        assert_eq!(backoff_ms(1000), 30_000);
     }
 }

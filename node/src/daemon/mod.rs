@@ -11,6 +11,7 @@ mod commands;
 mod leaf;
 mod messaging;
 mod netcheck;
+mod outbox;
 mod superpeer;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -55,6 +56,9 @@ pub struct DaemonConfig {
     /// others reach a leaf through its superpeers' relays first (hole punching may still
     /// upgrade the path), and the directory does not reveal its IP address.
     pub publish_direct: bool,
+    /// Inbound connections one remote IP address may hold (default 512): enough for many
+    /// leaves behind one NAT, not every slot of a superpeer.
+    pub max_connections_per_ip: u32,
     /// How long the promotion policy's answer must hold before the role follows it
     /// (default: 2 s to promote, 30 s to demote).
     pub hysteresis: natter_superpeer::promotion::Hysteresis,
@@ -75,6 +79,7 @@ impl Default for DaemonConfig {
             publish_interval: Duration::from_secs(30),
             metrics: None,
             publish_direct: true,
+            max_connections_per_ip: 512,
             hysteresis: Default::default(),
         }
     }
@@ -176,7 +181,7 @@ pub(crate) struct Daemon {
     me: PeerId,
     /// The directory's records (superpeers), shared with Kademlia in the network task.
     records: DirectoryRecords,
-    /// Addresses the network listens on, as it reported them.
+    /// Addresses the network listens on, as it reported them (relay circuits included).
     listeners: BTreeSet<Multiaddr>,
     next_token: Token,
     config: DaemonConfig,
@@ -337,6 +342,7 @@ pub async fn run(
             max_leaves: config.max_leaves,
             max_connections: config.max_connections,
             idle_timeout: Duration::from_secs(120),
+            max_per_ip: config.max_connections_per_ip,
         },
     )?;
     let mut metrics = None;
@@ -660,13 +666,13 @@ impl Daemon {
     fn on_net_event(&mut self, event: NetEvent) {
         match event {
             NetEvent::NewListenAddr(address) => {
+                self.listeners.insert(address.clone());
                 if is_relayed(&address) {
                     let full = address.clone().with_p2p(self.me).unwrap_or(address);
                     self.relay_addrs.insert(full);
                     self.last_publish = None;
                 } else {
                     tracing::info!(%address, "listening");
-                    self.listeners.insert(address);
                 }
             }
             NetEvent::ExpiredListenAddr(address) => {

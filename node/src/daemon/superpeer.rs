@@ -473,8 +473,9 @@ impl Daemon {
     /// Only attached leaves may hold a relay reservation here: the relay is for them.
     pub(super) fn on_relay_reservation(&mut self, peer: PeerId) {
         if !self.leaves.contains(&peer) && !self.superpeers_seen.contains(&peer) {
-            tracing::info!(%peer, "relay reservation without attachment: disconnecting");
-            self.net.send(Command::Disconnect(peer));
+            tracing::info!(%peer, "relay reservation without attachment: banned for a minute");
+            self.net
+                .send(Command::Ban(peer, std::time::Duration::from_secs(60)));
         }
     }
 }

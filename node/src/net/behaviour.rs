@@ -32,6 +32,8 @@ pub(crate) type OverlayCodec =
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// First: a refused connection is refused before any other behaviour sets up for it.
+    pub(crate) gate: super::gate::ConnectionGate,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) addresses: AddressBook,
     pub(crate) relay_client: relay::client::Behaviour,
@@ -53,6 +55,8 @@ pub(crate) struct SwarmSettings {
     pub(crate) max_leaves: usize,
     pub(crate) max_connections: u32,
     pub(crate) idle_timeout: Duration,
+    /// Inbound connections one remote IP address may hold.
+    pub(crate) max_per_ip: u32,
 }
 
 /// The swarm and the directory's record store, which the superpeer service shares with
@@ -116,6 +120,7 @@ pub(crate) fn build(
                 .set_request_size_maximum(MAX_OVERLAY_MESSAGE_BYTES)
                 .set_response_size_maximum(MAX_OVERLAY_MESSAGE_BYTES);
             Behaviour {
+                gate: super::gate::ConnectionGate::new(settings.max_per_ip),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_established(Some(settings.max_connections))

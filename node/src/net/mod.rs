@@ -12,6 +12,7 @@
 //! direct one exists, the address book, Kademlia query bookkeeping and libp2p's metrics.
 
 pub(crate) mod behaviour;
+pub(crate) mod gate;
 pub(crate) mod records;
 
 use std::collections::HashMap;
@@ -36,6 +37,10 @@ pub(crate) type Token = u64;
 const EVENT_BUFFER: usize = 1024;
 /// Commands buffered towards the network task (see [`Net`] for what happens beyond it).
 const COMMAND_BUFFER: usize = 1024;
+/// How long a relayed connection stays open once a direct one to the same peer exists: the
+/// requests already on it finish (messages keep flowing during the upgrade) instead of failing
+/// and waiting out a retry.
+const RELAY_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A request this node sends, on one of its request-response protocols.
 #[derive(Debug)]
@@ -95,6 +100,8 @@ pub(crate) enum Command {
     /// Listens on an address (a `/p2p-circuit` one asks for a relay reservation).
     ListenOn(Multiaddr),
     Disconnect(PeerId),
+    /// Refuses `peer`'s connections for a while and closes the open ones.
+    Ban(PeerId, std::time::Duration),
     AddExternalAddress(Multiaddr),
     /// Kademlia server mode and relay HOP on (`true`) or off: promotion and demotion.
     SetSuperpeer(bool),
@@ -273,6 +280,8 @@ pub(crate) struct Network {
     metrics: Option<libp2p::metrics::Metrics>,
     /// Events produced by one swarm event, sent before the next is polled (at most two).
     ready: std::collections::VecDeque<NetEvent>,
+    /// Relayed connections to close once their grace ends, in order of that time.
+    retiring: std::collections::VecDeque<(tokio::time::Instant, ConnectionId)>,
 }
 
 impl std::fmt::Debug for Network {
@@ -301,6 +310,7 @@ impl Network {
             conns: HashMap::new(),
             metrics,
             ready: Default::default(),
+            retiring: Default::default(),
         };
         (
             network,
@@ -323,7 +333,17 @@ impl Network {
         let span = tracing::info_span!("network", peer = %self.swarm.local_peer_id());
         let _enter = span.enter();
         loop {
+            let retire_at = self.retiring.front().map(|(at, _)| *at);
             tokio::select! {
+                () = sleep_until_or_never(retire_at) => {
+                    let now = tokio::time::Instant::now();
+                    while let Some((_, id)) = self.retiring.front().filter(|(at, _)| *at <= now).copied() {
+                        self.retiring.pop_front();
+                        if self.conns.contains_key(&id) {
+                            self.swarm.close_connection(id);
+                        }
+                    }
+                }
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     None => break,
@@ -388,6 +408,10 @@ impl Network {
                 }
             }
             Command::Disconnect(peer) => {
+                let _ = swarm.disconnect_peer_id(peer);
+            }
+            Command::Ban(peer, duration) => {
+                swarm.behaviour_mut().gate.ban(peer, duration);
                 let _ = swarm.disconnect_peer_id(peer);
             }
             Command::AddExternalAddress(addr) => swarm.add_external_address(addr),
@@ -485,11 +509,13 @@ impl Network {
                         self.swarm.close_connection(connection_id);
                     }
                 } else {
-                    // A direct path exists (e.g. after hole punching): retire relayed ones,
-                    // so messages take the direct path; an interrupted send is retried.
+                    // A direct path exists (e.g. after hole punching): retire relayed ones
+                    // after a grace period, so messages take the direct path without
+                    // failing the requests already on the relayed one.
+                    let at = tokio::time::Instant::now() + RELAY_GRACE;
                     for old in self.relayed_to(peer_id) {
-                        tracing::info!(peer = %peer_id, "direct connection established; closing the relayed one");
-                        self.swarm.close_connection(old);
+                        tracing::info!(peer = %peer_id, "direct connection established; retiring the relayed one");
+                        self.retiring.push_back((at, old));
                     }
                 }
                 self.conns.insert(connection_id, (peer_id, relayed));
@@ -670,6 +696,7 @@ impl Network {
         }
     }
 
+    /// The path of an answer: how the connection it came on is made.
     fn path(&self, id: ConnectionId) -> Path {
         match self.conns.get(&id) {
             Some((_, true)) => Path::Relayed,
@@ -690,5 +717,12 @@ impl Network {
             .filter(|(_, (p, relayed))| *p == peer && *relayed)
             .map(|(id, _)| *id)
             .collect()
+    }
+}
+
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,0 +1,624 @@
+//! The outbox service: delivery of queued messages as a state machine.
+//!
+//! It decides; the daemon carries out. Inputs are method calls with the time (`queued` after a
+//! message is durable in the outbox, the answer of an outbox read, a lookup's outcome, a
+//! delivery's answer, the tick); outputs are [`Action`]s the daemon takes with
+//! [`Outbox::next_action`]: store jobs, lookups, requests and answers to `send` commands. No
+//! I/O and no clock of its own, so it is tested with tokio's paused time.
+//!
+//! What it guarantees:
+//! - conversation order: one batch (≤ 64 messages, the head of the recipient's queue) in flight
+//!   per recipient;
+//! - routes are cached for [`ROUTE_TTL`]: a burst to a user with a fresh route makes no lookup,
+//!   and sends to a user without one share one lookup;
+//! - after a failed delivery, the recipient is held back by a backoff (1 s doubling to 30 s,
+//!   reset by a delivery), here and durably in the store (so it holds across restarts);
+//! - outbox reads are coalesced: one at a time, and any number of calls meanwhile make one
+//!   more pass after it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use natter_proto::UserName;
+use natter_proto::msg::{DirectMessage, MAX_BATCH, MAX_BATCH_TEXT_BYTES};
+use tokio::time::Instant;
+
+use crate::store::QueuedMessage;
+
+/// How long `send` waits for the recipient's acknowledgement before answering "queued".
+pub(crate) const SEND_WAIT: Duration = Duration::from_secs(5);
+/// A route (peer id and addresses from a lookup) is trusted this long.
+pub(crate) const ROUTE_TTL: Duration = Duration::from_secs(60);
+/// Retry backoff: 1 s doubling to at most 30 s.
+const MAX_BACKOFF_MS: u64 = 30_000;
+
+pub(crate) fn backoff_ms(attempts: u32) -> u64 {
+    1000u64
+        .saturating_mul(1u64 << attempts.min(16))
+        .min(MAX_BACKOFF_MS)
+}
+
+/// Where a user's device can be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Route {
+    pub(crate) peer: PeerId,
+    pub(crate) addrs: Vec<Multiaddr>,
+    at: Instant,
+}
+
+/// What a `send` command is told in the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SendOutcome {
+    /// Stored by the recipient's node, by this path.
+    Delivered(&'static str),
+    /// Still in the outbox; delivery goes on.
+    Queued,
+    /// No such user: the message was taken out of the outbox again.
+    UnknownUser,
+}
+
+/// What the outbox asks of the daemon. `W` is whoever waits for a `send`'s outcome.
+#[derive(Debug)]
+pub(crate) enum Action<W> {
+    /// Read the due batches of every recipient but `busy` ones; answer with
+    /// [`Outbox::due_read`].
+    ReadDue { busy: HashSet<String> },
+    /// Find a route to `name`; answer with [`Outbox::route_found`] or
+    /// [`Outbox::route_missing`].
+    Lookup(UserName),
+    /// Learn whether `name` exists at all; answer with [`Outbox::route_found`],
+    /// [`Outbox::user_unknown`] or [`Outbox::check_done`].
+    CheckUser(UserName),
+    /// Send one batch; answer with [`Outbox::delivered`] or [`Outbox::failed`].
+    Deliver {
+        to: UserName,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        messages: Vec<DirectMessage>,
+    },
+    /// The recipient stored these: move them to the sent log.
+    MarkDelivered {
+        ids: Vec<String>,
+        path: &'static str,
+    },
+    /// Push `to`'s due messages back by their backoff, recording why.
+    Postpone { to: UserName, why: String },
+    /// Take these messages to a user who does not exist out of the outbox.
+    Cancel { ids: Vec<String> },
+    /// Tell a `send` what became of its message.
+    Answer {
+        waiter: W,
+        id: String,
+        to: UserName,
+        outcome: SendOutcome,
+    },
+}
+
+#[derive(Debug)]
+struct Waiter<W> {
+    waiter: W,
+    to: UserName,
+    deadline: Instant,
+}
+
+/// The outbox's state. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Outbox<W> {
+    routes: HashMap<UserName, Route>,
+    /// Route lookups in flight.
+    resolving: HashSet<UserName>,
+    /// Messages just queued for users whose existence is being checked, by user.
+    checking: HashMap<UserName, Vec<String>>,
+    /// The batch in flight per recipient.
+    in_flight: HashMap<UserName, Vec<String>>,
+    /// Recipients held back after failures: until when, and how many failures in a row.
+    held: HashMap<UserName, (Instant, u32)>,
+    /// `send` commands waiting for their message, by message id.
+    waiters: HashMap<String, Waiter<W>>,
+    reading: bool,
+    read_again: bool,
+    stopped: bool,
+    actions: VecDeque<Action<W>>,
+}
+
+impl<W> Default for Outbox<W> {
+    fn default() -> Self {
+        Self {
+            routes: HashMap::new(),
+            resolving: HashSet::new(),
+            checking: HashMap::new(),
+            in_flight: HashMap::new(),
+            held: HashMap::new(),
+            waiters: HashMap::new(),
+            reading: false,
+            read_again: false,
+            stopped: false,
+            actions: VecDeque::new(),
+        }
+    }
+}
+
+impl<W> Outbox<W> {
+    /// The next thing to do, in order.
+    pub(crate) fn next_action(&mut self) -> Option<Action<W>> {
+        self.actions.pop_front()
+    }
+
+    /// No more deliveries (the node signs off); the outbox keeps what it has.
+    pub(crate) fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// A fresh route to `name`, if any.
+    pub(crate) fn route(&self, name: &UserName, now: Instant) -> Option<&Route> {
+        self.routes
+            .get(name)
+            .filter(|r| now.saturating_duration_since(r.at) < ROUTE_TTL)
+    }
+
+    /// Forgets the route to `name` (a request on it failed).
+    pub(crate) fn forget_route(&mut self, name: &UserName) {
+        self.routes.remove(name);
+    }
+
+    /// Remembers where `name`'s device is (from a lookup or the device's own presence push).
+    pub(crate) fn learn_route(
+        &mut self,
+        name: UserName,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        now: Instant,
+    ) {
+        self.routes.insert(
+            name,
+            Route {
+                peer,
+                addrs,
+                at: now,
+            },
+        );
+    }
+
+    /// Is a route lookup for `name` running? Starts one (and says so) if not.
+    pub(crate) fn start_resolving(&mut self, name: &UserName) -> bool {
+        self.resolving.insert(name.clone())
+    }
+
+    /// Message `id` to `to` is durable in the outbox. `waiter`, if any, hears the outcome
+    /// (within [`SEND_WAIT`], else "queued").
+    pub(crate) fn queued(&mut self, to: UserName, id: String, waiter: Option<W>, now: Instant) {
+        if let Some(waiter) = waiter {
+            self.waiters.insert(
+                id.clone(),
+                Waiter {
+                    waiter,
+                    to: to.clone(),
+                    deadline: now + SEND_WAIT,
+                },
+            );
+        }
+        if self.route(&to, now).is_none() {
+            // Does the user exist? One check per recipient at a time, whatever the burst.
+            match self.checking.entry(to.clone()) {
+                std::collections::hash_map::Entry::Occupied(mut ids) => ids.get_mut().push(id),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(vec![id]);
+                    self.actions.push_back(Action::CheckUser(to));
+                }
+            }
+        }
+        self.pump();
+    }
+
+    /// Asks for an outbox read, unless one is running (then for one more after it).
+    pub(crate) fn pump(&mut self) {
+        if self.stopped {
+            return;
+        }
+        if self.reading {
+            self.read_again = true;
+            return;
+        }
+        self.reading = true;
+        let busy = self.in_flight.keys().map(|u| u.to_string()).collect();
+        self.actions.push_back(Action::ReadDue { busy });
+    }
+
+    /// The answer of [`Action::ReadDue`] (`None`: the read failed).
+    pub(crate) fn due_read(
+        &mut self,
+        batches: Option<Vec<(String, Vec<QueuedMessage>)>>,
+        now: Instant,
+    ) {
+        self.reading = false;
+        for (to, queued) in batches.unwrap_or_default() {
+            self.consider(to, queued, now);
+        }
+        if std::mem::take(&mut self.read_again) {
+            self.pump();
+        }
+    }
+
+    fn consider(&mut self, to: String, queued: Vec<QueuedMessage>, now: Instant) {
+        let Ok(to) = UserName::parse_canonical(&to) else {
+            return;
+        };
+        if self.stopped || self.in_flight.contains_key(&to) || queued.is_empty() {
+            return;
+        }
+        if self.held.get(&to).is_some_and(|(until, _)| now < *until) {
+            return;
+        }
+        let Some(route) = self.route(&to, now).cloned() else {
+            if self.resolving.insert(to.clone()) {
+                self.actions.push_back(Action::Lookup(to));
+            }
+            return;
+        };
+        let mut size = 0;
+        let messages: Vec<DirectMessage> = queued
+            .into_iter()
+            .take(MAX_BATCH)
+            .take_while(|m| {
+                size += m.text.len();
+                size <= MAX_BATCH_TEXT_BYTES || size == m.text.len()
+            })
+            .map(|m| DirectMessage {
+                id: m.id,
+                to: m.to,
+                text: m.text,
+                sent_at_ms: m.sent_at_ms,
+                conv_seq: m.conv_seq,
+            })
+            .collect();
+        self.in_flight
+            .insert(to.clone(), messages.iter().map(|m| m.id.clone()).collect());
+        self.actions.push_back(Action::Deliver {
+            to,
+            peer: route.peer,
+            addrs: route.addrs,
+            messages,
+        });
+    }
+
+    /// A lookup found `name`'s device: deliver what waits for it. Also ends a check.
+    pub(crate) fn route_found(
+        &mut self,
+        name: UserName,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        now: Instant,
+    ) {
+        self.resolving.remove(&name);
+        self.checking.remove(&name);
+        self.learn_route(name, peer, addrs, now);
+        self.pump();
+    }
+
+    /// A route lookup found no reachable device: messages wait out their backoff.
+    pub(crate) fn route_missing(&mut self, name: UserName, why: &str) {
+        self.resolving.remove(&name);
+        self.routes.remove(&name);
+        self.actions.push_back(Action::Postpone {
+            to: name,
+            why: why.to_owned(),
+        });
+    }
+
+    /// The user does not exist: the messages queued for them go, their senders are told.
+    pub(crate) fn user_unknown(&mut self, name: &UserName) {
+        let ids = self.checking.remove(name).unwrap_or_default();
+        for id in &ids {
+            if let Some(w) = self.waiters.remove(id) {
+                self.actions.push_back(Action::Answer {
+                    waiter: w.waiter,
+                    id: id.clone(),
+                    to: w.to,
+                    outcome: SendOutcome::UnknownUser,
+                });
+            }
+        }
+        if !ids.is_empty() {
+            self.actions.push_back(Action::Cancel { ids });
+        }
+    }
+
+    /// A check ended without an answer either way (lookup failed, login server down): the
+    /// messages stay queued.
+    pub(crate) fn check_done(&mut self, name: &UserName) {
+        self.checking.remove(name);
+    }
+
+    /// `to`'s node stored the batch in flight.
+    pub(crate) fn delivered(&mut self, to: &UserName, path: &'static str) {
+        let ids = self.in_flight.remove(to).unwrap_or_default();
+        self.held.remove(to);
+        for id in &ids {
+            if let Some(w) = self.waiters.remove(id) {
+                self.actions.push_back(Action::Answer {
+                    waiter: w.waiter,
+                    id: id.clone(),
+                    to: w.to,
+                    outcome: SendOutcome::Delivered(path),
+                });
+            }
+        }
+        // Before the next read, so that read no longer sees them.
+        self.actions.push_back(Action::MarkDelivered { ids, path });
+        self.pump();
+    }
+
+    /// The batch in flight to `to` failed: forget the route, hold the recipient back.
+    pub(crate) fn failed(&mut self, to: UserName, why: String, now: Instant) {
+        self.in_flight.remove(&to);
+        self.routes.remove(&to);
+        let failures = self.held.get(&to).map_or(0, |(_, n)| *n);
+        let wait = Duration::from_millis(backoff_ms(failures));
+        self.held.insert(to.clone(), (now + wait, failures + 1));
+        self.actions.push_back(Action::Postpone { to, why });
+    }
+
+    /// Time passes: `send`s whose wait is over hear "queued"; held-back recipients whose
+    /// backoff ended are tried again.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| now >= w.deadline)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(w) = self.waiters.remove(&id) {
+                self.actions.push_back(Action::Answer {
+                    waiter: w.waiter,
+                    id,
+                    to: w.to,
+                    outcome: SendOutcome::Queued,
+                });
+            }
+        }
+        // Bounded: forget routes and holds nobody needs any more.
+        self.routes
+            .retain(|_, r| now.saturating_duration_since(r.at) < ROUTE_TTL);
+        self.held.retain(|_, (until, _)| {
+            now.saturating_duration_since(*until) < Duration::from_millis(MAX_BACKOFF_MS)
+        });
+        self.pump();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn name(n: &str) -> UserName {
+        UserName::parse(n).unwrap()
+    }
+
+    fn queued(id: &str, to: &str, seq: u64) -> QueuedMessage {
+        QueuedMessage {
+            id: id.into(),
+            to: to.into(),
+            text: format!("text {seq}"),
+            sent_at_ms: 0,
+            conv_seq: seq,
+            attempts: 0,
+            next_attempt_at_ms: 0,
+            last_error: None,
+        }
+    }
+
+    fn drain<W>(o: &mut Outbox<W>) -> Vec<Action<W>> {
+        std::iter::from_fn(|| o.next_action()).collect()
+    }
+
+    fn reads<W>(actions: &[Action<W>]) -> usize {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::ReadDue { .. }))
+            .count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_to_a_known_route_makes_no_lookup_and_one_batch_in_flight() {
+        let mut o: Outbox<u32> = Outbox::default();
+        let bob = name("bob");
+        let peer = PeerId::random();
+        o.learn_route(bob.clone(), peer, vec![], Instant::now());
+        for i in 0..100 {
+            o.queued(bob.clone(), format!("m{i}"), None, Instant::now());
+        }
+        let actions = drain(&mut o);
+        // One read, whatever the burst (the other 99 asked for one more pass).
+        assert_eq!(reads(&actions), 1);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Lookup(_) | Action::CheckUser(_)))
+        );
+        let batch: Vec<QueuedMessage> = (0..100)
+            .map(|i| queued(&format!("m{i}"), "bob", i))
+            .collect();
+        o.due_read(Some(vec![("bob".into(), batch.clone())]), Instant::now());
+        let actions = drain(&mut o);
+        let delivers: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Deliver {
+                    messages, peer: p, ..
+                } => Some((messages.len(), *p)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivers, vec![(MAX_BATCH, peer)]);
+        // The second pass skips bob: a batch is in flight.
+        let Some(Action::ReadDue { busy }) = actions.last() else {
+            panic!("expected the pass asked for meanwhile: {actions:?}");
+        };
+        assert!(busy.contains("bob"));
+        o.due_read(Some(vec![("bob".into(), batch)]), Instant::now());
+        assert!(
+            !drain(&mut o)
+                .iter()
+                .any(|a| matches!(a, Action::Deliver { .. }))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_to_a_user_without_a_route_share_one_check() {
+        let mut o: Outbox<u32> = Outbox::default();
+        let carol = name("carol");
+        for i in 0..10 {
+            o.queued(carol.clone(), format!("m{i}"), Some(i), Instant::now());
+        }
+        let checks = drain(&mut o)
+            .into_iter()
+            .filter(|a| matches!(a, Action::CheckUser(_)))
+            .count();
+        assert_eq!(checks, 1);
+        o.user_unknown(&carol);
+        let actions = drain(&mut o);
+        let unknown = actions
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Answer {
+                        outcome: SendOutcome::UnknownUser,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(unknown, 10);
+        assert!(
+            matches!(actions.last(), Some(Action::Cancel { ids }) if ids.len() == 10),
+            "{actions:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_delivery_backs_off_doubling_and_a_delivery_resets_it() {
+        let mut o: Outbox<u32> = Outbox::default();
+        let bob = name("bob");
+        let due = || Some(vec![("bob".to_string(), vec![queued("m1", "bob", 1)])]);
+        let delivers = |o: &mut Outbox<u32>| {
+            drain(o)
+                .iter()
+                .filter(|a| matches!(a, Action::Deliver { .. }))
+                .count()
+        };
+        let t0 = Instant::now();
+        for (failures, wait_ms) in [(0u32, 1000u64), (1, 2000), (2, 4000)] {
+            o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
+            o.pump();
+            o.due_read(due(), Instant::now());
+            assert_eq!(delivers(&mut o), 1, "attempt after {failures} failures");
+            o.failed(bob.clone(), "refused".into(), Instant::now());
+            assert!(
+                o.route(&bob, Instant::now()).is_none(),
+                "the route is forgotten"
+            );
+            // Just before the backoff ends: held back.
+            tokio::time::advance(Duration::from_millis(wait_ms - 10)).await;
+            o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
+            o.pump();
+            o.due_read(due(), Instant::now());
+            assert_eq!(delivers(&mut o), 0, "held back {wait_ms} ms");
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        assert!(t0.elapsed() >= Duration::from_secs(7));
+        o.pump();
+        o.due_read(due(), Instant::now());
+        assert_eq!(delivers(&mut o), 1);
+        o.delivered(&bob, "direct");
+        // After a delivery, a failure waits 1 s again.
+        o.pump();
+        o.due_read(due(), Instant::now());
+        assert_eq!(delivers(&mut o), 1);
+        o.failed(bob.clone(), "gone".into(), Instant::now());
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
+        o.pump();
+        o.due_read(due(), Instant::now());
+        assert_eq!(delivers(&mut o), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_hear_delivered_or_queued_after_five_seconds() {
+        let mut o: Outbox<u32> = Outbox::default();
+        let bob = name("bob");
+        o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
+        o.queued(bob.clone(), "m1".into(), Some(1), Instant::now());
+        o.queued(bob.clone(), "m2".into(), Some(2), Instant::now());
+        drain(&mut o);
+        o.due_read(
+            Some(vec![("bob".into(), vec![queued("m1", "bob", 1)])]),
+            Instant::now(),
+        );
+        drain(&mut o);
+        o.delivered(&bob, "relayed");
+        let answered: Vec<_> = drain(&mut o)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Answer {
+                    waiter, outcome, ..
+                } => Some((waiter, outcome)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answered, vec![(1, SendOutcome::Delivered("relayed"))]);
+        tokio::time::advance(SEND_WAIT - Duration::from_millis(1)).await;
+        o.tick(Instant::now());
+        assert!(
+            !drain(&mut o)
+                .iter()
+                .any(|a| matches!(a, Action::Answer { .. }))
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        o.tick(Instant::now());
+        let answered: Vec<_> = drain(&mut o)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Answer {
+                    waiter, outcome, ..
+                } => Some((waiter, outcome)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answered, vec![(2, SendOutcome::Queued)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routes_expire_after_a_minute() {
+        let mut o: Outbox<u32> = Outbox::default();
+        let bob = name("bob");
+        o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
+        tokio::time::advance(ROUTE_TTL - Duration::from_millis(1)).await;
+        assert!(o.route(&bob, Instant::now()).is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(o.route(&bob, Instant::now()).is_none());
+        o.pump();
+        drain(&mut o);
+        o.due_read(
+            Some(vec![("bob".into(), vec![queued("m1", "bob", 1)])]),
+            Instant::now(),
+        );
+        let actions = drain(&mut o);
+        assert!(
+            matches!(actions.first(), Some(Action::Lookup(n)) if *n == bob),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_thirty_seconds() {
+        assert_eq!(backoff_ms(0), 1000);
+        assert_eq!(backoff_ms(1), 2000);
+        assert_eq!(backoff_ms(4), 16_000);
+        assert_eq!(backoff_ms(5), 30_000);
+        assert_eq!(backoff_ms(1000), 30_000);
+    }
+}

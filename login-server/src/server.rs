@@ -57,6 +57,11 @@ impl Server {
     /// Loads (or creates) keys and accounts in `config.data_dir` and starts listening. Returns
     /// once every listen address is bound.
     pub async fn bind(config: Config) -> Result<Self, Error> {
+        // Before anything else: libp2p would share a port that another process listens on
+        // (SO_REUSEPORT) instead of failing.
+        for addr in &config.listen {
+            natter_net::ensure_port_free(addr)?;
+        }
         keys::ensure_private_dir(&config.data_dir)?;
         let identity = keys::load_or_create_node_key(&config.data_dir)?;
         let issuer = keys::load_or_create_issuer_key(&config.data_dir)?;

@@ -135,6 +135,9 @@ pub enum Error {
     Sql(#[from] rusqlite::Error),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
+    /// A listen port is taken by another process, or cannot be bound at all.
+    #[error(transparent)]
+    Port(#[from] natter_net::PortUnavailable),
     #[error("network setup failed: {0}")]
     Transport(String),
     #[error("internal error: {0}")]

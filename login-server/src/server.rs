@@ -11,8 +11,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, identify, noise, ping,
-    tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, identify, ping,
 };
 use natter_proto::limits::{MAX_LOGIN_REQUEST_BYTES, MAX_LOGIN_RESPONSE_BYTES};
 use natter_proto::login::{LoginRequest, LoginResponse, Refusal, RefusalCode};
@@ -58,6 +57,11 @@ impl Server {
     /// Loads (or creates) keys and accounts in `config.data_dir` and starts listening. Returns
     /// once every listen address is bound.
     pub async fn bind(config: Config) -> Result<Self, Error> {
+        // Before anything else: libp2p would share a port that another process listens on
+        // (SO_REUSEPORT) instead of failing.
+        for addr in &config.listen {
+            natter_net::ensure_port_free(addr)?;
+        }
         keys::ensure_private_dir(&config.data_dir)?;
         let identity = keys::load_or_create_node_key(&config.data_dir)?;
         let issuer = keys::load_or_create_issuer_key(&config.data_dir)?;
@@ -280,36 +284,26 @@ fn build_swarm(
     let rr_config = request_response::Config::default()
         .with_request_timeout(Duration::from_secs(30))
         .with_max_concurrent_streams(64);
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_quic()
-        .with_dns()
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_behaviour(|key| Behaviour {
-            limits: connection_limits::Behaviour::new(limits),
-            login: request_response::Behaviour::with_codec(
-                codec,
-                [(
-                    StreamProtocol::new(protocol::LOGIN),
-                    ProtocolSupport::Inbound,
-                )],
-                rr_config,
-            ),
-            identify: identify::Behaviour::new(
-                identify::Config::new(protocol::IDENTIFY_VERSION.into(), key.public())
-                    .with_agent_version(format!("natter-login/{}", env!("CARGO_PKG_VERSION"))),
-            ),
-            ping: ping::Behaviour::default(),
-            autonat: autonat::v2::server::Behaviour::default(),
-        })
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
-        .build();
-    Ok(swarm)
+    let transport_config = natter_net::TransportConfig {
+        idle_timeout: config.idle_timeout,
+        quic: Some(natter_net::QuicConfig::LIBP2P_DEFAULTS),
+    };
+    natter_net::build_swarm(identity, &transport_config, |key| Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        login: request_response::Behaviour::with_codec(
+            codec,
+            [(
+                StreamProtocol::new(protocol::LOGIN),
+                ProtocolSupport::Inbound,
+            )],
+            rr_config,
+        ),
+        identify: identify::Behaviour::new(
+            identify::Config::new(protocol::IDENTIFY_VERSION.into(), key.public())
+                .with_agent_version(format!("natter-login/{}", env!("CARGO_PKG_VERSION"))),
+        ),
+        ping: ping::Behaviour::default(),
+        autonat: autonat::v2::server::Behaviour::default(),
+    })
+    .map_err(|e| Error::Transport(e.to_string()))
 }

@@ -9,7 +9,7 @@ use futures::StreamExt as _;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundFailure, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity::Keypair, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity::Keypair};
 use natter_proto::limits::{MAX_LOGIN_REQUEST_BYTES, MAX_LOGIN_RESPONSE_BYTES};
 use natter_proto::login::{LoginRequest, LoginResponse, Password, Refusal, SuperpeerInfo};
 use natter_proto::{CertError, Certificate, IssuerKey, UserName, protocol};
@@ -263,20 +263,10 @@ fn dial_error_reason(error: &libp2p::swarm::DialError) -> String {
 pub fn build_swarm(
     key: Keypair,
 ) -> Result<Swarm<request_response::Behaviour<LoginCodec>>, LoginError> {
-    let transport = |e: &dyn std::fmt::Display| LoginError::Transport(e.to_string());
-    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| transport(&e))?
-        .with_quic()
-        .with_dns()
-        .map_err(|e| transport(&e))?
-        .with_behaviour(|_| behaviour(ProtocolSupport::Outbound))
-        .map_err(|e| transport(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(5)))
-        .build())
+    let config = natter_net::TransportConfig {
+        idle_timeout: Duration::from_secs(5),
+        quic: Some(natter_net::QuicConfig::LIBP2P_DEFAULTS),
+    };
+    natter_net::build_swarm(key, &config, |_| behaviour(ProtocolSupport::Outbound))
+        .map_err(|e| LoginError::Transport(e.to_string()))
 }

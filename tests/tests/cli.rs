@@ -317,3 +317,74 @@ fn accounts_peer_id_and_issuer_key_survive_a_restart_of_the_binary() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs a binary that is expected to exit on its own within `limit`; kills it and fails
+/// otherwise (a server that started after all would run forever).
+fn run_expecting_exit(program: &str, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(bin(program))
+        .args(args)
+        .env("NATTER_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{program} {args:?} still running after {limit:?}; stdout: {}",
+                stdout(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("wait")
+}
+
+/// libp2p listens with SO_REUSEPORT, so a second server on a taken port used to start and
+/// share it (connections reached either). Both binaries now refuse the port instead.
+#[test]
+fn a_second_server_on_a_port_in_use_exits_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = LoginProcess::start(&tmp.path().join("first"));
+    let addr: libp2p::Multiaddr = server.addr.parse().unwrap();
+    let port = addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let expected = format!(
+        "cannot listen on {listen}: the port is already in use (is another natter running?)"
+    );
+
+    let second = tmp.path().join("second");
+    let out = run_expecting_exit(
+        "natter-login",
+        &[
+            "--data-dir",
+            second.to_str().unwrap(),
+            "serve",
+            "--listen",
+            &listen,
+        ],
+        Duration::from_secs(20),
+    );
+    fails_with(out, &expected);
+
+    let home = tmp.path().join("home");
+    let out = run_expecting_exit(
+        "natter",
+        &["--home", home.to_str().unwrap(), "up", "--listen", &listen],
+        Duration::from_secs(20),
+    );
+    fails_with(out, &expected);
+
+    // The first server was not disturbed.
+    server.terminate();
+}

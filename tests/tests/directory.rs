@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{StreamProtocol, kad, noise, tcp, yamux};
+use libp2p::{StreamProtocol, kad};
 use natter_proto::presence::directory_key;
 use natter_proto::{PresenceBody, PresenceRecord, Status, UserName};
 use natter_tests::{LoginServer, NodeProcess, loopback_config, wait_for};
@@ -89,21 +89,16 @@ fn forged_records_are_refused_by_a_superpeer() {
     let now = natter_login_server::service::unix_now();
 
     rt.block_on(async {
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(eve.clone())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|key| {
-                let peer = key.public().to_peer_id();
-                let config = kad::Config::new(StreamProtocol::new(natter_proto::protocol::KAD));
-                kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), config)
-            })
-            .unwrap()
-            .build();
+        let tcp_only = natter_net::TransportConfig {
+            quic: None,
+            ..Default::default()
+        };
+        let mut swarm = natter_net::build_swarm(eve.clone(), &tcp_only, |key| {
+            let peer = key.public().to_peer_id();
+            let config = kad::Config::new(StreamProtocol::new(natter_proto::protocol::KAD));
+            kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), config)
+        })
+        .unwrap();
         swarm.behaviour_mut().set_mode(Some(kad::Mode::Client));
         swarm.behaviour_mut().add_address(&sp_peer, sp_addr);
 

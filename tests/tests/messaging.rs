@@ -11,7 +11,7 @@ use futures::StreamExt as _;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, StreamProtocol, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use natter_node::LoginClient;
 use natter_node::control::ControlClient;
 use natter_node::daemon::api::{ControlRequest, ControlResponse};
@@ -295,25 +295,20 @@ async fn raw_request(
     addr: Multiaddr,
     request: MsgRequest,
 ) -> MsgResponse {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
+    let tcp_only = natter_net::TransportConfig {
+        quic: None,
+        ..Default::default()
+    };
+    let mut swarm = natter_net::build_swarm(key, &tcp_only, |_| {
+        request_response::Behaviour::<MsgCodec>::new(
+            [(
+                StreamProtocol::new(natter_proto::protocol::MSG),
+                ProtocolSupport::Outbound,
+            )],
+            request_response::Config::default(),
         )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::<MsgCodec>::new(
-                [(
-                    StreamProtocol::new(natter_proto::protocol::MSG),
-                    ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default(),
-            )
-        })
-        .unwrap()
-        .build();
+    })
+    .unwrap();
     swarm.dial(addr).unwrap();
     let mut request = Some(request);
     tokio::time::timeout(Duration::from_secs(20), async {

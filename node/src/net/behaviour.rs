@@ -15,7 +15,7 @@ use libp2p::swarm::{
 };
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, kad,
-    noise, ping, relay, tcp, yamux,
+    ping, relay,
 };
 use natter_proto::limits::MAX_OVERLAY_MESSAGE_BYTES;
 use natter_proto::msg::{MAX_MSG_WIRE_BYTES, MsgRequest, MsgResponse};
@@ -77,23 +77,12 @@ pub(crate) fn build(
         },
     );
     let kad_records = records.clone();
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
-        // Notice a vanished peer in seconds (a crashed superpeer sends no close): leaves fail
-        // over on it. Keep-alives also hold NAT mappings open.
-        .with_quic_config(|mut c| {
-            c.max_idle_timeout = 6_000;
-            c.keep_alive_interval = Duration::from_secs(2);
-            c
-        })
-        .with_dns()?
-        .with_relay_client(noise::Config::new, yamux::Config::default)?
-        .with_behaviour(|key, relay_client| {
+    let transport_config = natter_net::TransportConfig {
+        idle_timeout: settings.idle_timeout,
+        ..Default::default()
+    };
+    let swarm =
+        natter_net::build_swarm_with_relay_client(key, &transport_config, |key, relay_client| {
             let peer_id = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(StreamProtocol::new(protocol::KAD));
             kad_config
@@ -165,9 +154,7 @@ pub(crate) fn build(
                         .with_max_concurrent_streams(128),
                 ),
             }
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(settings.idle_timeout))
-        .build();
+        })?;
     Ok((swarm, records))
 }
 

@@ -4,8 +4,8 @@
 //!
 //! - raw TCP ping-pong (tokio sockets, `TCP_NODELAY`), request and response of the sizes the
 //!   messaging protocol puts on the wire;
-//! - a bare libp2p request-response echo on the daemon's transport (TCP with `nodelay`, Noise,
-//!   Yamux) and codec (JSON, the real `MsgRequest`/`MsgResponse` types), with no certificate
+//! - a bare libp2p request-response echo on the daemon's transport (`natter_net`'s TCP with
+//!   `nodelay`, Noise, Yamux) and codec (JSON, the real `MsgRequest`/`MsgResponse` types), with no certificate
 //!   check, no store and no event loop of Natter's: round trip and throughput;
 //! - a bare Kademlia GET: one hop to one peer holding the record, and a full walk in an
 //!   in-process DHT of N nodes (Natter's protocol id, k = 20);
@@ -19,7 +19,7 @@ use futures::StreamExt as _;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, kad, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, kad};
 use natter_proto::msg::{DirectMessage, MsgRequest, MsgResponse};
 use natter_proto::{Certificate, IssuerSigningKey, UserName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -128,18 +128,22 @@ pub async fn tcp_pingpong(
     Ok(lat)
 }
 
+/// The daemon's transport without QUIC: the floors measure TCP.
+fn tcp_only(idle_timeout: Duration) -> natter_net::TransportConfig {
+    natter_net::TransportConfig {
+        idle_timeout,
+        quic: None,
+    }
+}
+
 fn rr_swarm(
     key: Keypair,
     support: ProtocolSupport,
 ) -> anyhow::Result<Swarm<request_response::Behaviour<MsgCodec>>> {
-    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
-        .with_behaviour(|_| {
+    Ok(natter_net::build_swarm(
+        key,
+        &tcp_only(Duration::from_secs(60)),
+        |_| {
             request_response::Behaviour::with_codec(
                 MsgCodec::default()
                     .set_request_size_maximum(natter_proto::msg::MAX_MSG_WIRE_BYTES)
@@ -149,9 +153,8 @@ fn rr_swarm(
                     .with_request_timeout(Duration::from_secs(20))
                     .with_max_concurrent_streams(128),
             )
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build())
+        },
+    )?)
 }
 
 /// What a [`remote`] server runs until it is dropped.
@@ -390,15 +393,10 @@ struct RelayedPeer {
 }
 
 fn relayed_swarm(key: Keypair, support: ProtocolSupport) -> anyhow::Result<Swarm<RelayedPeer>> {
-    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
-        .with_relay_client(noise::Config::new, yamux::Config::default)?
-        .with_behaviour(|_, relay_client| RelayedPeer {
+    Ok(natter_net::build_swarm_with_relay_client(
+        key,
+        &tcp_only(Duration::from_secs(60)),
+        |_, relay_client| RelayedPeer {
             relay_client,
             rr: request_response::Behaviour::with_codec(
                 MsgCodec::default()
@@ -409,9 +407,8 @@ fn relayed_swarm(key: Keypair, support: ProtocolSupport) -> anyhow::Result<Swarm
                     .with_request_timeout(Duration::from_secs(20))
                     .with_max_concurrent_streams(128),
             ),
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build())
+        },
+    )?)
 }
 
 /// Round trips of `make(i)` from a client to a bare echo server through a bare circuit relay
@@ -423,14 +420,9 @@ pub async fn relay_echo_rtt(
     make: impl Fn(u64) -> MsgRequest,
 ) -> anyhow::Result<Latencies> {
     let ((relay_peer, relay_addr), _relay) = remote(|| async {
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )?
-            .with_behaviour(|key| RelayServer {
+        let key = Keypair::generate_ed25519();
+        let mut swarm =
+            natter_net::build_swarm(key, &tcp_only(Duration::from_secs(60)), |key| RelayServer {
                 relay: libp2p::relay::Behaviour::new(
                     key.public().to_peer_id(),
                     libp2p::relay::Config {
@@ -439,9 +431,7 @@ pub async fn relay_echo_rtt(
                         ..Default::default()
                     },
                 ),
-            })?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+            })?;
         let addr = listen_addr(&mut swarm).await?;
         // The relay hands its own address to the peers it serves: vouch for it.
         swarm.add_external_address(addr.clone());
@@ -558,14 +548,10 @@ fn kad_swarm(
     key: Keypair,
     server: bool,
 ) -> anyhow::Result<Swarm<kad::Behaviour<kad::store::MemoryStore>>> {
-    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
-        .with_behaviour(|key| {
+    Ok(natter_net::build_swarm(
+        key,
+        &tcp_only(Duration::from_secs(120)),
+        |key| {
             let peer = key.public().to_peer_id();
             let mut config = kad::Config::new(StreamProtocol::new(natter_proto::protocol::KAD));
             config.set_query_timeout(Duration::from_secs(10));
@@ -577,9 +563,8 @@ fn kad_swarm(
                 kad::Mode::Client
             }));
             kad
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build())
+        },
+    )?)
 }
 
 /// A record value of a presence record's size.

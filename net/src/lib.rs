@@ -1,0 +1,16 @@
+//! The transport every Natter process uses, built in one place: TCP (Noise, Yamux, no Nagle),
+//! QUIC, DNS resolution and, for nodes, the relay client; and the check that a listen port is
+//! not already taken.
+//!
+//! The node daemon, the login server, the login client, the integration tests and the
+//! benchmark all build their swarms with [`build_swarm`] or
+//! [`build_swarm_with_relay_client`], so what the tests and the bench measure is the
+//! transport users run.
+
+mod port;
+mod swarm;
+
+pub use port::{PortUnavailable, ensure_port_free};
+pub use swarm::{
+    BuildError, QuicConfig, TransportConfig, build_swarm, build_swarm_with_relay_client,
+};

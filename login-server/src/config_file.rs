@@ -52,8 +52,10 @@ impl FileConfig {
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// The error keeps toml's snippet on its own lines (line number, the offending line, a
+    /// caret under the mistake), as it is written to be read.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
     }
 
     /// Applies the file's settings over `config` (which holds the defaults).
@@ -125,5 +127,25 @@ mod tests {
         assert!(FileConfig::parse("registraton = \"open\"").is_err());
         let bad = FileConfig::parse("registration = \"maybe\"").unwrap();
         assert!(bad.apply(&mut c).is_err());
+    }
+
+    #[test]
+    fn parse_errors_keep_the_snippet_on_its_own_lines() {
+        let err = FileConfig::parse("min_cores = 1\nlisten = [\"not an address\"]\n").unwrap_err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(lines.len() >= 3, "{err}");
+        assert!(lines[0].contains("line 2"), "{err}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("| listen = [\"not an address\"]")),
+            "{err}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.trim_start().starts_with('|') && l.contains('^')),
+            "{err}"
+        );
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Natter login server: unique user names and signed identity certificates.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "natter-login", version, about)]
 struct Cli {
     /// Directory for the account database and keys (created 0700 if missing).
     #[arg(long, env = "NATTER_LOGIN_DATA", global = true)]
@@ -90,8 +90,13 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colour())
         .init();
+}
+
+/// Colour in logs only on a terminal, and never when `NO_COLOR` is set (no-color.org).
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn data_dir(cli: &Cli) -> anyhow::Result<PathBuf> {

@@ -22,10 +22,12 @@ pub enum HomeError {
     },
     #[error("{}: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
+    /// `natter` is how to run natter for this home (`natter --home DIR` when one was given),
+    /// so that the hint can be copied as is.
     #[error(
-        "not logged in: run `natter register NAME --login ADDR` or `natter login NAME --login ADDR` first"
+        "not logged in: run `{natter} register NAME --login ADDR` or `{natter} login NAME --login ADDR` first"
     )]
-    NotLoggedIn,
+    NotLoggedIn { natter: String },
     #[error("no home directory found: pass --home or set NATTER_HOME")]
     NoDefault,
 }
@@ -45,22 +47,69 @@ pub struct Identity {
 #[derive(Debug, Clone)]
 pub struct Home {
     dir: PathBuf,
+    /// Whether `dir` was given (`--home`, `NATTER_HOME`) rather than the platform default:
+    /// then the commands suggested to the user must name it too.
+    explicit: bool,
 }
 
 impl Home {
     /// `dir`, or the platform data dir (e.g. `~/.local/share/natter`) when `None`.
     pub fn new(dir: Option<PathBuf>) -> Result<Self, HomeError> {
+        let explicit = dir.is_some();
         let dir = match dir {
             Some(d) => d,
             None => directories::ProjectDirs::from("", "", "natter")
                 .map(|d| d.data_dir().to_owned())
                 .ok_or(HomeError::NoDefault)?,
         };
-        Ok(Self { dir })
+        Ok(Self { dir, explicit })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How to run `natter` for this home in a hint: `natter --home DIR` when the home was
+    /// given, plain `natter` for the default one.
+    pub fn command(&self) -> String {
+        if self.explicit {
+            format!("natter --home {}", self.dir.display())
+        } else {
+            "natter".to_owned()
+        }
+    }
+
+    /// Whether the identity file exists (whoever it names).
+    pub fn has_identity(&self) -> bool {
+        self.dir.join(IDENTITY_FILE).exists()
+    }
+
+    /// Moves the message store of the user this home belonged to aside, into
+    /// `replaced-USER-SECS/`, before another user's identity replaces theirs (`login
+    /// --force`): their inbox must not show up for the new user, nor their queued messages go
+    /// out under the new user's name. Returns where it went, or `None` if there was no store.
+    pub fn retire_store(&self, old_user: &UserName) -> Result<Option<PathBuf>, HomeError> {
+        let db = crate::store::DB_FILE;
+        if !self.dir.join(db).exists() {
+            return Ok(None);
+        }
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let aside = self.dir.join(format!("replaced-{old_user}-{secs}"));
+        fs::create_dir(&aside).map_err(|e| io(&aside, e))?;
+        set_mode(&aside, 0o700)?;
+        // SQLite's write-ahead log and index go with the database, or it would lose commits.
+        for name in [db.to_owned(), format!("{db}-wal"), format!("{db}-shm")] {
+            let from = self.dir.join(&name);
+            match fs::rename(&from, aside.join(&name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&from, e)),
+            }
+        }
+        Ok(Some(aside))
     }
 
     fn ensure(&self) -> Result<(), HomeError> {
@@ -96,7 +145,9 @@ impl Home {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(HomeError::NotLoggedIn);
+                return Err(HomeError::NotLoggedIn {
+                    natter: self.command(),
+                });
             }
             Err(e) => return Err(io(&path, e)),
         };
@@ -165,10 +216,50 @@ mod tests {
     }
 
     #[test]
-    fn missing_identity_says_how_to_log_in() {
+    fn missing_identity_says_how_to_log_in_with_the_home_given() {
         let tmp = tempfile::tempdir().unwrap();
         let home = Home::new(Some(tmp.path().to_owned())).unwrap();
-        let err = home.identity().unwrap_err();
-        assert!(err.to_string().contains("natter register"), "{err}");
+        let err = home.identity().unwrap_err().to_string();
+        let natter = format!("natter --home {}", tmp.path().display());
+        assert!(err.contains(&format!("`{natter} register NAME")), "{err}");
+        assert!(err.contains(&format!("`{natter} login NAME")), "{err}");
+        // The default home needs no --home in the hint.
+        let default = Home {
+            dir: tmp.path().to_owned(),
+            explicit: false,
+        };
+        let err = default.identity().unwrap_err().to_string();
+        assert!(err.contains("`natter register NAME"), "{err}");
+        assert!(!err.contains("--home"), "{err}");
+    }
+
+    #[test]
+    fn retiring_the_store_moves_it_and_its_log_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::new(Some(tmp.path().join("h"))).unwrap();
+        home.device_key().unwrap();
+        let alice = UserName::parse("alice").unwrap();
+        assert_eq!(home.retire_store(&alice).unwrap(), None);
+        let store = crate::store::Store::open(home.dir()).unwrap();
+        store.add_contact("carol").unwrap();
+        drop(store);
+        fs::write(home.dir().join("natter.sqlite3-wal"), b"").unwrap();
+        let aside = home.retire_store(&alice).unwrap().unwrap();
+        assert!(aside.starts_with(home.dir()));
+        assert!(
+            aside
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("replaced-alice-")
+        );
+        assert!(aside.join("natter.sqlite3").exists());
+        assert!(aside.join("natter.sqlite3-wal").exists());
+        assert!(!home.dir().join("natter.sqlite3").exists());
+        let fresh = crate::store::Store::open(home.dir()).unwrap();
+        assert!(fresh.contacts().unwrap().is_empty());
+        let old = crate::store::Store::open(&aside).unwrap();
+        assert_eq!(old.contacts().unwrap(), ["carol"]);
     }
 }

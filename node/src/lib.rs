@@ -6,7 +6,10 @@ pub mod daemon;
 pub mod home;
 pub mod login_client;
 mod net;
+pub mod offline;
 pub mod store;
+pub mod terminal;
+mod ulid;
 
 pub use home::{Home, HomeError, Identity};
 pub use login_client::{Issued, LoginClient, LoginError};

@@ -20,17 +20,26 @@ pub type LoginCodec = request_response::json::codec::Codec<LoginRequest, LoginRe
 /// How long one exchange with the login server may take, connection included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What a login address looks like, for error messages.
+pub const LOGIN_ADDR_EXAMPLE: &str = "/ip4/203.0.113.7/tcp/4747/p2p/12D3KooW...";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
     /// The server answered with a refusal; its message is meant for users.
     #[error("{0}")]
     Refused(Refusal),
-    #[error("login server {addr} is unreachable: {reason}")]
+    #[error(
+        "login server {addr} is unreachable ({reason}): check the address and that `natter-login serve` runs there"
+    )]
     Unreachable { addr: Multiaddr, reason: String },
     #[error("login server {0} did not answer within {1:?}")]
     Timeout(Multiaddr, Duration),
-    #[error("login address must end in /p2p/<peer id of the login server>: {0}")]
+    #[error(
+        "login address {0} lacks the server's peer id: it must end in /p2p/<peer id>, as `natter-login serve` prints it, e.g. {LOGIN_ADDR_EXAMPLE}"
+    )]
     AddressWithoutPeerId(Multiaddr),
+    #[error("{0:?} is not a multiaddr ({1}); a login address looks like {LOGIN_ADDR_EXAMPLE}")]
+    BadAddress(String, String),
     #[error("login server sent an unexpected answer: {0}")]
     Protocol(String),
     #[error("login server issued an unusable certificate: {0}")]
@@ -63,6 +72,16 @@ pub fn behaviour(support: ProtocolSupport) -> request_response::Behaviour<LoginC
         [(StreamProtocol::new(protocol::LOGIN), support)],
         request_response::Config::default().with_request_timeout(DEFAULT_TIMEOUT),
     )
+}
+
+/// Parses a login server address as given on the command line: a multiaddr ending in
+/// `/p2p/<peer id>`; the error shows an example.
+pub fn parse_login_addr(text: &str) -> Result<Multiaddr, LoginError> {
+    let addr: Multiaddr = text.trim().parse().map_err(|e: libp2p::multiaddr::Error| {
+        LoginError::BadAddress(text.to_owned(), e.to_string())
+    })?;
+    server_peer_id(&addr)?;
+    Ok(addr)
 }
 
 /// The login server's PeerId, from the `/p2p/` suffix of its address.
@@ -239,22 +258,33 @@ impl LoginClient {
     }
 }
 
-/// The innermost cause of a dial failure ("Connection refused (os error 111)"), which is what
-/// a user can act on; libp2p's own rendering nests it three times.
+/// Why a dial failed, in words a user can act on: the innermost cause ("Connection refused
+/// (os error 111)") rather than libp2p's rendering, which nests it three times.
 fn dial_error_reason(error: &libp2p::swarm::DialError) -> String {
-    let root = |mut e: &dyn std::error::Error| {
-        while let Some(next) = e.source() {
-            e = next;
-        }
-        e.to_string()
-    };
+    use libp2p::swarm::DialError;
     match error {
-        libp2p::swarm::DialError::Transport(errors) => errors
+        DialError::WrongPeerId { obtained, .. } => format!(
+            "another server answers there, with peer id {obtained}; copy the address `natter-login serve` prints"
+        ),
+        DialError::Transport(errors) => errors
             .iter()
-            .map(|(_, e)| root(e))
+            .map(|(_, e)| transport_reason(e))
             .next()
             .unwrap_or_else(|| error.to_string()),
-        other => root(other),
+        other => transport_reason(other),
+    }
+}
+
+fn transport_reason(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = error;
+    loop {
+        if e.downcast_ref::<libp2p::dns::ResolveError>().is_some() {
+            return "its host name does not resolve".to_owned();
+        }
+        match e.source() {
+            Some(next) => e = next,
+            None => return e.to_string(),
+        }
     }
 }
 
@@ -269,4 +299,53 @@ pub fn build_swarm(
     };
     natter_net::build_swarm(key, &config, |_| behaviour(ProtocolSupport::Outbound))
         .map_err(|e| LoginError::Transport(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_addresses_need_a_peer_id_and_errors_show_an_example() {
+        let good =
+            "/ip4/127.0.0.1/tcp/4747/p2p/12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE";
+        assert_eq!(parse_login_addr(good).unwrap().to_string(), good);
+        for bad in ["127.0.0.1:4747", "", "/ip4/127.0.0.1/tcp/4747"] {
+            let err = parse_login_addr(bad).unwrap_err().to_string();
+            assert!(err.contains(LOGIN_ADDR_EXAMPLE), "{bad:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let err = parse_login_addr("/ip4/127.0.0.1/tcp/4747").unwrap_err();
+        assert!(matches!(err, LoginError::AddressWithoutPeerId(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_and_unresolvable_servers_give_one_plain_line() {
+        let key = Keypair::generate_ed25519();
+        let peer = PeerId::random();
+        let refused: Multiaddr = format!("/ip4/127.0.0.1/tcp/1/p2p/{peer}").parse().unwrap();
+        let err = LoginClient::new(key.clone(), refused)
+            .unwrap()
+            .exists(&UserName::parse("alice").unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is unreachable (Connection refused"), "{err}");
+        let nowhere: Multiaddr = format!("/dns4/natter-test.invalid/tcp/1/p2p/{peer}")
+            .parse()
+            .unwrap();
+        let err = LoginClient::new(key, nowhere)
+            .unwrap()
+            .with_timeout(Duration::from_secs(10))
+            .exists(&UserName::parse("alice").unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
+        // Either the resolver says so, or (without any DNS server) the dial times out.
+        assert!(
+            err.contains("host name does not resolve") || err.contains("did not answer"),
+            "{err}"
+        );
+        assert!(!err.contains("Query {"), "{err}");
+    }
 }

@@ -1,29 +1,23 @@
 //! `natter`: the Natter peer's command line.
 
+mod cli;
 mod demo;
 
-use std::io::{BufRead as _, IsTerminal as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
+use natter_node::Home;
 use natter_node::config::FileConfig;
-use natter_node::control::ControlClient;
-use natter_node::daemon::api::{
-    ControlRequest, ControlResponse, FollowEvent, InboxItem, LookupView, NetcheckView, StatusView,
-};
 use natter_node::daemon::{self, DaemonConfig};
-use natter_node::{Home, Identity, Issued, LoginClient};
-use natter_proto::login::Password;
-use natter_proto::{Status, UserName};
 use natter_superpeer::Role;
 use tokio_util::sync::CancellationToken;
 
 /// Natter: presence and direct messages over a hybrid peer-to-peer network.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "natter", version, about)]
 struct Cli {
     /// Home directory: device key, certificate, message store (default: the platform data dir).
     #[arg(long, env = "NATTER_HOME", global = true)]
@@ -41,16 +35,26 @@ enum Command {
     /// Create an account and certify this device for it. Password: stdin or prompt.
     Register {
         name: String,
-        /// Login server address, ending in /p2p/<its peer id>.
-        #[arg(long, value_name = "MULTIADDR")]
+        /// Login server address, ending in /p2p/<its peer id>, as `natter-login serve` prints
+        /// it.
+        #[arg(long, value_name = "MULTIADDR", value_parser = login_addr)]
         login: Multiaddr,
+        /// Replace the identity of another user in this home (their messages and contacts
+        /// are moved aside). For a second user on one machine, use another --home instead.
+        #[arg(long)]
+        force: bool,
     },
     /// Certify this device for an existing account. Password: stdin or prompt.
     Login {
         name: String,
-        /// Login server address, ending in /p2p/<its peer id>.
-        #[arg(long, value_name = "MULTIADDR")]
+        /// Login server address, ending in /p2p/<its peer id>, as `natter-login serve` prints
+        /// it.
+        #[arg(long, value_name = "MULTIADDR", value_parser = login_addr)]
         login: Multiaddr,
+        /// Replace the identity of another user in this home (their messages and contacts
+        /// are moved aside). For a second user on one machine, use another --home instead.
+        #[arg(long)]
+        force: bool,
     },
     /// Run the node: attach, publish presence, and promote to superpeer when reachable and
     /// capable. Runs in the foreground until Ctrl-C, SIGTERM or `natter down`.
@@ -112,10 +116,11 @@ enum Command {
         #[arg(value_enum)]
         status: StatusArg,
     },
-    /// Sign off (others see offline with last seen) and stop the daemon.
+    /// Sign off (others see offline with last seen) and stop the daemon. Not an error when
+    /// it is not running.
     Down,
     /// Send a message. It is stored in the outbox first: "delivered" or "queued" (retried
-    /// until delivered, across restarts).
+    /// until delivered, across restarts). Works while the daemon is down: then it is queued.
     Send {
         name: String,
         text: String,
@@ -126,20 +131,27 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Show received messages.
+    /// Show received messages (from the local store when the daemon is down).
     Inbox {
         /// Print JSON (with --follow: one object per line).
         #[arg(long)]
         json: bool,
-        /// Keep streaming new messages and contacts' presence changes.
+        /// Keep streaming new messages and contacts' presence changes (needs the daemon).
         #[arg(long)]
         follow: bool,
+    },
+    /// Show the messages still waiting for delivery: to whom, attempts, next attempt and the
+    /// last error.
+    Outbox {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure the round trip to a user's device and show the path (relayed or direct).
     Ping {
         name: String,
-        /// Number of probes.
-        #[arg(long, default_value_t = 5)]
+        /// Number of probes (1 to 1000).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
         count: u32,
         /// Seconds between probes (e.g. 0.2).
         #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
@@ -148,7 +160,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Manage contacts: they are told of status changes directly.
+    /// Manage contacts: they are told of status changes directly. Works while the daemon is
+    /// down.
     #[command(subcommand)]
     Contacts(ContactsCommand),
     /// Run a whole network on loopback (login server, three self-promoting nodes, two users),
@@ -195,16 +208,17 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(natter_node::terminal::stderr_color())
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One clear line, whatever the cause chain looks like.
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::report(&e),
     }
+}
+
+/// `--login`: a multiaddr ending in `/p2p/<peer id>`; a usage error with an example otherwise.
+fn login_addr(text: &str) -> Result<Multiaddr, String> {
+    natter_node::login_client::parse_login_addr(text).map_err(|e| e.to_string())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -213,21 +227,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return runtime.block_on(demo::run(dir));
     }
     let home = Home::new(cli.home)?;
+    let rt = &runtime;
     match cli.command {
         Command::Demo { .. } => unreachable!("handled above"),
-        Command::Register { name, login } => {
-            let name = parse_name(&name)?;
-            let client = LoginClient::new(home.device_key()?, login.clone())?;
-            let password = read_password(&format!("new password for {name}: "), true)?;
-            let issued = runtime.block_on(client.register(&name, password))?;
-            save(&home, name, login, issued, "registered")
+        Command::Register { name, login, force } => {
+            cli::account::certify(rt, &home, &name, login, force, cli::account::Mode::Register)
         }
-        Command::Login { name, login } => {
-            let name = parse_name(&name)?;
-            let client = LoginClient::new(home.device_key()?, login.clone())?;
-            let password = read_password(&format!("password for {name}: "), false)?;
-            let issued = runtime.block_on(client.login(&name, password))?;
-            save(&home, name, login, issued, "logged in as")
+        Command::Login { name, login, force } => {
+            cli::account::certify(rt, &home, &name, login, force, cli::account::Mode::Login)
         }
         Command::Up {
             listen,
@@ -280,200 +287,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 daemon::run(home, config, shutdown).await
             })
         }
-        Command::Status { json } => {
-            let view: StatusView = match runtime.block_on(call(&home, ControlRequest::Status))? {
-                ControlResponse::Status(v) => v,
-                other => bail!("unexpected answer from the daemon: {other:?}"),
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
-            } else {
-                println!("user:         {}", view.user);
-                println!("peer id:      {}", view.peer_id);
-                println!("role:         {} ({})", view.role, view.role_reason);
-                println!("reachability: {}", view.reachability);
-                println!("presence:     {}", view.presence);
-                if view.role == "superpeer" {
-                    println!("leaves:       {} of {}", view.leaves, view.max_leaves);
-                } else {
-                    println!(
-                        "primary:      {}",
-                        view.primary.as_deref().unwrap_or("none")
-                    );
-                    println!(
-                        "standby:      {}",
-                        view.standby.as_deref().unwrap_or("none")
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Lookup { name, json } => {
-            let name = parse_name(&name)?;
-            let request = ControlRequest::Lookup {
-                name: name.to_string(),
-            };
-            let view: LookupView = match runtime.block_on(call(&home, request))? {
-                ControlResponse::Lookup(v) => v,
-                other => bail!("unexpected answer from the daemon: {other:?}"),
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
-            } else {
-                let seen = view
-                    .last_seen
-                    .filter(|_| view.status == "offline")
-                    .map(|s| {
-                        format!(
-                            ", last seen {}",
-                            humantime::format_rfc3339_seconds(
-                                std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)
-                            )
-                        )
-                    })
-                    .unwrap_or_default();
-                println!("{}: {}{seen}", view.user, view.status);
-            }
-            Ok(())
-        }
-        Command::Netcheck { json } => {
-            let view: NetcheckView =
-                match runtime.block_on(call(&home, ControlRequest::Netcheck))? {
-                    ControlResponse::Netcheck(v) => v,
-                    other => bail!("unexpected answer from the daemon: {other:?}"),
-                };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
-            } else {
-                println!("reachability: {}", view.reachability);
-                println!("NAT:          {}", view.nat);
-                for a in &view.external_addrs {
-                    println!("public:       {a}");
-                }
-                for o in &view.observed_addrs {
-                    println!("observed:     {} (by {})", o.observed, o.observer);
-                }
-            }
-            Ok(())
-        }
+        Command::Status { json } => rt.block_on(cli::presence::status(&home, json)),
+        Command::Lookup { name, json } => rt.block_on(cli::presence::lookup(&home, &name, json)),
+        Command::Netcheck { json } => rt.block_on(cli::presence::netcheck(&home, json)),
         Command::SetStatus { status } => {
             let status = match status {
-                StatusArg::Online => Status::Online,
-                StatusArg::Away => Status::Away,
-                StatusArg::Busy => Status::Busy,
+                StatusArg::Online => natter_proto::Status::Online,
+                StatusArg::Away => natter_proto::Status::Away,
+                StatusArg::Busy => natter_proto::Status::Busy,
             };
-            print_done(runtime.block_on(call(&home, ControlRequest::SetStatus { status }))?)
+            rt.block_on(cli::presence::set_status(&home, status))
         }
-        Command::Down => print_done(runtime.block_on(call(&home, ControlRequest::Down))?),
-        Command::Send {
-            name,
-            text,
-            json,
-            no_wait,
-        } => {
-            let name = parse_name(&name)?;
-            let request = ControlRequest::Send {
-                to: name.to_string(),
-                text,
-                wait: !no_wait,
-            };
-            let view = match runtime.block_on(call(&home, request))? {
-                ControlResponse::Sent(v) => v,
-                other => bail!("unexpected answer from the daemon: {other:?}"),
-            };
-            if json {
-                println!("{}", serde_json::to_string(&view)?);
-            } else if view.status == "delivered" {
-                println!(
-                    "delivered to {} ({})",
-                    view.to,
-                    view.path.as_deref().unwrap_or("?")
-                );
-            } else {
-                println!(
-                    "queued for {}: it will be delivered when {} is reachable",
-                    view.to, view.to
-                );
-            }
-            Ok(())
-        }
-        Command::Inbox { json, follow } => runtime.block_on(inbox(&home, json, follow)),
+        Command::Down => rt.block_on(cli::presence::down(&home)),
         Command::Ping {
             name,
             count,
             interval,
             json,
         } => {
-            let name = parse_name(&name)?;
             let interval_ms = (interval * 1000.0).round() as u64;
-            runtime.block_on(ping(&home, name, count, interval_ms, json))
+            rt.block_on(cli::presence::ping(&home, &name, count, interval_ms, json))
         }
+        Command::Send {
+            name,
+            text,
+            json,
+            no_wait,
+        } => rt.block_on(cli::messages::send(&home, &name, text, json, !no_wait)),
+        Command::Inbox { json, follow } => rt.block_on(cli::messages::inbox(&home, json, follow)),
+        Command::Outbox { json } => cli::messages::outbox(&home, json),
         Command::Contacts(cmd) => {
-            let (request, json) = match cmd {
-                ContactsCommand::Add { name } => (
-                    ControlRequest::ContactsAdd {
-                        name: parse_name(&name)?.to_string(),
-                    },
-                    false,
-                ),
-                ContactsCommand::Remove { name } => (
-                    ControlRequest::ContactsRemove {
-                        name: parse_name(&name)?.to_string(),
-                    },
-                    false,
-                ),
-                ContactsCommand::List { json } => (ControlRequest::ContactsList, json),
+            let cmd = match cmd {
+                ContactsCommand::Add { name } => cli::messages::Contacts::Add(name),
+                ContactsCommand::Remove { name } => cli::messages::Contacts::Remove(name),
+                ContactsCommand::List { json } => cli::messages::Contacts::List { json },
             };
-            match runtime.block_on(call(&home, request))? {
-                ControlResponse::Contacts(list) if json => {
-                    println!("{}", serde_json::to_string_pretty(&list)?)
-                }
-                ControlResponse::Contacts(list) => list.iter().for_each(|c| println!("{c}")),
-                other => print_done(other)?,
-            }
-            Ok(())
+            rt.block_on(cli::messages::contacts(&home, cmd))
         }
     }
-}
-
-fn format_ms(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
-}
-
-fn print_item(item: &InboxItem) {
-    println!("[{}] {}: {}", format_ms(item.sent_at), item.from, item.text);
-}
-
-async fn inbox(home: &Home, json: bool, follow: bool) -> anyhow::Result<()> {
-    use futures::StreamExt as _;
-    let request = ControlRequest::Inbox { follow };
-    let mut client = ControlClient::connect(home.dir()).await?;
-    if !follow {
-        let items = match client.call(&request).await? {
-            ControlResponse::Inbox(items) => items,
-            other => bail!("unexpected answer from the daemon: {other:?}"),
-        };
-        if json {
-            println!("{}", serde_json::to_string_pretty(&items)?);
-        } else {
-            items.iter().for_each(print_item);
-        }
-        return Ok(());
-    }
-    let stream = client.stream::<_, ControlResponse>(&request).await?;
-    futures::pin_mut!(stream);
-    while let Some(next) = stream.next().await {
-        match next? {
-            ControlResponse::Event(event) if json => println!("{}", serde_json::to_string(&event)?),
-            ControlResponse::Event(FollowEvent::Message(item)) => print_item(&item),
-            ControlResponse::Event(FollowEvent::Presence { user, status, .. }) => {
-                println!("* {user} is now {status}")
-            }
-            other => bail!("unexpected answer from the daemon: {other:?}"),
-        }
-    }
-    Ok(())
 }
 
 /// `--interval`: seconds between 0.001 and 60.
@@ -488,63 +339,6 @@ fn parse_interval(s: &str) -> Result<f64, String> {
     }
 }
 
-async fn ping(
-    home: &Home,
-    name: UserName,
-    count: u32,
-    interval_ms: u64,
-    json: bool,
-) -> anyhow::Result<()> {
-    use futures::StreamExt as _;
-    let request = ControlRequest::Ping {
-        name: name.to_string(),
-        count,
-        interval_ms: Some(interval_ms),
-    };
-    let client = ControlClient::connect(home.dir()).await?;
-    let stream = client.stream::<_, ControlResponse>(&request).await?;
-    futures::pin_mut!(stream);
-    let mut probes = Vec::new();
-    while let Some(next) = stream.next().await {
-        let probe = match next? {
-            ControlResponse::Ping(p) => p,
-            other => bail!("unexpected answer from the daemon: {other:?}"),
-        };
-        if !json {
-            match (&probe.rtt_ms, &probe.path) {
-                (Some(rtt), Some(path)) => {
-                    println!("{name}: seq={} rtt={rtt:.2} ms via {path}", probe.seq)
-                }
-                _ => println!(
-                    "{name}: seq={} failed: {}",
-                    probe.seq,
-                    probe.error.as_deref().unwrap_or("no answer")
-                ),
-            }
-        }
-        probes.push(probe);
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&probes)?);
-    }
-    Ok(())
-}
-
-async fn call(home: &Home, request: ControlRequest) -> anyhow::Result<ControlResponse> {
-    let mut client = ControlClient::connect(home.dir()).await?;
-    Ok(client.call(&request).await?)
-}
-
-fn print_done(response: ControlResponse) -> anyhow::Result<()> {
-    match response {
-        ControlResponse::Done { message } => {
-            println!("{message}");
-            Ok(())
-        }
-        other => bail!("unexpected answer from the daemon: {other:?}"),
-    }
-}
-
 async fn stop_on_signal(shutdown: CancellationToken) {
     let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     else {
@@ -555,44 +349,4 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = term.recv() => {}
     }
     shutdown.cancel();
-}
-
-fn parse_name(name: &str) -> anyhow::Result<UserName> {
-    UserName::parse(name).map_err(|e| anyhow::anyhow!("invalid name {name:?}: {e}"))
-}
-
-fn save(
-    home: &Home,
-    user: UserName,
-    login: Multiaddr,
-    issued: Issued,
-    verb: &str,
-) -> anyhow::Result<()> {
-    let expires = issued.cert.expires_at();
-    home.save_identity(&Identity {
-        user: user.clone(),
-        login,
-        issuer_key: issued.issuer_key,
-        cert: issued.cert,
-    })?;
-    let until = std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires);
-    println!(
-        "{verb} {user}; certificate valid until {}",
-        humantime::format_rfc3339_seconds(until)
-    );
-    Ok(())
-}
-
-/// First line of stdin when it is not a terminal, else a prompt without echo. Never argv.
-fn read_password(prompt: &str, confirm: bool) -> anyhow::Result<Password> {
-    if !std::io::stdin().is_terminal() {
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        return Ok(Password::new(line.trim_end_matches(['\n', '\r'])));
-    }
-    let first = rpassword::prompt_password(prompt)?;
-    if confirm && rpassword::prompt_password("repeat password: ")? != first {
-        bail!("the passwords do not match");
-    }
-    Ok(Password::new(first))
 }

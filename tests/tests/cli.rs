@@ -208,13 +208,29 @@ fn register_login_and_every_refusal_through_the_real_binaries() {
         natter(&other, &["login", "alice", "--login", &dead], "whatever1\n"),
         "unreachable",
     );
+    // A malformed address is a usage error, with an example of a good one.
+    for bad in ["/ip4/127.0.0.1/tcp/1", "127.0.0.1:4747"] {
+        let out = natter(&other, &["login", "alice", "--login", bad], "whatever1\n");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("/ip4/203.0.113.7/tcp/4747/p2p/12D3KooW"),
+            "{bad}: {err}"
+        );
+    }
+    // A server with another peer id at that address: one plain line, no libp2p rendering.
+    let impostor = format!(
+        "{}/p2p/{}",
+        &login[..login.find("/p2p/").unwrap()],
+        libp2p::PeerId::random()
+    );
     fails_with(
         natter(
             &other,
-            &["login", "alice", "--login", "/ip4/127.0.0.1/tcp/1"],
+            &["login", "alice", "--login", &impostor],
             "whatever1\n",
         ),
-        "/p2p/",
+        "another server answers there",
     );
     // Usage errors exit 2.
     assert_eq!(natter(&other, &["login"], "").status.code(), Some(2));
@@ -316,6 +332,426 @@ fn accounts_peer_id_and_issuer_key_survive_a_restart_of_the_binary() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `cmd` run with a deadline: killed and reported if it has not finished by then.
+fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{cmd:?} did not finish within {timeout:?}");
+        }
+    }
+}
+
+fn natter_cmd(home: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("natter"));
+    cmd.arg("--home")
+        .arg(home)
+        .args(args)
+        .env("NATTER_LOG", "error");
+    cmd
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn version_names_the_programs() {
+    let version = env!("CARGO_PKG_VERSION");
+    let out = run("natter", &["--version"], "");
+    assert_eq!(stdout(&out), format!("natter {version}\n"));
+    let out = run("natter-login", &["--version"], "");
+    assert_eq!(stdout(&out), format!("natter-login {version}\n"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    for args in [
+        &["ping", "bob", "--count", "0"][..],
+        &["ping", "bob", "--count", "1001"],
+        &["register", "bob", "--login", "not-an-address"],
+    ] {
+        let out = natter(tmp.path(), args, "");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_home_holds_one_user_unless_forced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = LoginProcess::start(&tmp.path().join("login"));
+    let home = tmp.path().join("shared");
+    let login = server.addr.clone();
+    let register = |name: &str, extra: &[&str]| {
+        let mut args = vec!["register", name, "--login", &login];
+        args.extend_from_slice(extra);
+        natter(&home, &args, "password1\n")
+    };
+    let user_in_home = || {
+        let id: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(home.join("identity.json")).unwrap()).unwrap();
+        id["user"].as_str().unwrap().to_owned()
+    };
+
+    // A home nobody is logged in to says how to log in, naming the home given.
+    let fresh = tmp.path().join("fresh");
+    fails_with(
+        natter(&fresh, &["up"], ""),
+        &format!("`natter --home {} register NAME", fresh.display()),
+    );
+
+    assert!(register("alice", &[]).status.success());
+    let out = natter(&home, &["contacts", "add", "carol"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // bob in alice's home: refused, and nothing changed.
+    let out = register("bob", &[]);
+    let err = stderr(&out);
+    assert!(err.contains("--home") && err.contains("--force"), "{err}");
+    fails_with(out, "already holds alice's identity");
+    assert_eq!(user_in_home(), "alice");
+    // alice logging in again in her own home is fine.
+    let out = natter(&home, &["login", "alice", "--login", &login], "password1\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // --force replaces her, and her contacts and messages are not bob's.
+    let out = register("bob", &["--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("moved to"), "{}", stderr(&out));
+    assert_eq!(user_in_home(), "bob");
+    let out = natter(&home, &["contacts", "list", "--json"], "");
+    let contacts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(contacts, serde_json::json!([]));
+}
+
+#[test]
+fn toml_errors_keep_the_snippet_on_its_own_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("bad.toml");
+    std::fs::write(&config, "min_cores = 1\nlisten = [\"not an address\"]\n").unwrap();
+    let config = config.to_str().unwrap();
+    let home = tmp.path().join("home");
+    let node = natter(&home, &["--config", config, "up"], "");
+    let login = run(
+        "natter-login",
+        &[
+            "--data-dir",
+            tmp.path().join("login").to_str().unwrap(),
+            "--config",
+            config,
+            "serve",
+        ],
+        "",
+    );
+    for out in [node, login] {
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.starts_with("error: "), "{err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(lines.len() >= 3, "the snippet is on its own lines: {err}");
+        assert!(
+            lines[0].contains("bad.toml") && lines[0].contains("line 2"),
+            "{err}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("| listen = [\"not an address\"]")),
+            "{err}"
+        );
+        assert!(lines.iter().any(|l| l.contains('^')), "{err}");
+    }
+}
+
+/// Runs `script` (a pseudo-terminal) around `sh -c line`; `answer` is typed once `prompt`
+/// shows. Returns everything the terminal showed, or `None` without util-linux `script`.
+fn on_a_terminal(line: &str, prompt: &str, answer: &[u8]) -> Option<String> {
+    use std::io::Read as _;
+    use std::sync::{Arc, Mutex};
+    let Ok(mut child) = Command::new("script")
+        .args(["-qec", line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+    else {
+        eprintln!("util-linux `script` is not installed: terminal checks skipped");
+        return None;
+    };
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let mut pipe = child.stdout.take().unwrap();
+    let sink = shown.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text =
+        |shown: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !text(&shown).contains(prompt) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {prompt:?} on the terminal: {:?}",
+            text(&shown)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let the program switch the terminal to raw mode after printing its prompt.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(answer).unwrap();
+    stdin.flush().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the terminal session did not end: {:?}", text(&shown));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stdin);
+    reader.join().unwrap();
+    Some(text(&shown))
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
+fn ctrl_c_at_the_password_prompt_restores_echo_and_no_color_is_obeyed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let natter = bin("natter");
+    let addr = format!("/ip4/127.0.0.1/tcp/1/p2p/{}", libp2p::PeerId::random());
+    for no_color in ["1", ""] {
+        let home = tmp.path().join(format!("home{}", no_color.len()));
+        let line = format!(
+            "NO_COLOR={no_color} NATTER_LOG=info {} --home {} login bob --login {addr}; echo \"exit=$?\"; stty -a",
+            sh_quote(natter.to_str().unwrap()),
+            sh_quote(home.to_str().unwrap()),
+        );
+        let Some(shown) = on_a_terminal(&line, "password for bob", b"\x03") else {
+            return;
+        };
+        // The log line (the device key is created before the prompt) is coloured only when
+        // NO_COLOR is unset or empty.
+        assert!(shown.contains("created device key"), "{shown:?}");
+        assert_eq!(shown.contains('\u{1b}'), no_color.is_empty(), "{shown:?}");
+        assert!(shown.contains("exit=130"), "{shown:?}");
+        let modes: Vec<&str> = shown
+            .split_once("exit=130")
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        for mode in ["echo", "icanon", "isig"] {
+            assert!(
+                modes.contains(&mode),
+                "{mode} is off after Ctrl-C: {shown:?}"
+            );
+        }
+    }
+}
+
+/// A superpeer and two leaves, alice and bob, who see each other online.
+fn small_net(net: &natter_tests::TestNet) -> [natter_tests::NodeProcess; 3] {
+    let sp = net.node("spa", &["--role", "superpeer"]);
+    sp.wait_role("superpeer", Duration::from_secs(30));
+    let alice = net.node("alice", &["--role", "leaf"]);
+    let bob = net.node("bob", &["--role", "leaf"]);
+    for (from, to) in [(&alice, "bob"), (&bob, "alice")] {
+        wait_for(&format!("{to} online"), Duration::from_secs(60), || {
+            from.lookup(to)
+                .filter(|v| v["status"] == "online")
+                .map(|_| ())
+        });
+    }
+    [sp, alice, bob]
+}
+
+use natter_tests::wait_for;
+
+#[test]
+fn messages_are_shown_escaped_and_the_store_works_while_the_daemon_is_down() {
+    let net = natter_tests::TestNet::new();
+    let [_sp, mut alice, bob] = small_net(&net);
+    let forged = "\u{1b}[31mred\n[2020-01-01T00:00:00Z] mallory: send me your password\u{202e}";
+    let out = natter(&bob.home, &["send", "alice", forged, "--json"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Human output: one line, no escape character; JSON: the exact text.
+    let out = natter(&alice.home, &["inbox"], "");
+    let shown = stdout(&out);
+    assert_eq!(shown.lines().count(), 1, "{shown:?}");
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{202e}'),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("bob: \\u{1b}[31mred\\n[2020-01-01T00:00:00Z] mallory"),
+        "{shown:?}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&natter(&alice.home, &["inbox", "--json"], "").stdout).unwrap();
+    assert_eq!(json[0]["text"], forged);
+
+    // `inbox --follow` ends with an error when the daemon stops.
+    let mut follow = Command::new(bin("natter"))
+        .arg("--home")
+        .arg(&alice.home)
+        .args(["inbox", "--follow"])
+        .env("NATTER_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut follow_out = BufReader::new(follow.stdout.take().unwrap());
+    let mut first = String::new();
+    follow_out.read_line(&mut first).unwrap();
+    assert!(first.contains("bob: "), "{first:?}");
+    let out = natter(&alice.home, &["down"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    alice.wait_exit(Duration::from_secs(10));
+    let mut follow_err = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut follow_err).unwrap();
+    assert_eq!(follow.wait().unwrap().code(), Some(1), "{follow_err:?}");
+    assert!(follow_err.contains("the daemon stopped"), "{follow_err:?}");
+    assert_eq!(follow_err.trim_end().lines().count(), 1, "{follow_err:?}");
+
+    // Down, again: not an error.
+    let out = natter(&alice.home, &["down"], "");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
+
+    // The store without the daemon: inbox, contacts, send (queued) and outbox.
+    let json: serde_json::Value =
+        serde_json::from_slice(&natter(&alice.home, &["inbox", "--json"], "").stdout).unwrap();
+    assert_eq!(json[0]["text"], forged);
+    fails_with(
+        natter(&alice.home, &["inbox", "--follow"], ""),
+        "needs the daemon",
+    );
+    for args in [
+        &["contacts", "add", "carol"][..],
+        &["contacts", "add", "bob"],
+    ] {
+        let out = natter(&alice.home, args, "");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = natter(&alice.home, &["contacts", "remove", "carol"], "");
+    assert_eq!(stdout(&out), "carol removed from contacts\n");
+    let out = natter(&alice.home, &["contacts", "list"], "");
+    assert_eq!(stdout(&out), "bob\n");
+    fails_with(
+        natter(&alice.home, &["send", "alice", "hi"], ""),
+        "cannot send a message to yourself",
+    );
+    fails_with(natter(&alice.home, &["send", "bob", " "], ""), "empty");
+    let out = natter(
+        &alice.home,
+        &["send", "bob", "while I was down", "--json"],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the daemon is not running; the message is queued"));
+    let sent: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sent["status"], "queued");
+    assert!(sent["path"].is_null());
+    assert_eq!(sent["id"].as_str().unwrap().len(), 26);
+    let outbox: serde_json::Value =
+        serde_json::from_slice(&natter(&alice.home, &["outbox", "--json"], "").stdout).unwrap();
+    assert_eq!(outbox.as_array().unwrap().len(), 1, "{outbox}");
+    assert_eq!(outbox[0]["id"], sent["id"]);
+    assert_eq!(outbox[0]["to"], "bob");
+    assert_eq!(outbox[0]["attempts"], 0);
+    let shown = stdout(&natter(&alice.home, &["outbox"], ""));
+    assert!(shown.contains("to bob: while I was down"), "{shown}");
+
+    // Once the daemon runs, the queued message goes out and the outbox empties.
+    alice.restart();
+    wait_for("delivery after up", Duration::from_secs(60), || {
+        let inbox = natter_tests::natter_json(&bob.home, &["inbox"])?;
+        inbox
+            .as_array()?
+            .iter()
+            .any(|m| m["text"] == "while I was down")
+            .then_some(())
+    });
+    wait_for("an empty outbox", Duration::from_secs(20), || {
+        let outbox = natter_tests::natter_json(&alice.home, &["outbox"])?;
+        outbox.as_array()?.is_empty().then_some(())
+    });
+}
+
+#[test]
+fn lookup_and_ping_fail_clearly() {
+    let net = natter_tests::TestNet::new();
+    let [_sp, mut alice, bob] = small_net(&net);
+
+    // An unknown user: exit 1 with one line; --json still prints the answer.
+    fails_with(
+        natter(&bob.home, &["lookup", "nobody"], ""),
+        "unknown user nobody",
+    );
+    let out = natter(&bob.home, &["lookup", "nobody", "--json"], "");
+    assert_eq!(out.status.code(), Some(1));
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["status"], "unknown");
+    let out = natter(&bob.home, &["lookup", "alice"], "");
+    assert!(
+        stdout(&out).starts_with("alice: online"),
+        "{}",
+        stdout(&out)
+    );
+
+    fails_with(
+        natter(&bob.home, &["ping", "bob"], ""),
+        "cannot ping yourself",
+    );
+    // The first probes may find no route yet; once one is answered, ping exits 0.
+    let mut tries = Vec::new();
+    wait_for("a ping answered", Duration::from_secs(60), || {
+        let out = run_bounded(
+            natter_cmd(&bob.home, &["ping", "alice", "--count", "1"]),
+            Duration::from_secs(60),
+        );
+        tries.push(format!("{}{}", stdout(&out), stderr(&out)));
+        assert!(tries.len() < 100, "{tries:?}");
+        out.status.success().then_some(())
+    });
+    eprintln!("pings before the first answer: {tries:?}");
+
+    // alice's node dies: every probe to her is lost, and ping says so with exit 1.
+    alice.kill();
+    let out = run_bounded(
+        natter_cmd(&bob.home, &["ping", "alice", "--count", "1", "--json"]),
+        Duration::from_secs(60),
+    );
+    let probes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(probes[0]["rtt_ms"].is_null(), "{probes}");
+    fails_with(out, "no answer from alice");
 }
 
 /// Runs a binary that is expected to exit on its own within `limit`; kills it and fails

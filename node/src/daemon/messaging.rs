@@ -55,7 +55,7 @@ pub(crate) struct Messaging {
     followers: Vec<(Replier<ControlResponse>, i64)>,
     pings: Vec<PingRun>,
     next_ping: u64,
-    last_ulid: (u64, u128),
+    ids: crate::ulid::UlidGenerator,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -66,23 +66,6 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Messaging {
-    /// A new ULID: 48 bits of milliseconds, 80 random bits, monotonic within a millisecond.
-    fn ulid(&mut self) -> String {
-        const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-        let ms = now_ms() & ((1 << 48) - 1);
-        let random = if ms == self.last_ulid.0 {
-            self.last_ulid.1.wrapping_add(1) & ((1u128 << 80) - 1)
-        } else {
-            rand::random::<u128>() & ((1u128 << 80) - 1)
-        };
-        self.last_ulid = (ms, random);
-        let value = (u128::from(ms) << 80) | random;
-        (0..26)
-            .rev()
-            .map(|i| ALPHABET[((value >> (i * 5)) & 0x1f) as usize] as char)
-            .collect()
-    }
-
     /// Sends each follower the entries past its last one; a full buffer stops that follower
     /// here (the rest goes out at the next pass).
     fn feed(&mut self, new: &[crate::store::InboxEntry]) {
@@ -185,7 +168,7 @@ impl Daemon {
             let _ = reply.try_send(Err("cannot send a message to yourself".into()));
             return;
         }
-        let id = self.msg.ulid();
+        let id = self.msg.ids.next();
         let outgoing = OutgoingMessage {
             id: id.clone(),
             to: to.to_string(),
@@ -888,18 +871,5 @@ impl Daemon {
             OutRequest::Msg(MsgRequest::Presence { record }),
         );
         self.msg.pending.insert(token, MsgPending::Presence);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ulids_are_valid_and_increasing() {
-        let mut m = Messaging::default();
-        let ids: Vec<String> = (0..1000).map(|_| m.ulid()).collect();
-        assert!(ids.iter().all(|id| msg::is_ulid(id)), "{:?}", &ids[..3]);
-        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 }

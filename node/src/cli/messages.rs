@@ -1,0 +1,205 @@
+//! `send`, `inbox`, `outbox` and `contacts`. The store is local, so all but `inbox --follow`
+//! work while the daemon is down: then they read and write the store themselves
+//! ([`natter_node::offline`]).
+
+use anyhow::bail;
+use natter_node::Home;
+use natter_node::control::ControlError;
+use natter_node::daemon::api::{ControlRequest, ControlResponse, FollowEvent, InboxItem, SendView};
+use natter_node::offline::{LocalStore, OutboxItem};
+use natter_node::terminal::escape;
+
+use super::{connect, format_ms, parse_name, print_done, unexpected};
+
+pub(crate) async fn send(
+    home: &Home,
+    name: &str,
+    text: String,
+    json: bool,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let name = parse_name(name)?;
+    let view = match connect(home).await? {
+        Some(mut client) => {
+            let request = ControlRequest::Send {
+                to: name.to_string(),
+                text,
+                wait,
+            };
+            match client.call(&request).await? {
+                ControlResponse::Sent(v) => v,
+                other => return unexpected(other),
+            }
+        }
+        None => {
+            let view = LocalStore::open(home)?.send(name.as_str(), text)?;
+            eprintln!(
+                "the daemon is not running; the message is queued and goes out when `{} up` runs",
+                home.command()
+            );
+            view
+        }
+    };
+    print_sent(&view, json)
+}
+
+fn print_sent(view: &SendView, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(view)?);
+    } else if view.status == "delivered" {
+        println!(
+            "delivered to {} ({})",
+            view.to,
+            view.path.as_deref().unwrap_or("?")
+        );
+    } else {
+        println!(
+            "queued for {}: it will be delivered when {} is reachable",
+            view.to, view.to
+        );
+    }
+    Ok(())
+}
+
+fn print_item(item: &InboxItem) {
+    println!(
+        "[{}] {}: {}",
+        format_ms(item.sent_at),
+        escape(&item.from),
+        escape(&item.text)
+    );
+}
+
+/// `inbox`: from the daemon, or from the store when it is down. `--follow` needs the daemon
+/// and ends with an error when the daemon stops.
+pub(crate) async fn inbox(home: &Home, json: bool, follow: bool) -> anyhow::Result<()> {
+    let Some(mut client) = connect(home).await? else {
+        if follow {
+            let not_running = ControlError::NotRunning {
+                home: home.dir().to_owned(),
+            };
+            bail!("`inbox --follow` needs the daemon: {not_running}");
+        }
+        let items = LocalStore::open(home)?.inbox()?;
+        return print_inbox(&items, json);
+    };
+    let request = ControlRequest::Inbox { follow };
+    if !follow {
+        let items = match client.call(&request).await? {
+            ControlResponse::Inbox(items) => items,
+            other => return unexpected(other),
+        };
+        return print_inbox(&items, json);
+    }
+    use futures::StreamExt as _;
+    let stream = client.stream::<_, ControlResponse>(&request).await?;
+    futures::pin_mut!(stream);
+    while let Some(next) = stream.next().await {
+        match next? {
+            ControlResponse::Event(event) if json => println!("{}", serde_json::to_string(&event)?),
+            ControlResponse::Event(FollowEvent::Message(item)) => print_item(&item),
+            ControlResponse::Event(FollowEvent::Presence { user, status, .. }) => {
+                println!("* {} is now {}", escape(&user), escape(&status))
+            }
+            other => return unexpected(other),
+        }
+    }
+    bail!(
+        "the daemon stopped, so no more messages will show: start it again with `{} up`",
+        home.command()
+    )
+}
+
+fn print_inbox(items: &[InboxItem], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+    } else {
+        items.iter().for_each(print_item);
+    }
+    Ok(())
+}
+
+/// `outbox`: read from the store, whether the daemon runs or not.
+pub(crate) fn outbox(home: &Home, json: bool) -> anyhow::Result<()> {
+    let items = LocalStore::open(home)?.outbox()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(());
+    }
+    if items.is_empty() {
+        println!("nothing is waiting for delivery");
+    }
+    items.iter().for_each(print_queued);
+    Ok(())
+}
+
+fn print_queued(item: &OutboxItem) {
+    println!(
+        "[{}] to {}: {}",
+        format_ms(item.sent_at),
+        escape(&item.to),
+        escape(&item.text)
+    );
+    let tries = match item.attempts {
+        0 => "not tried yet".to_owned(),
+        1 => "1 attempt".to_owned(),
+        n => format!("{n} attempts"),
+    };
+    let error = item
+        .last_error
+        .as_deref()
+        .map(|e| format!("; last error: {}", escape(e)))
+        .unwrap_or_default();
+    println!(
+        "    {tries}; next attempt {}{error}",
+        format_ms(item.next_attempt_at)
+    );
+}
+
+#[derive(Debug)]
+pub(crate) enum Contacts {
+    Add(String),
+    Remove(String),
+    List { json: bool },
+}
+
+/// `contacts add|remove|list`: through the daemon, or in the store when it is down.
+pub(crate) async fn contacts(home: &Home, cmd: Contacts) -> anyhow::Result<()> {
+    let Some(mut client) = connect(home).await? else {
+        let local = LocalStore::open(home)?;
+        match cmd {
+            Contacts::Add(name) => println!("{}", escape(&local.add_contact(&name)?)),
+            Contacts::Remove(name) => println!("{}", escape(&local.remove_contact(&name)?)),
+            Contacts::List { json } => print_contacts(&local.contacts()?, json)?,
+        }
+        return Ok(());
+    };
+    let (request, json) = match cmd {
+        Contacts::Add(name) => (
+            ControlRequest::ContactsAdd {
+                name: parse_name(&name)?.to_string(),
+            },
+            false,
+        ),
+        Contacts::Remove(name) => (
+            ControlRequest::ContactsRemove {
+                name: parse_name(&name)?.to_string(),
+            },
+            false,
+        ),
+        Contacts::List { json } => (ControlRequest::ContactsList, json),
+    };
+    match client.call(&request).await? {
+        ControlResponse::Contacts(list) => print_contacts(&list, json),
+        other => print_done(other),
+    }
+}
+
+fn print_contacts(list: &[String], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(list)?);
+    } else {
+        list.iter().for_each(|c| println!("{}", escape(c)));
+    }
+    Ok(())
+}

@@ -5,6 +5,7 @@
 
 pub mod directory;
 pub mod leaves;
+pub mod lookup;
 pub mod promotion;
 pub mod relay;
 

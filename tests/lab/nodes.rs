@@ -110,8 +110,21 @@ impl Node {
         self.json(&["status"]).await
     }
 
+    /// `natter lookup NAME --json`: an unknown user exits 1 but still prints its answer.
     pub(crate) async fn lookup(&self, name: &str) -> Result<Value, String> {
-        self.json(&["lookup", name]).await
+        match self.json(&["lookup", name]).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let out = self
+                    .cli(&["lookup", name, "--json"])
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                serde_json::from_str::<Value>(&out.stdout)
+                    .ok()
+                    .filter(|v| v["status"] == "unknown")
+                    .ok_or(e)
+            }
+        }
     }
 
     /// `natter send TO TEXT --json`, checked against the `send` contract: a message id, status

@@ -280,8 +280,10 @@ impl NodeProcess {
         );
     }
 
+    /// `natter lookup NAME --json`; an unknown user exits 1 but still prints its answer.
     pub fn lookup(&self, name: &str) -> Option<serde_json::Value> {
-        natter_json(&self.home, &["lookup", name])
+        let out = natter(&self.home, &["lookup", name, "--json"], "");
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     /// SIGKILL, as a crash.

@@ -383,7 +383,7 @@ impl Daemon {
             OverlayPending::Lookup { name, purpose } => self.answer_lookup(name, purpose, answer),
             OverlayPending::Liveness { lookup } => {
                 let attached = matches!(answer, Ok(OverlayResponse::Attachment { attached: true }));
-                self.finish_lookup(lookup, Some(attached));
+                self.on_liveness(lookup, Some(attached));
             }
             OverlayPending::Detach => {}
         }

@@ -23,7 +23,8 @@ use futures::stream::FuturesUnordered;
 use libp2p::{Multiaddr, PeerId};
 use natter_proto::login::{LoginRequest, LoginResponse, SuperpeerInfo};
 use natter_proto::{IssuerKey, Status, UserName};
-use natter_superpeer::directory::{DirectoryStats, LookupCache};
+use natter_superpeer::directory::DirectoryStats;
+use natter_superpeer::lookup::{LookupId, Lookups};
 use natter_superpeer::{LeafTable, Role, Thresholds};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -107,7 +108,7 @@ enum OverlayPending {
     },
     /// This superpeer asked a record's home superpeer whether the user is attached.
     Liveness {
-        lookup: u64,
+        lookup: LookupId,
     },
     Detach,
 }
@@ -228,9 +229,8 @@ pub(crate) struct Daemon {
     // Superpeer side.
     leaves: LeafTable,
     stats: DirectoryStats,
-    cache: LookupCache,
-    lookups: HashMap<u64, superpeer::Lookup>,
-    next_lookup: u64,
+    /// Lookups this superpeer resolves (cache, directory, liveness).
+    lookups: Lookups<superpeer::Requester>,
     last_announce: Option<Instant>,
     last_own_publish: Option<Instant>,
     last_bootstrap: Option<Instant>,
@@ -239,7 +239,7 @@ pub(crate) struct Daemon {
     overlay_pending: HashMap<Token, OverlayPending>,
     login_pending: HashMap<Token, LoginPending>,
     /// Directory GETs in flight, with the lookup each serves.
-    queries: HashMap<Token, u64>,
+    queries: HashMap<Token, LookupId>,
     last_renew_attempt: Option<Instant>,
     renew_failed_at: Option<Instant>,
     renewed_once: bool,
@@ -429,7 +429,7 @@ impl Daemon {
         Ok(Self {
             issuer: identity.issuer_key,
             leaves: LeafTable::new(config.max_leaves),
-            cache: LookupCache::new(Duration::from_secs(3), 10_000),
+            lookups: Lookups::new(key.public().to_peer_id(), identity.issuer_key),
             net,
             me: key.public().to_peer_id(),
             records,
@@ -462,8 +462,6 @@ impl Daemon {
             reserving: HashMap::new(),
             reserve_tried: HashMap::new(),
             stats: DirectoryStats::default(),
-            lookups: HashMap::new(),
-            next_lookup: 0,
             queries: HashMap::new(),
             last_announce: None,
             last_own_publish: None,
@@ -767,9 +765,7 @@ impl Daemon {
             NetEvent::KadPut { source, record } => self.on_kad_put(source, record),
             NetEvent::KadFound { token, value } => self.on_kad_found(token, value),
             NetEvent::KadDone(token) => {
-                if let Some(lookup) = self.queries.remove(&token) {
-                    self.resolve_lookup(lookup);
-                }
+                self.on_kad_done(token);
             }
             NetEvent::RelayReservation(peer) => self.on_relay_reservation(peer),
             NetEvent::Reserved(relay_peer_id) => {

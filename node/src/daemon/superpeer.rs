@@ -10,7 +10,8 @@ use natter_proto::login::{LoginRequest, SuperpeerInfo};
 use natter_proto::overlay::{OverlayRefusal, OverlayRequest, OverlayResponse};
 use natter_proto::presence::directory_key;
 use natter_proto::{PresenceRecord, Status, UserName};
-use natter_superpeer::directory::{admit_record, best_record};
+use natter_superpeer::directory::admit_record;
+use natter_superpeer::lookup::{LookupAction, LookupId};
 use natter_superpeer::promotion::{Decision, Resources, RoleChange, decide};
 use natter_superpeer::{Admission, Role};
 
@@ -21,14 +22,6 @@ use crate::net::{Command, Token};
 pub(crate) enum Requester {
     Remote(ResponseChannel<OverlayResponse>),
     Local(LookupFor),
-}
-
-/// A lookup in progress on this superpeer.
-pub(crate) struct Lookup {
-    name: UserName,
-    requester: Requester,
-    values: Vec<Vec<u8>>,
-    record: Option<PresenceRecord>,
 }
 
 impl Daemon {
@@ -182,7 +175,7 @@ impl Daemon {
 
     fn put_record(&mut self, record: PresenceRecord) {
         let key = directory_key(record.username());
-        self.cache.invalidate(record.username());
+        self.lookups.invalidate(record.username());
         let kad_record = kad::Record {
             key: kad::RecordKey::new(&key),
             value: record.to_json(),
@@ -319,31 +312,67 @@ impl Daemon {
         }
     }
 
+    /// Looks `name` up in the directory (see `natter_superpeer::lookup`).
     pub(super) fn start_lookup(&mut self, name: UserName, requester: Requester) {
         self.stats.lookups += 1;
-        if let Some((record, confirmed)) = self.cache.get(&name, Instant::now()) {
-            self.answer(requester, name, record, confirmed);
-            return;
+        let local = self.stored_value(&directory_key(&name));
+        if let Err((refused, requester)) =
+            self.lookups
+                .start(name.clone(), requester, local, Instant::now())
+        {
+            match requester {
+                Requester::Remote(channel) => self.respond(
+                    channel,
+                    OverlayResponse::Refused {
+                        code: OverlayRefusal::Unavailable,
+                        message: refused.to_string(),
+                    },
+                ),
+                Requester::Local(purpose) => {
+                    self.answer_lookup(name, purpose, Err(refused.to_string()))
+                }
+            }
         }
-        let id = self.next_lookup;
-        self.next_lookup += 1;
-        let key = directory_key(&name);
-        let local = self.stored_value(&key);
-        let token = self.token();
-        self.net.send(Command::KadGet {
-            token,
-            key: kad::RecordKey::new(&key),
-        });
-        self.queries.insert(token, id);
-        self.lookups.insert(
-            id,
-            Lookup {
-                name,
-                requester,
-                values: local.into_iter().collect(),
-                record: None,
-            },
-        );
+        self.run_lookups();
+    }
+
+    /// Carries out what the lookups decided.
+    pub(super) fn run_lookups(&mut self) {
+        while let Some(action) = self.lookups.next_action() {
+            match action {
+                LookupAction::Query { id, key } => {
+                    let token = self.token();
+                    self.net.send(Command::KadGet {
+                        token,
+                        key: kad::RecordKey::new(&key),
+                    });
+                    self.queries.insert(token, id);
+                }
+                LookupAction::Finish(id) => {
+                    if let Some(token) = self
+                        .queries
+                        .iter()
+                        .find(|(_, l)| **l == id)
+                        .map(|(t, _)| *t)
+                    {
+                        self.queries.remove(&token);
+                        self.net.send(Command::KadFinish(token));
+                    }
+                }
+                LookupAction::AskHome { id, home, device } => {
+                    let request = OverlayRequest::IsAttached {
+                        peer_id: device.to_string(),
+                    };
+                    self.send_overlay(home, request, OverlayPending::Liveness { lookup: id });
+                }
+                LookupAction::Answer {
+                    requester,
+                    name,
+                    record,
+                    confirmed,
+                } => self.answer(requester, name, record, confirmed),
+            }
+        }
     }
 
     /// A peer asks to store a directory record: validated first, like every record.
@@ -359,7 +388,7 @@ impl Daemon {
         ) {
             Ok(accepted) => {
                 use kad::store::RecordStore as _;
-                self.cache.invalidate(accepted.username());
+                self.lookups.invalidate(accepted.username());
                 if let Err(e) = self.records.put(record) {
                     tracing::warn!(error = %e, "record store full");
                 } else {
@@ -373,84 +402,37 @@ impl Daemon {
         }
     }
 
-    /// A value for one of this node's directory GETs. One valid record answers the lookup: do
-    /// not wait for the rest of the query (a dead peer in it would cost a dial timeout).
+    /// A value for one of this node's directory GETs.
     pub(super) fn on_kad_found(&mut self, token: Token, value: Vec<u8>) {
-        let Some(&lookup) = self.queries.get(&token) else {
+        let Some(&id) = self.queries.get(&token) else {
             return;
         };
-        let Some(l) = self.lookups.get_mut(&lookup) else {
-            return;
-        };
-        l.values.push(value);
-        let valid = best_record(
-            &l.name,
-            l.values.iter().map(Vec::as_slice),
-            &self.issuer,
+        let leaves = &self.leaves;
+        self.lookups.found(
+            id,
+            value,
             unix_now(),
-        )
-        .is_some();
-        if valid {
-            self.queries.remove(&token);
-            self.net.send(Command::KadFinish(token));
-            self.resolve_lookup(lookup);
-        }
-    }
-
-    /// All answers are in: pick the best record and confirm liveness with its home.
-    pub(super) fn resolve_lookup(&mut self, id: u64) {
-        let Some(lookup) = self.lookups.get_mut(&id) else {
-            return;
-        };
-        let now = unix_now();
-        let record = best_record(
-            &lookup.name,
-            lookup.values.iter().map(Vec::as_slice),
-            &self.issuer,
-            now,
-        );
-        lookup.record = record.clone();
-        let Some(record) = record else {
-            self.finish_lookup(id, None);
-            return;
-        };
-        if !record.is_live(now) {
-            self.finish_lookup(id, Some(false));
-            return;
-        }
-        let device = record.body.cert.peer_id();
-        let home = record
-            .body
-            .home
-            .as_deref()
-            .and_then(|h| h.parse::<PeerId>().ok());
-        match home {
-            Some(home) if home == self.peer_id() => {
-                let attached = self.leaves.contains(&device) || device == self.peer_id();
-                self.finish_lookup(id, Some(attached));
-            }
-            Some(home) => {
-                let request = OverlayRequest::IsAttached {
-                    peer_id: device.to_string(),
-                };
-                self.send_overlay(home, request, OverlayPending::Liveness { lookup: id });
-            }
-            None => self.finish_lookup(id, Some(false)),
-        }
-    }
-
-    pub(super) fn finish_lookup(&mut self, id: u64, confirmed: Option<bool>) {
-        let Some(lookup) = self.lookups.remove(&id) else {
-            return;
-        };
-        let confirmed = confirmed.unwrap_or(false);
-        self.cache.put(
-            lookup.name.clone(),
-            lookup.record.clone(),
-            confirmed,
+            |p| leaves.contains(p),
             Instant::now(),
         );
-        self.answer(lookup.requester, lookup.name, lookup.record, confirmed);
+        self.run_lookups();
+    }
+
+    /// One of this node's directory GETs ended.
+    pub(super) fn on_kad_done(&mut self, token: Token) {
+        let Some(id) = self.queries.remove(&token) else {
+            return;
+        };
+        let leaves = &self.leaves;
+        self.lookups
+            .query_done(id, unix_now(), |p| leaves.contains(p), Instant::now());
+        self.run_lookups();
+    }
+
+    /// A home superpeer's answer to "is this device attached to you?".
+    pub(super) fn on_liveness(&mut self, id: LookupId, attached: Option<bool>) {
+        self.lookups.liveness(id, attached, Instant::now());
+        self.run_lookups();
     }
 
     fn answer(

@@ -37,9 +37,10 @@ pub(crate) type Token = u64;
 const EVENT_BUFFER: usize = 1024;
 /// Commands buffered towards the network task (see [`Net`] for what happens beyond it).
 const COMMAND_BUFFER: usize = 1024;
-/// How long a relayed connection stays open once a direct one to the same peer exists: the
-/// requests already on it finish (messages keep flowing during the upgrade) instead of failing
-/// and waiting out a retry.
+/// How long a relayed connection stays open at most once a direct one to the same peer exists,
+/// while requests with that peer are still in flight: they finish (messages keep flowing
+/// during the upgrade) instead of failing and waiting out a retry. With none in flight, it is
+/// closed at once.
 const RELAY_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A request this node sends, on one of its request-response protocols.
@@ -282,6 +283,9 @@ pub(crate) struct Network {
     ready: std::collections::VecDeque<NetEvent>,
     /// Relayed connections to close once their grace ends, in order of that time.
     retiring: std::collections::VecDeque<(tokio::time::Instant, ConnectionId)>,
+    /// Requests in flight with each peer, both ways: a retired relayed connection closes as
+    /// soon as its peer has none.
+    busy: HashMap<PeerId, usize>,
 }
 
 impl std::fmt::Debug for Network {
@@ -311,6 +315,7 @@ impl Network {
             metrics,
             ready: Default::default(),
             retiring: Default::default(),
+            busy: HashMap::new(),
         };
         (
             network,
@@ -375,6 +380,7 @@ impl Network {
                 for addr in addrs {
                     swarm.add_peer_address(peer, addr);
                 }
+                *self.busy.entry(peer).or_insert(0) += 1;
                 let b = swarm.behaviour_mut();
                 let id = match request {
                     OutRequest::Login(r) => b.login.send_request(&peer, r),
@@ -513,9 +519,14 @@ impl Network {
                     // after a grace period, so messages take the direct path without
                     // failing the requests already on the relayed one.
                     let at = tokio::time::Instant::now() + RELAY_GRACE;
+                    let idle = !self.busy.contains_key(&peer_id);
                     for old in self.relayed_to(peer_id) {
-                        tracing::info!(peer = %peer_id, "direct connection established; retiring the relayed one");
-                        self.retiring.push_back((at, old));
+                        tracing::info!(peer = %peer_id, idle, "direct connection established; retiring the relayed one");
+                        if idle {
+                            self.swarm.close_connection(old);
+                        } else {
+                            self.retiring.push_back((at, old));
+                        }
                     }
                 }
                 self.conns.insert(connection_id, (peer_id, relayed));
@@ -614,11 +625,15 @@ impl Network {
             } => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => inbound(peer, request, channel),
+                } => {
+                    *self.busy.entry(peer).or_insert(0) += 1;
+                    inbound(peer, request, channel)
+                }
                 request_response::Message::Response {
                     request_id,
                     response,
                 } => {
+                    self.done_with(peer);
                     let token = self.outbound.remove(&request_id)?;
                     Some(NetEvent::Response {
                         token,
@@ -631,8 +646,9 @@ impl Network {
                 request_id,
                 error,
                 connection_id,
-                ..
+                peer,
             } => {
+                self.done_with(peer);
                 let token = self.outbound.remove(&request_id)?;
                 Some(NetEvent::Response {
                     token,
@@ -641,10 +657,14 @@ impl Network {
                 })
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
+                self.done_with(peer);
                 tracing::debug!(%peer, %error, "inbound request failed");
                 None
             }
-            request_response::Event::ResponseSent { .. } => None,
+            request_response::Event::ResponseSent { peer, .. } => {
+                self.done_with(peer);
+                None
+            }
         }
     }
 
@@ -692,6 +712,29 @@ impl Network {
             other => {
                 tracing::trace!(?other, "kad event");
                 None
+            }
+        }
+    }
+
+    /// One request with `peer` is over; with none left, its retired relayed connections go.
+    fn done_with(&mut self, peer: PeerId) {
+        let Some(n) = self.busy.get_mut(&peer) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        if *n > 0 {
+            return;
+        }
+        self.busy.remove(&peer);
+        if self.has_direct(peer) {
+            let retired: Vec<ConnectionId> = self
+                .retiring
+                .iter()
+                .filter(|(_, id)| self.conns.get(id).is_some_and(|(p, _)| *p == peer))
+                .map(|(_, id)| *id)
+                .collect();
+            for id in retired {
+                self.swarm.close_connection(id);
             }
         }
     }

@@ -1,0 +1,351 @@
+//! A leaf's attachment as a state machine: a primary and a standby superpeer, which candidate
+//! to try next, how long to skip one that refused or failed, and failover when one is lost.
+//!
+//! It decides; the daemon carries out its [`AttachAction`]s (requests, relay reservations,
+//! host-cache writes, progress lines). No I/O and no clock of its own (the time is passed in,
+//! tokio's `Instant` so tests run on paused time).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::time::Instant;
+
+/// How long an attach attempt may take before the next candidate is tried.
+pub(crate) const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a superpeer that refused (or was full) is skipped.
+pub(crate) const SKIP_AFTER_REFUSAL: Duration = Duration::from_secs(60);
+/// Among how many of the best candidates one is picked at random: leaves that start together
+/// must not all pick the same superpeers.
+const PICK_AMONG: usize = 4;
+
+/// Which slot a superpeer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Primary,
+    Standby,
+}
+
+impl Slot {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Slot::Primary => "primary",
+            Slot::Standby => "standby",
+        }
+    }
+}
+
+/// What the attachment asks of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AttachAction {
+    /// Send an attach request to this superpeer; answer with [`Attach::attached`],
+    /// [`Attach::refused`] or [`Attach::failed`].
+    Attach(PeerId),
+    /// Attached in this slot: reserve a relay slot there, remember the host.
+    Attached(PeerId, Slot),
+    /// Nothing left to try: ask the login server for a fresh bootstrap list.
+    Bootstrap,
+    /// The primary changed (`None`: there is none): publish the record through the new one.
+    PrimaryChanged {
+        lost: PeerId,
+        new: Option<PeerId>,
+    },
+    /// The standby is gone; another is being looked for.
+    StandbyLost(PeerId),
+    /// Remember in the host cache that this superpeer failed.
+    HostFailed(PeerId),
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct Attach {
+    primary: Option<PeerId>,
+    standby: Option<PeerId>,
+    /// The attempt in flight, since when.
+    attaching: Option<(PeerId, Instant)>,
+    /// Superpeers not to try again before the given time: 60 s after a refusal, a backoff
+    /// (1 s doubling to 30 s) after a lost connection or failed attach.
+    skip_until: HashMap<PeerId, Instant>,
+    failures: HashMap<PeerId, u32>,
+    /// When the login server was last asked for a bootstrap list.
+    last_bootstrap: Option<Instant>,
+    actions: VecDeque<AttachAction>,
+}
+
+impl Attach {
+    pub(crate) fn next_action(&mut self) -> Option<AttachAction> {
+        self.actions.pop_front()
+    }
+
+    pub(crate) fn primary(&self) -> Option<PeerId> {
+        self.primary
+    }
+
+    pub(crate) fn standby(&self) -> Option<PeerId> {
+        self.standby
+    }
+
+    /// Is `peer` the primary or the standby?
+    pub(crate) fn holds(&self, peer: PeerId) -> bool {
+        self.primary == Some(peer) || self.standby == Some(peer)
+    }
+
+    /// The login server was asked for a bootstrap list (at start, or by renewal).
+    pub(crate) fn bootstrap_asked(&mut self, now: Instant) {
+        self.last_bootstrap = Some(now);
+    }
+
+    /// Drops both slots (the node became a superpeer): the ones it held, to detach from.
+    pub(crate) fn clear(&mut self) -> Vec<PeerId> {
+        self.attaching = None;
+        [self.primary.take(), self.standby.take()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Time passes: with a slot free and no attempt in flight (or one timed out), try the
+    /// next candidate. `candidates` are superpeers in order of preference (least loaded
+    /// first); `pick` chooses an index below its argument (random in the daemon).
+    pub(crate) fn tick(
+        &mut self,
+        candidates: impl IntoIterator<Item = PeerId>,
+        me: PeerId,
+        now: Instant,
+        pick: impl FnOnce(usize) -> usize,
+    ) {
+        if self.primary.is_some() && self.standby.is_some() {
+            return;
+        }
+        if let Some((_, started)) = self.attaching {
+            if now.saturating_duration_since(started) < ATTACH_TIMEOUT {
+                return;
+            }
+            self.attaching = None;
+        }
+        self.skip_until.retain(|_, until| *until > now);
+        let eligible: Vec<PeerId> = candidates
+            .into_iter()
+            .filter(|p| *p != me && !self.holds(*p) && !self.skip_until.contains_key(p))
+            .take(PICK_AMONG)
+            .collect();
+        let mut next = (!eligible.is_empty()).then(|| eligible[pick(eligible.len())]);
+        if next.is_none() && self.primary.is_none() {
+            // Unattached and every candidate is waiting out a backoff: try the one whose wait
+            // ends first rather than stay unreachable.
+            next = self
+                .skip_until
+                .iter()
+                .filter(|(p, _)| **p != me && Some(**p) != self.standby)
+                .min_by_key(|(_, until)| **until)
+                .map(|(p, _)| *p);
+        }
+        match next {
+            Some(peer) => {
+                self.attaching = Some((peer, now));
+                self.actions.push_back(AttachAction::Attach(peer));
+            }
+            None => {
+                // Nothing left to try: a fresh bootstrap list, every 10 s when unattached,
+                // every 20 s when only the standby is missing.
+                let every = Duration::from_secs(if self.primary.is_none() { 10 } else { 20 });
+                if self
+                    .last_bootstrap
+                    .is_none_or(|t| now.saturating_duration_since(t) > every)
+                {
+                    self.last_bootstrap = Some(now);
+                    self.actions.push_back(AttachAction::Bootstrap);
+                }
+            }
+        }
+    }
+
+    fn attempt_over(&mut self, peer: PeerId) {
+        if self.attaching.is_some_and(|(p, _)| p == peer) {
+            self.attaching = None;
+        }
+    }
+
+    /// `peer` admitted this leaf: it takes the free slot (primary first).
+    pub(crate) fn attached(&mut self, peer: PeerId) -> Option<Slot> {
+        self.attempt_over(peer);
+        let slot = if self.primary.is_none() {
+            self.primary = Some(peer);
+            Slot::Primary
+        } else if self.standby.is_none() && self.primary != Some(peer) {
+            self.standby = Some(peer);
+            Slot::Standby
+        } else {
+            return None;
+        };
+        self.failures.remove(&peer);
+        self.actions.push_back(AttachAction::Attached(peer, slot));
+        Some(slot)
+    }
+
+    /// `peer` refused (invalid certificate, full): skip it for a minute.
+    pub(crate) fn refused(&mut self, peer: PeerId, now: Instant) {
+        self.attempt_over(peer);
+        self.skip_until.insert(peer, now + SKIP_AFTER_REFUSAL);
+    }
+
+    /// The attempt failed (no answer, connection failed): back off.
+    pub(crate) fn failed(&mut self, peer: PeerId, now: Instant) {
+        self.attempt_over(peer);
+        self.back_off(peer, now);
+        self.actions.push_back(AttachAction::HostFailed(peer));
+    }
+
+    /// The connection to `peer` is gone: if it held a slot, the standby takes over the
+    /// primary's place (or the standby slot frees up).
+    pub(crate) fn lost(&mut self, peer: PeerId, now: Instant) {
+        if self.primary == Some(peer) {
+            self.primary = self.standby.take();
+            self.actions.push_back(AttachAction::PrimaryChanged {
+                lost: peer,
+                new: self.primary,
+            });
+        } else if self.standby == Some(peer) {
+            self.standby = None;
+            self.actions.push_back(AttachAction::StandbyLost(peer));
+        } else {
+            return;
+        }
+        self.back_off(peer, now);
+    }
+
+    /// Skips `peer` for 1 s, doubling with each failure up to 30 s.
+    fn back_off(&mut self, peer: PeerId, now: Instant) {
+        let failures = self.failures.entry(peer).or_insert(0);
+        let wait = Duration::from_secs(1 << (*failures).min(5)).min(Duration::from_secs(30));
+        *failures += 1;
+        self.skip_until.insert(peer, now + wait);
+        // Bounded: only superpeers that failed recently are remembered.
+        if self.failures.len() > 1024 {
+            let skipping: Vec<PeerId> = self.skip_until.keys().copied().collect();
+            self.failures.retain(|p, _| skipping.contains(p));
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn drain(a: &mut Attach) -> Vec<AttachAction> {
+        std::iter::from_fn(|| a.next_action()).collect()
+    }
+
+    fn first(_: usize) -> usize {
+        0
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attaches_primary_then_standby_and_fails_over() {
+        let me = PeerId::random();
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut s = Attach::default();
+        s.tick([a, b, c], me, Instant::now(), first);
+        assert_eq!(drain(&mut s), vec![AttachAction::Attach(a)]);
+        // One attempt at a time.
+        s.tick([a, b, c], me, Instant::now(), first);
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.attached(a), Some(Slot::Primary));
+        s.tick([a, b, c], me, Instant::now(), first);
+        assert_eq!(
+            drain(&mut s),
+            vec![
+                AttachAction::Attached(a, Slot::Primary),
+                AttachAction::Attach(b)
+            ]
+        );
+        assert_eq!(s.attached(b), Some(Slot::Standby));
+        drain(&mut s);
+        // The primary dies: the standby takes over at once, and a new standby is sought
+        // among the others (the lost one is backed off).
+        s.lost(a, Instant::now());
+        assert_eq!((s.primary(), s.standby()), (Some(b), None));
+        s.tick([a, b, c], me, Instant::now(), first);
+        assert_eq!(
+            drain(&mut s),
+            vec![
+                AttachAction::PrimaryChanged {
+                    lost: a,
+                    new: Some(b)
+                },
+                AttachAction::Attach(c)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_skipped_for_a_minute_failures_back_off_doubling() {
+        let me = PeerId::random();
+        let a = PeerId::random();
+        let mut s = Attach::default();
+        s.bootstrap_asked(Instant::now());
+        s.tick([a], me, Instant::now(), first);
+        drain(&mut s);
+        s.refused(a, Instant::now());
+        // Unattached, and the only candidate is skipped: it is tried again all the same
+        // rather than staying unreachable... after its refusal it is the one whose wait ends
+        // first.
+        s.tick([a], me, Instant::now(), first);
+        assert_eq!(drain(&mut s), vec![AttachAction::Attach(a)]);
+        // Failures: 1 s, then 2 s, then 4 s before the candidate list offers it again.
+        let b = PeerId::random();
+        let mut s = Attach::default();
+        s.attached(a);
+        drain(&mut s);
+        s.bootstrap_asked(Instant::now());
+        for wait in [1u64, 2, 4] {
+            s.tick([b], me, Instant::now(), first);
+            assert_eq!(drain(&mut s), vec![AttachAction::Attach(b)]);
+            s.failed(b, Instant::now());
+            assert_eq!(drain(&mut s), vec![AttachAction::HostFailed(b)]);
+            tokio::time::advance(Duration::from_millis(wait * 1000 - 1)).await;
+            s.tick([b], me, Instant::now(), first);
+            assert!(
+                drain(&mut s).is_empty(),
+                "{b} offered again before {wait} s"
+            );
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_without_answer_times_out_and_nothing_left_asks_the_login_server() {
+        let me = PeerId::random();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut s = Attach::default();
+        s.tick([a, b], me, Instant::now(), first);
+        assert_eq!(drain(&mut s), vec![AttachAction::Attach(a)]);
+        tokio::time::advance(ATTACH_TIMEOUT - Duration::from_millis(1)).await;
+        s.tick([a, b], me, Instant::now(), |_| 1);
+        assert!(drain(&mut s).is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        s.tick([a, b], me, Instant::now(), |_| 1);
+        assert_eq!(drain(&mut s), vec![AttachAction::Attach(b)]);
+        // No candidates at all: a fresh bootstrap list, at most every 10 s.
+        let mut s = Attach::default();
+        s.tick([], me, Instant::now(), first);
+        assert_eq!(drain(&mut s), vec![AttachAction::Bootstrap]);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        s.tick([], me, Instant::now(), first);
+        assert!(drain(&mut s).is_empty());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        s.tick([], me, Instant::now(), first);
+        assert_eq!(drain(&mut s), vec![AttachAction::Bootstrap]);
+    }
+
+    #[test]
+    fn clearing_hands_back_both_slots() {
+        let mut s = Attach::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        s.attached(a);
+        s.attached(b);
+        assert_eq!(s.clear(), vec![a, b]);
+        assert!(!s.holds(a) && !s.holds(b));
+    }
+}

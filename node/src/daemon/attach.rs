@@ -46,10 +46,7 @@ pub(crate) enum AttachAction {
     /// Nothing left to try: ask the login server for a fresh bootstrap list.
     Bootstrap,
     /// The primary changed (`None`: there is none): publish the record through the new one.
-    PrimaryChanged {
-        lost: PeerId,
-        new: Option<PeerId>,
-    },
+    PrimaryChanged { lost: PeerId, new: Option<PeerId> },
     /// The standby is gone; another is being looked for.
     StandbyLost(PeerId),
     /// Remember in the host cache that this superpeer failed.

@@ -23,7 +23,9 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
             };
             if name == d.identity.user {
                 // Oneself needs no network: answer from the record this node would publish.
-                if let Some(record) = d.own_record(d.presence, d.primary.or(Some(d.peer_id()))) {
+                if let Some(record) =
+                    d.own_record(d.presence, d.attach.primary().or(Some(d.peer_id())))
+                {
                     let _ = reply.try_send(Ok(ControlResponse::Lookup(lookup_view(&record, true))));
                     return;
                 }
@@ -61,7 +63,7 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
         ControlRequest::Down => {
             d.phase("signing off");
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-            match (d.role, d.primary) {
+            match (d.role, d.attach.primary()) {
                 (Current::Leaf, Some(_)) => {
                     d.going_down = Some((deadline, Some(reply)));
                     d.publish_record(true);
@@ -88,7 +90,7 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
 }
 
 fn status(d: &Daemon) -> StatusView {
-    let superpeers: Vec<String> = [d.primary, d.standby]
+    let superpeers: Vec<String> = [d.attach.primary(), d.attach.standby()]
         .into_iter()
         .flatten()
         .map(|p| p.to_string())
@@ -103,8 +105,8 @@ fn status(d: &Daemon) -> StatusView {
         role_reason: d.role_reason.clone(),
         reachability: reachability(d).into(),
         superpeers,
-        primary: d.primary.map(|p| p.to_string()),
-        standby: d.standby.map(|p| p.to_string()),
+        primary: d.attach.primary().map(|p| p.to_string()),
+        standby: d.attach.standby().map(|p| p.to_string()),
         leaves: d.leaves.len(),
         max_leaves: d.leaves.capacity(),
         presence: d.presence.to_string(),

@@ -10,26 +10,33 @@ use natter_proto::overlay::{OverlayRequest, OverlayResponse};
 use natter_proto::{PresenceBody, PresenceRecord, Status, UserName};
 
 use super::api::LookupView;
+use super::attach::{AttachAction, Slot};
 use super::{Current, Daemon, LoginPending, LookupFor, LookupOutcome, OverlayPending, unix_now};
 use crate::net::Command;
-
-/// How long an attach attempt may take before the next candidate is tried.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a superpeer that refused or failed is skipped.
-const SKIP_AFTER_REFUSAL: Duration = Duration::from_secs(60);
 
 impl Daemon {
     pub(super) fn leaf_tick(&mut self) {
         if self.going_down.is_some() {
             return;
         }
-        if self.primary.is_none() || self.standby.is_none() {
-            self.try_attach();
-        }
+        let me = self.peer_id();
+        let candidates: Vec<PeerId> = self
+            .candidates
+            .iter()
+            .filter_map(|c| c.peer_id.parse::<PeerId>().ok())
+            .collect();
+        self.attach
+            .tick(candidates, me, tokio::time::Instant::now(), |n| {
+                rand::random_range(0..n)
+            });
+        self.run_attach();
         // A superpeer whose reservation did not work out (refused before its relay was on,
         // lost with the connection) is asked again every 10 s: without a relay address a
         // leaf behind NAT cannot be reached at all.
-        for sp in [self.primary, self.standby].into_iter().flatten() {
+        for sp in [self.attach.primary(), self.attach.standby()]
+            .into_iter()
+            .flatten()
+        {
             let has_relay = self
                 .relay_addrs
                 .iter()
@@ -45,66 +52,55 @@ impl Daemon {
         let due = self
             .last_publish
             .is_none_or(|t| t.elapsed() >= self.config.publish_interval);
-        if self.primary.is_some() && due {
+        if self.attach.primary().is_some() && due {
             self.publish_record(false);
         }
     }
 
-    fn try_attach(&mut self) {
-        if let Some((_, started)) = self.attaching {
-            if started.elapsed() < ATTACH_TIMEOUT {
-                return;
+    /// Carries out what the attachment decided.
+    fn run_attach(&mut self) {
+        while let Some(action) = self.attach.next_action() {
+            match action {
+                AttachAction::Attach(peer) => {
+                    tracing::debug!(%peer, "attaching");
+                    let request = OverlayRequest::Attach {
+                        cert: self.identity.cert.clone(),
+                    };
+                    self.send_overlay(peer, request, OverlayPending::Attach(peer));
+                }
+                AttachAction::Attached(peer, slot) => {
+                    if slot == Slot::Primary {
+                        self.last_publish = None;
+                    }
+                    self.phase(&format!("attached to {peer} ({})", slot.as_str()));
+                    self.reserve_relay(peer);
+                    let (id, addrs) = (peer.to_string(), self.addrs_of(peer));
+                    self.store_write("host cache write", move |s| {
+                        s.record_host(&id, &addrs, None, None, unix_now()).map(drop)
+                    });
+                }
+                AttachAction::Bootstrap => self.renew(),
+                AttachAction::PrimaryChanged { lost, new } => {
+                    self.last_publish = None;
+                    match new {
+                        Some(new) => self.phase(&format!(
+                            "primary superpeer {lost} lost; standby {new} takes over"
+                        )),
+                        None => self.phase(&format!(
+                            "primary superpeer {lost} lost; looking for another"
+                        )),
+                    }
+                }
+                AttachAction::StandbyLost(peer) => self.phase(&format!(
+                    "standby superpeer {peer} lost; looking for another"
+                )),
+                AttachAction::HostFailed(peer) => {
+                    let id = peer.to_string();
+                    self.store_write("host cache write", move |s| {
+                        s.host_failed(&id, unix_now()).map(drop)
+                    });
+                }
             }
-            self.attaching = None;
-        }
-        let now = Instant::now();
-        self.skip_until.retain(|_, until| *until > now);
-        let me = self.peer_id();
-        // Among the best few (the list is least loaded first), a random one: leaves that start
-        // together must not all pick the same superpeers.
-        let eligible: Vec<PeerId> = self
-            .candidates
-            .iter()
-            .filter_map(|c| c.peer_id.parse::<PeerId>().ok())
-            .filter(|p| {
-                *p != me
-                    && Some(*p) != self.primary
-                    && Some(*p) != self.standby
-                    && !self.skip_until.contains_key(p)
-            })
-            .take(4)
-            .collect();
-        let mut next =
-            (!eligible.is_empty()).then(|| eligible[rand::random_range(0..eligible.len())]);
-        if next.is_none() && self.primary.is_none() {
-            // Unattached and every candidate is waiting out a backoff: try the one whose wait
-            // ends first rather than stay unreachable.
-            next = self
-                .skip_until
-                .iter()
-                .filter(|(p, _)| **p != me && Some(**p) != self.standby)
-                .min_by_key(|(_, until)| **until)
-                .map(|(p, _)| *p);
-        }
-        match next {
-            Some(peer) => {
-                tracing::debug!(%peer, "attaching");
-                self.attaching = Some((peer, Instant::now()));
-                let request = OverlayRequest::Attach {
-                    cert: self.identity.cert.clone(),
-                };
-                self.send_overlay(peer, request, OverlayPending::Attach(peer));
-            }
-            None if self.last_renew_attempt.is_none_or(|t| {
-                // Nothing left to try: ask the login server for a fresh bootstrap list (every
-                // 10 s when unattached, every 20 s when only the standby is missing).
-                let every = if self.primary.is_none() { 10 } else { 20 };
-                t.elapsed() > Duration::from_secs(every)
-            }) =>
-            {
-                self.renew();
-            }
-            None => {}
         }
     }
 
@@ -113,53 +109,31 @@ impl Daemon {
         peer: PeerId,
         response: Result<OverlayResponse, String>,
     ) {
-        if self.attaching.is_some_and(|(p, _)| p == peer) {
-            self.attaching = None;
-        }
+        let now = tokio::time::Instant::now();
         match response {
             Ok(OverlayResponse::Attached { superpeers, .. }) => {
                 if self.role == Current::Superpeer {
                     return;
                 }
-                let slot = if self.primary.is_none() {
-                    self.primary = Some(peer);
-                    self.last_publish = None;
-                    "primary"
-                } else if self.standby.is_none() && self.primary != Some(peer) {
-                    self.standby = Some(peer);
-                    "standby"
-                } else {
-                    return;
-                };
-                self.attach_failures.remove(&peer);
-                self.phase(&format!("attached to {peer} ({slot})"));
-                self.reserve_relay(peer);
-                let (id, addrs) = (peer.to_string(), self.addrs_of(peer));
-                self.store_write("host cache write", move |s| {
-                    s.record_host(&id, &addrs, None, None, unix_now()).map(drop)
-                });
-                self.merge_candidates(superpeers);
+                if self.attach.attached(peer).is_some() {
+                    self.merge_candidates(superpeers);
+                }
             }
             Ok(OverlayResponse::Full { alternatives }) => {
                 self.phase(&format!("superpeer {peer} is full; trying another"));
-                self.skip_until
-                    .insert(peer, Instant::now() + SKIP_AFTER_REFUSAL);
+                self.attach.refused(peer, now);
                 self.merge_candidates(alternatives);
             }
             Ok(OverlayResponse::Refused { message, .. }) => {
                 tracing::warn!(%peer, %message, "attach refused");
-                self.skip_until
-                    .insert(peer, Instant::now() + SKIP_AFTER_REFUSAL);
+                self.attach.refused(peer, now);
             }
             other => {
                 tracing::info!(%peer, ?other, "attach failed");
-                self.back_off(peer);
-                let id = peer.to_string();
-                self.store_write("host cache write", move |s| {
-                    s.host_failed(&id, unix_now()).map(drop)
-                });
+                self.attach.failed(peer, now);
             }
         }
+        self.run_attach();
     }
 
     fn addrs_of(&self, peer: PeerId) -> Vec<String> {
@@ -198,32 +172,8 @@ impl Daemon {
         self.relay_addrs
             .retain(|a| !a.iter().any(|p| p == Protocol::P2p(peer)));
         self.reserving.remove(&peer);
-        if self.primary == Some(peer) {
-            self.primary = self.standby.take();
-            self.last_publish = None;
-            match self.primary {
-                Some(new) => self.phase(&format!(
-                    "primary superpeer {peer} lost; standby {new} takes over"
-                )),
-                None => self.phase(&format!(
-                    "primary superpeer {peer} lost; looking for another"
-                )),
-            }
-        } else if self.standby == Some(peer) {
-            self.standby = None;
-            self.phase(&format!(
-                "standby superpeer {peer} lost; looking for another"
-            ));
-        }
-        self.back_off(peer);
-    }
-
-    /// Skips a superpeer that failed for 1 s, doubling with each failure up to 30 s.
-    fn back_off(&mut self, peer: PeerId) {
-        let failures = self.attach_failures.entry(peer).or_insert(0);
-        let wait = Duration::from_secs(1 << (*failures).min(5)).min(Duration::from_secs(30));
-        *failures += 1;
-        self.skip_until.insert(peer, Instant::now() + wait);
+        self.attach.lost(peer, tokio::time::Instant::now());
+        self.run_attach();
     }
 
     /// Monotonic across restarts: milliseconds since the epoch, bumped when equal.
@@ -280,7 +230,7 @@ impl Daemon {
     }
 
     pub(super) fn publish_record(&mut self, down: bool) {
-        let Some(primary) = self.primary else {
+        let Some(primary) = self.attach.primary() else {
             return;
         };
         let status = if down { Status::Offline } else { self.presence };
@@ -305,7 +255,7 @@ impl Daemon {
             self.start_lookup(name, super::superpeer::Requester::Local(purpose));
             return;
         }
-        let Some(primary) = self.primary else {
+        let Some(primary) = self.attach.primary() else {
             self.on_lookup_result(
                 name,
                 purpose,
@@ -374,7 +324,7 @@ impl Daemon {
                     }
                 }
                 if down {
-                    if let Some(primary) = self.primary {
+                    if let Some(primary) = self.attach.primary() {
                         self.send_overlay(primary, OverlayRequest::Detach, OverlayPending::Detach);
                     }
                     self.finish_down();

@@ -857,7 +857,7 @@ impl Daemon {
             self.presence
         };
         let home = match self.role {
-            super::Current::Leaf => self.primary,
+            super::Current::Leaf => self.attach.primary(),
             super::Current::Superpeer => Some(self.peer_id()),
         };
         let Some(record) = self.own_record(status, home) else {

@@ -7,6 +7,7 @@
 //! answers the control API, `netcheck` reads NAT behaviour from observations.
 
 pub mod api;
+mod attach;
 mod commands;
 mod leaf;
 mod messaging;
@@ -212,13 +213,8 @@ pub(crate) struct Daemon {
     login_connected: bool,
 
     // Leaf side.
-    primary: Option<PeerId>,
-    standby: Option<PeerId>,
-    attaching: Option<(PeerId, Instant)>,
-    /// Superpeers not to try again before the given time: 60 s after a refusal, a backoff
-    /// (1 s doubling to 30 s) after a lost connection or failed attach.
-    skip_until: HashMap<PeerId, Instant>,
-    attach_failures: HashMap<PeerId, u32>,
+    /// Primary and standby superpeer, and which to try next.
+    attach: attach::Attach,
     last_publish: Option<Instant>,
     relay_addrs: BTreeSet<Multiaddr>,
     /// The circuit address asked for on each superpeer, until its reservation is accepted.
@@ -240,7 +236,6 @@ pub(crate) struct Daemon {
     login_pending: HashMap<Token, LoginPending>,
     /// Directory GETs in flight, with the lookup each serves.
     queries: HashMap<Token, LookupId>,
-    last_renew_attempt: Option<Instant>,
     renew_failed_at: Option<Instant>,
     renewed_once: bool,
     going_down: Option<(Instant, Option<Replier<ControlResponse>>)>,
@@ -452,11 +447,7 @@ impl Daemon {
             probes: VecDeque::new(),
             candidates,
             login_connected: false,
-            primary: None,
-            standby: None,
-            attaching: None,
-            skip_until: HashMap::new(),
-            attach_failures: HashMap::new(),
+            attach: attach::Attach::default(),
             last_publish: None,
             relay_addrs: BTreeSet::new(),
             reserving: HashMap::new(),
@@ -469,7 +460,6 @@ impl Daemon {
             superpeers_seen: BTreeSet::new(),
             overlay_pending: HashMap::new(),
             login_pending: HashMap::new(),
-            last_renew_attempt: None,
             renew_failed_at: None,
             renewed_once: false,
             going_down: None,
@@ -624,7 +614,7 @@ impl Daemon {
     }
 
     fn renew(&mut self) {
-        self.last_renew_attempt = Some(Instant::now());
+        self.attach.bootstrap_asked(tokio::time::Instant::now());
         let request = LoginRequest::Renew {
             cert: self.identity.cert.clone(),
         };
@@ -928,7 +918,7 @@ impl Daemon {
             tracing::info!(%peer, "leaf detached");
         }
         self.superpeers_seen.remove(&peer);
-        if self.primary == Some(peer) || self.standby == Some(peer) {
+        if self.attach.holds(peer) {
             self.lost_superpeer(peer);
         }
     }

@@ -61,10 +61,7 @@ impl Daemon {
         };
         self.net.send(Command::SetSuperpeer(true));
         // A superpeer serves itself: drop any attachment it had as a leaf.
-        for sp in [self.primary.take(), self.standby.take()]
-            .into_iter()
-            .flatten()
-        {
+        for sp in self.attach.clear() {
             self.send_overlay(sp, OverlayRequest::Detach, OverlayPending::Detach);
         }
         let addrs: Vec<String> = self.public_addrs().iter().map(|a| a.to_string()).collect();

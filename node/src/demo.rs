@@ -177,6 +177,7 @@ pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
             ControlRequest::Ping {
                 name: "bob".into(),
                 count: 1,
+                interval_ms: None,
             },
         )
         .await

@@ -467,6 +467,7 @@ async fn ping(home: &Home, name: UserName, count: u32, json: bool) -> anyhow::Re
     let request = ControlRequest::Ping {
         name: name.to_string(),
         count,
+        interval_ms: None,
     };
     let client = ControlClient::connect(home.dir()).await?;
     let stream = client.stream::<_, ControlResponse>(&request).await?;

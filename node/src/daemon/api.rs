@@ -29,6 +29,8 @@ pub enum ControlRequest {
     Ping {
         name: String,
         count: u32,
+        #[serde(default)]
+        interval_ms: Option<u64>,
     },
     ContactsAdd {
         name: String,

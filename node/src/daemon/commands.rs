@@ -50,7 +50,7 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
         }
         ControlRequest::Send { to, text, wait } => d.cmd_send(to, text, wait, reply),
         ControlRequest::Inbox { follow } => d.cmd_inbox(follow, reply),
-        ControlRequest::Ping { name, count } => d.cmd_ping(name, count, reply),
+        ControlRequest::Ping { name, count, .. } => d.cmd_ping(name, count, reply),
         ControlRequest::ContactsAdd { name } => d.cmd_contacts(Some(name), None, reply),
         ControlRequest::ContactsRemove { name } => d.cmd_contacts(None, Some(name), reply),
         ControlRequest::ContactsList => d.cmd_contacts(None, None, reply),

@@ -7,8 +7,11 @@ use natter_tests::bench::{self, Mode, Report};
 fn check(suite: &str, report: &Report) {
     assert!(!report.rows.is_empty(), "{suite}: no rows");
     for row in &report.rows {
+        // A count per message the daemon should drive to zero (superpeer lookups during a
+        // burst to a known route) is measured when it is zero.
+        let may_be_zero = row.id == "msg.direct.lookups" && row.value == 0.0;
         assert!(
-            row.value.is_finite() && row.value > 0.0,
+            row.value.is_finite() && (row.value > 0.0 || may_be_zero),
             "{suite}: {} = {} is not a finite positive figure",
             row.figure,
             row.value

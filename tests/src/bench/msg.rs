@@ -18,6 +18,15 @@
 //!   what a user waits for, i.e. the control socket, a directory lookup (cached by the
 //!   superpeer for 3 s), the outbox write, delivery, the recipient's fsynced store, the ack,
 //!   and the sender moving the message to `sent`.
+//!
+//! Around the direct burst, what it costs besides its rate ([`cost`]): the sender's `status`
+//! latency during it against idle, the superpeers' lookups per message and every process's
+//! CPU per message. Also an application echo over `inbox --follow` ([`echo`]) and how `natter
+//! ping` paces its probes ([`pacing`]).
+
+mod cost;
+mod echo;
+mod pacing;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +62,12 @@ struct Sizes {
     senders: usize,
     /// Window of a throughput floor.
     window: Duration,
+    /// Application echo round trips.
+    echo: usize,
+    /// How long `status` is sampled on the idle sender before the burst.
+    idle: Duration,
+    /// How long the paced ping run may take before it is cut (100 probes at 10 ms take 1 s).
+    pace_budget: Duration,
 }
 
 async fn suite(mode: Mode) -> anyhow::Result<Report> {
@@ -70,6 +85,17 @@ async fn suite(mode: Mode) -> anyhow::Result<Report> {
             Duration::from_millis(300),
             Duration::from_secs(2),
             Duration::from_secs(5),
+        ),
+        echo: mode.pick(20, 200, 1000),
+        idle: mode.pick(
+            Duration::from_millis(300),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ),
+        pace_budget: mode.pick(
+            Duration::from_secs(4),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
         ),
     };
     let mut r = Report::default();
@@ -205,9 +231,32 @@ async fn suite(mode: Mode) -> anyhow::Result<Report> {
         }
     }
 
-    // Sustained durable messages/s.
+    progress("msg: application echo and ping pacing");
+    let echo = echo::echo(&sps[0], &sps[1], sz.echo).await?;
+    r.latency(
+        "msg.direct.echo",
+        "app echo sp00->sp01->sp00 (send + inbox --follow)",
+        &echo,
+        How::RealBinaries,
+        Some("msg.direct.send"),
+    );
+    r.target("msg.direct.echo.p50", "<= 3 ms", |v, _| v <= 3.0);
+    pacing::report(&mut r, &sps[0], "sp01", sz.pace_budget).await?;
+
+    // Sustained durable messages/s, and what the burst costs besides.
     progress("msg: bursts");
+    let idle = cost::status_idle(&sps[0], sz.idle).await?;
+    let lookups_before = cost::lookups(&sps).await?;
+    let everyone = [&sps[0], &sps[1], &alice, &bob];
+    let cpu_before = cost::Cpu::read(&cluster, &everyone)?;
+    let sampler = cost::StatusSampler::start(&sps[0]);
     let b = burst(&sps[0], &sps[1], "sp01", sz.burst, sz.senders).await?;
+    let busy = sampler.stop().await?;
+    // The sender's last acks (and its `sent` writes) come after the recipient's store: the
+    // burst's work ends when the sender's outbox is empty.
+    let drained = cost::drained(&sps[0], Duration::from_secs(30)).await?;
+    let cpu = cpu_before.until(&cost::Cpu::read(&cluster, &everyone)?);
+    let lookups_after = cost::lookups(&sps).await?;
     let id = r.add(
         "msg.direct.durable",
         &format!("durable msg/s, direct burst ({} senders)", sz.senders),
@@ -235,6 +284,18 @@ async fn suite(mode: Mode) -> anyhow::Result<Report> {
         &b.answers,
         How::RealBinaries,
         Some("msg.control"),
+    );
+    r.target("msg.nowait.p99", "<= 5 ms", |v, _| v <= 5.0);
+    cost::report(
+        &mut r,
+        &cost::BurstCosts {
+            sent: b.sent,
+            idle,
+            busy,
+            lookups: (lookups_before, lookups_after),
+            cpu,
+            drained,
+        },
     );
     if mode == Mode::Smoke {
         r.not_measured(

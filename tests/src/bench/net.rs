@@ -1,13 +1,16 @@
 //! A network of real processes on loopback for the benchmarks: the login server in-process
-//! (its rate limits lifted), `natter up` daemons as child processes, driven through the
-//! control API ([`ControlClient`]) as the CLI drives them.
+//! (its rate limits lifted, on threads of its own so that its CPU time can be read apart from
+//! the bench's), `natter up` daemons as child processes, driven through the control API
+//! ([`ControlClient`]) as the CLI drives them.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
+use futures::stream::BoxStream;
 use natter_login_server::Limit;
 use natter_node::control::ControlClient;
 use natter_node::daemon::api::{ControlRequest, ControlResponse, LookupView, StatusView};
@@ -34,16 +37,37 @@ impl Listen {
     }
 }
 
+/// Name of the login server's threads (its runtime's worker and blocking threads), by which
+/// [`Cluster::login_cpu`] finds them in `/proc/self/task`.
+const LOGIN_THREADS: &str = "natter-login";
+
 /// The login server and a directory for the daemons' homes.
 #[derive(Debug)]
 pub struct Cluster {
     pub login: LoginServer,
+    /// The login server's own runtime; declared after `login` so that the server is told to
+    /// stop before its runtime goes.
+    _login_rt: LoginRuntime,
     dir: tempfile::TempDir,
 }
 
+/// A runtime shut down in the background when dropped: dropping a runtime waits for its
+/// blocking threads, which an async context must not do.
+#[derive(Debug)]
+struct LoginRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for LoginRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl Cluster {
-    /// Starts the login server (inside this process, on loopback TCP) with its per-IP and
-    /// per-name limits lifted: every daemon of the bench registers from 127.0.0.1.
+    /// Starts the login server (inside this process, on loopback TCP, on a runtime of its own
+    /// whose threads are named [`LOGIN_THREADS`]) with its per-IP and per-name limits lifted:
+    /// every daemon of the bench registers from 127.0.0.1.
     pub async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut config = loopback_config(&dir.path().join("login"));
@@ -54,8 +78,41 @@ impl Cluster {
         config.ip_limit = generous;
         config.name_limit = generous;
         config.max_inflight = 4096;
-        let login = LoginServer::start(config).await;
-        Ok(Self { login, dir })
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(LOGIN_THREADS)
+            // Blocking threads (argon2) kept for the whole run: one that exits takes its CPU
+            // time out of `/proc`.
+            .thread_keep_alive(Duration::from_secs(24 * 3600))
+            .enable_all()
+            .build()?;
+        let login = rt.spawn(LoginServer::start(config)).await?;
+        Ok(Self {
+            login,
+            _login_rt: LoginRuntime(Some(rt)),
+            dir,
+        })
+    }
+
+    /// CPU time (user + system) used so far by the login server's threads, per thread id.
+    pub fn login_cpu(&self) -> HashMap<u32, Duration> {
+        let mut threads = HashMap::new();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return threads;
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != LOGIN_THREADS {
+                continue;
+            }
+            if let Some(cpu) = cpu_time(&task.path().join("stat")) {
+                threads.insert(tid, cpu);
+            }
+        }
+        threads
     }
 
     /// `natter register USER` with the real CLI (password from stdin).
@@ -155,6 +212,19 @@ impl Daemon {
         Ok(client.call::<_, ControlResponse>(request).await?)
     }
 
+    /// The replies of a streaming request (ping, `inbox --follow`), until the daemon ends it;
+    /// dropping the stream closes the control connection.
+    pub async fn stream(
+        &self,
+        request: &ControlRequest,
+    ) -> anyhow::Result<BoxStream<'static, anyhow::Result<ControlResponse>>> {
+        let client = ControlClient::connect(&self.home).await?;
+        let stream = client.stream::<_, ControlResponse>(request).await?;
+        Ok(stream
+            .map(|reply| reply.map_err(anyhow::Error::from))
+            .boxed())
+    }
+
     /// The first reply of a streaming request (ping); the stream is dropped after it.
     pub async fn first(&self, request: &ControlRequest) -> anyhow::Result<ControlResponse> {
         let client = ControlClient::connect(&self.home).await?;
@@ -226,6 +296,11 @@ impl Daemon {
         rss_kib(self.pid())
     }
 
+    /// CPU time (user + system) the process has used so far (Linux `/proc`).
+    pub fn cpu(&self) -> Option<Duration> {
+        cpu_time(Path::new(&format!("/proc/{}/stat", self.pid())))
+    }
+
     /// Messages in this daemon's inbox, read from its SQLite store read-only (WAL readers do
     /// not block the daemon's writes). Cheaper and finer-grained than polling `natter inbox`,
     /// whose reply carries every message.
@@ -235,6 +310,16 @@ impl Daemon {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         let n: i64 = conn.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Messages in this daemon's outbox (queued, not yet acked), read as [`Self::inbox_count`].
+    pub fn outbox_count(&self) -> anyhow::Result<u64> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.home.join(natter_node::store::DB_FILE),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -263,6 +348,23 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Clock ticks per second of `/proc/*/stat` times: Linux's USER_HZ, 100 on every common
+/// architecture (`getconf CLK_TCK`).
+const TICKS_PER_SEC: u64 = 100;
+
+/// User + system CPU time from a `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat` file.
+fn cpu_time(stat: &Path) -> Option<Duration> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    // Then field 3 is the state, 14 utime, 15 stime.
+    let mut fields = text.get(text.rfind(')')? + 1..)?.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis(
+        (utime + stime) * 1000 / TICKS_PER_SEC,
+    ))
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout`.

@@ -216,3 +216,39 @@ fn the_daemon_renews_its_certificate_before_expiry_without_a_password() {
     assert!(cert.expires_at() >= renewed);
     drop(server);
 }
+
+/// A leaf whose only superpeer comes back on another port asks the login server for a fresh
+/// bootstrap list instead of retrying the old address for minutes (issue 17, item 3).
+#[test]
+fn a_leaf_finds_its_only_superpeer_again_on_a_new_port() {
+    let net = net();
+    let mut sp = net.node("spa", &["--role", "superpeer"]);
+    sp.wait_role("superpeer", PROMOTE);
+    let id = sp.peer_id();
+    let alice = net.node("alice", &["--role", "leaf"]);
+    assert_eq!(attached(&alice, 1), vec![id.clone()]);
+    let old = sp.status().unwrap()["listen_addrs"].clone();
+
+    // Killed, and started again from its home: same peer id, new ports (port 0).
+    sp.kill();
+    wait_for("alice to notice", Duration::from_secs(30), || {
+        alice
+            .status()
+            .filter(|s| s["primary"].is_null())
+            .map(|_| ())
+    });
+    sp.restart();
+    sp.wait_role("superpeer", PROMOTE);
+    let new = sp.status().unwrap()["listen_addrs"].clone();
+    assert_ne!(old, new, "the superpeer came back on the same ports");
+    wait_for(
+        "alice attached to spa again",
+        Duration::from_secs(45),
+        || {
+            alice
+                .status()
+                .filter(|s| s["primary"] == id.as_str())
+                .map(|_| ())
+        },
+    );
+}

@@ -165,6 +165,13 @@ pub(crate) enum Contacts {
 
 /// `contacts add|remove|list`: through the daemon, or in the store when it is down.
 pub(crate) async fn contacts(home: &Home, cmd: Contacts) -> anyhow::Result<()> {
+    if let Contacts::Add(name) = &cmd
+        && home
+            .identity()
+            .is_ok_and(|me| parse_name(name).is_ok_and(|n| n == me.user))
+    {
+        bail!("you cannot add yourself to your contacts");
+    }
     let Some(mut client) = connect(home).await? else {
         let local = LocalStore::open(home)?;
         match cmd {

@@ -127,9 +127,22 @@ impl Attach {
             .take(PICK_AMONG)
             .collect();
         let mut next = (!eligible.is_empty()).then(|| eligible[pick(eligible.len())]);
+        if next.is_none() {
+            // No fresh candidate left: a fresh bootstrap list (the superpeers known may have
+            // moved to new addresses), every 10 s when unattached, every 20 s when only the
+            // standby is missing.
+            let every = Duration::from_secs(if self.primary.is_none() { 10 } else { 20 });
+            if self
+                .last_bootstrap
+                .is_none_or(|t| now.saturating_duration_since(t) > every)
+            {
+                self.last_bootstrap = Some(now);
+                self.actions.push_back(AttachAction::Bootstrap);
+            }
+        }
         if next.is_none() && self.primary.is_none() {
-            // Unattached and every candidate is waiting out a backoff: try the one whose wait
-            // ends first rather than stay unreachable.
+            // Unattached and every candidate is waiting out a backoff: meanwhile, try the one
+            // whose wait ends first rather than stay unreachable.
             next = self
                 .skip_until
                 .iter()
@@ -137,23 +150,9 @@ impl Attach {
                 .min_by_key(|(_, until)| **until)
                 .map(|(p, _)| *p);
         }
-        match next {
-            Some(peer) => {
-                self.attaching = Some((peer, now));
-                self.actions.push_back(AttachAction::Attach(peer));
-            }
-            None => {
-                // Nothing left to try: a fresh bootstrap list, every 10 s when unattached,
-                // every 20 s when only the standby is missing.
-                let every = Duration::from_secs(if self.primary.is_none() { 10 } else { 20 });
-                if self
-                    .last_bootstrap
-                    .is_none_or(|t| now.saturating_duration_since(t) > every)
-                {
-                    self.last_bootstrap = Some(now);
-                    self.actions.push_back(AttachAction::Bootstrap);
-                }
-            }
+        if let Some(peer) = next {
+            self.attaching = Some((peer, now));
+            self.actions.push_back(AttachAction::Attach(peer));
         }
     }
 
@@ -334,6 +333,31 @@ mod tests {
         tokio::time::advance(Duration::from_secs(6)).await;
         s.tick([], me, Instant::now(), first);
         assert_eq!(drain(&mut s), vec![AttachAction::Bootstrap]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_superpeer_that_keeps_failing_does_not_stop_bootstrap_requests() {
+        // Its only superpeer came back on another port: retrying the old address alone would
+        // never reach it; the login server's list has the new one.
+        let me = PeerId::random();
+        let a = PeerId::random();
+        let mut s = Attach::default();
+        s.bootstrap_asked(Instant::now());
+        let mut asked = 0;
+        for _ in 0..80 {
+            s.tick([a], me, Instant::now(), first);
+            for action in drain(&mut s) {
+                match action {
+                    AttachAction::Attach(p) => s.failed(p, Instant::now()),
+                    AttachAction::Bootstrap => asked += 1,
+                    _ => {}
+                }
+            }
+            drain(&mut s);
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        // 40 s unattached: a fresh list about every 10 s.
+        assert!((3..=4).contains(&asked), "asked {asked} times in 40 s");
     }
 
     #[test]

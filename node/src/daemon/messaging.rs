@@ -775,6 +775,9 @@ impl Daemon {
         let parse = |n: String| UserName::parse(&n).map_err(|e| format!("invalid name {n:?}: {e}"));
         match (add, remove) {
             (Some(n), _) => match parse(n) {
+                Ok(n) if n == self.identity.user => {
+                    let _ = reply.try_send(Err("you cannot add yourself to your contacts".into()));
+                }
                 Ok(n) => self.store_then(
                     move |s| s.add_contact(n.as_str()).map(|_| n),
                     move |_, added| {

@@ -108,10 +108,9 @@ fn due_batches(
     let mut batches = Vec::with_capacity(recipients.len());
     for to in recipients {
         let queued: Vec<QueuedMessage> = store
-            .queued_for(&to)?
+            .queued_head(&to, MAX_BATCH)?
             .into_iter()
             .take_while(|m| m.next_attempt_at_ms <= now)
-            .take(MAX_BATCH)
             .collect();
         if !queued.is_empty() {
             batches.push((to, queued));

@@ -233,6 +233,17 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The first `limit` messages queued for `to`, in conversation order: the head of the
+    /// queue, without reading the rest of it.
+    pub fn queued_head(&self, to: &str, limit: usize) -> Result<Vec<QueuedMessage>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {QUEUED_COLUMNS} FROM outbox WHERE recipient = ?1 ORDER BY conv_seq LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![to, sql_limit(limit)], QueuedMessage::from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// How many messages wait for delivery.
     pub fn outbox_len(&self) -> Result<usize, StoreError> {
         let n: usize = self
@@ -438,6 +449,11 @@ mod tests {
         assert_eq!(
             seqs(&store.queued_for("carol").unwrap()),
             (1..=334).collect::<Vec<_>>()
+        );
+        // The head of a queue alone, in order.
+        assert_eq!(
+            seqs(&store.queued_head("carol", 64).unwrap()),
+            (1..=64).collect::<Vec<_>>()
         );
         // Within a conversation, sequence follows enqueue order.
         let carol = store.queued_for("carol").unwrap();

@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 
 use libp2p::request_response::ResponseChannel;
 use libp2p::{PeerId, kad};
-use natter_proto::login::{LoginRequest, SuperpeerInfo};
+use natter_proto::login::LoginRequest;
 use natter_proto::overlay::{OverlayRefusal, OverlayRequest, OverlayResponse};
 use natter_proto::presence::directory_key;
 use natter_proto::{PresenceRecord, Status, UserName};
+use natter_superpeer::Role;
 use natter_superpeer::directory::admit_record;
 use natter_superpeer::lookup::{LookupAction, LookupId};
+use natter_superpeer::overlay::{OverlayContext, OverlayDecision, handle_request};
 use natter_superpeer::promotion::{Decision, Resources, RoleChange, decide};
-use natter_superpeer::{Admission, Role};
 
 use super::{Current, Daemon, LoginPending, LookupFor, OverlayPending, unix_now};
 use crate::net::{Command, Token};
@@ -192,120 +193,44 @@ impl Daemon {
         self.net.send(Command::RespondOverlay { channel, response });
     }
 
-    fn other_superpeers(&self, except: PeerId) -> Vec<SuperpeerInfo> {
-        let me = self.peer_id().to_string();
-        let except = except.to_string();
-        self.candidates
-            .iter()
-            .filter(|c| c.peer_id != me && c.peer_id != except)
-            .take(8)
-            .cloned()
-            .collect()
-    }
-
+    /// A request of the overlay protocol: decided by the superpeer crate's handler, carried
+    /// out here.
     pub(super) fn on_overlay_request(
         &mut self,
         peer: PeerId,
         request: OverlayRequest,
         channel: ResponseChannel<OverlayResponse>,
     ) {
-        let refuse = |code, message: &str| OverlayResponse::Refused {
-            code,
-            message: message.into(),
+        let me = self.peer_id();
+        let records = &self.records;
+        let candidates = &self.candidates;
+        let stored = |key: &[u8]| records.value(key);
+        let others = |except: PeerId| {
+            let (me, except) = (me.to_string(), except.to_string());
+            candidates
+                .iter()
+                .filter(|c| c.peer_id != me && c.peer_id != except)
+                .take(8)
+                .cloned()
+                .collect()
         };
-        if let OverlayRequest::IsAttached { peer_id } = &request {
-            let attached = peer_id.parse::<PeerId>().is_ok_and(|p| {
-                self.leaves.contains(&p) || (p == self.peer_id() && self.role == Current::Superpeer)
-            });
-            self.respond(channel, OverlayResponse::Attachment { attached });
-            return;
-        }
-        if self.role != Current::Superpeer {
-            self.respond(
-                channel,
-                refuse(OverlayRefusal::NotSuperpeer, "this node is not a superpeer"),
-            );
-            return;
-        }
-        let now = unix_now();
-        match request {
-            OverlayRequest::Attach { cert } => {
-                let response = match self.leaves.admit(peer, &cert, &self.issuer, now) {
-                    Admission::Admitted | Admission::AlreadyAttached => {
-                        tracing::info!(%peer, user = %cert.username(), leaves = self.leaves.len(), "leaf attached");
-                        OverlayResponse::Attached {
-                            lease_secs: self.config.lease.as_secs(),
-                            superpeers: self.other_superpeers(peer),
-                        }
-                    }
-                    Admission::Full => {
-                        tracing::info!(%peer, "full: leaf refused");
-                        OverlayResponse::Full {
-                            alternatives: self.other_superpeers(peer),
-                        }
-                    }
-                    Admission::Refused(reason) => {
-                        refuse(OverlayRefusal::InvalidCertificate, &reason)
-                    }
-                };
-                self.respond(channel, response);
+        let ctx = OverlayContext {
+            me,
+            is_superpeer: self.role == Current::Superpeer,
+            issuer: &self.issuer,
+            now: unix_now(),
+            lease_secs: self.config.lease.as_secs(),
+            asker_is_superpeer: self.superpeers_seen.contains(&peer),
+            stored: &stored,
+            others: &others,
+        };
+        match handle_request(&mut self.leaves, &mut self.stats, peer, request, &ctx) {
+            OverlayDecision::Answer(response) => self.respond(channel, response),
+            OverlayDecision::Store(record) => {
+                self.put_record(record);
+                self.respond(channel, OverlayResponse::Published);
             }
-            OverlayRequest::Publish { record } => {
-                let key = directory_key(record.username());
-                let stored = self.stored_value(&key);
-                let verdict = if !self.leaves.contains(&peer) {
-                    Err(refuse(
-                        OverlayRefusal::NotAttached,
-                        "attach before publishing",
-                    ))
-                } else if record.body.cert.peer_id() != peer {
-                    self.stats.records_refused += 1;
-                    Err(refuse(
-                        OverlayRefusal::InvalidRecord,
-                        "record is not this leaf's own",
-                    ))
-                } else {
-                    let stored = stored.and_then(|s| PresenceRecord::from_json(&s).ok());
-                    record
-                        .validate_for_store(&key, &self.issuer, now, stored.as_ref())
-                        .map_err(|e| {
-                            self.stats.records_refused += 1;
-                            refuse(OverlayRefusal::InvalidRecord, &e.to_string())
-                        })
-                };
-                match verdict {
-                    Ok(()) => {
-                        let _ = self.leaves.set_record(&peer, record.clone());
-                        self.stats.records_stored += 1;
-                        self.put_record(record);
-                        self.respond(channel, OverlayResponse::Published);
-                    }
-                    Err(response) => self.respond(channel, response),
-                }
-            }
-            OverlayRequest::Lookup { name } => {
-                if !self.leaves.contains(&peer) && !self.superpeers_seen.contains(&peer) {
-                    self.respond(
-                        channel,
-                        refuse(
-                            OverlayRefusal::NotAttached,
-                            "attach before looking users up",
-                        ),
-                    );
-                    return;
-                }
-                match UserName::parse(&name) {
-                    Ok(name) => self.start_lookup(name, Requester::Remote(channel)),
-                    Err(e) => {
-                        self.respond(channel, refuse(OverlayRefusal::InvalidName, &e.to_string()))
-                    }
-                }
-            }
-            OverlayRequest::Detach => {
-                self.leaves.remove(&peer);
-                self.respond(channel, OverlayResponse::Detached);
-            }
-            OverlayRequest::IsAttached { .. } => unreachable!("answered above"),
+            OverlayDecision::Lookup(name) => self.start_lookup(name, Requester::Remote(channel)),
         }
     }
 

@@ -11,6 +11,8 @@ pub mod lookup;
 pub mod overlay;
 pub mod promotion;
 pub mod relay;
+#[cfg(test)]
+mod test_support;
 
 pub use leaves::{Admission, LeafTable};
 pub use promotion::{Decision, Resources, Role, Thresholds};

@@ -263,43 +263,14 @@ impl<R> Lookups<R> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use natter_proto::{IssuerSigningKey, PresenceBody, Status};
+    use natter_proto::IssuerSigningKey;
 
     use super::*;
+    use crate::test_support::{NOW, issuer, peer, record_by};
 
-    const NOW: u64 = 1_800_000_000;
-
-    fn issuer() -> IssuerSigningKey {
-        IssuerSigningKey::from_bytes(&[1; 32])
-    }
-
-    fn peer(seed: u8) -> PeerId {
-        libp2p::identity::Keypair::ed25519_from_bytes([seed; 32])
-            .unwrap()
-            .public()
-            .to_peer_id()
-    }
-
-    /// `name`'s record (device key from `seed`), sequence `seq`, at home on `home`.
+    /// `name`'s record (device key from `seed`), sequence `seq`, at home on `home`, as stored.
     fn record(name: &str, seed: u8, seq: u64, home: PeerId, signer: &IssuerSigningKey) -> Vec<u8> {
-        let key = libp2p::identity::Keypair::ed25519_from_bytes([seed; 32]).unwrap();
-        let device = key.clone().try_into_ed25519().unwrap().public().to_bytes();
-        let cert = signer
-            .issue(UserName::parse(name).unwrap(), device, 1, NOW - 10, 3600)
-            .unwrap();
-        PresenceBody {
-            cert,
-            status: Status::Online,
-            seq,
-            last_seen: NOW,
-            expires_at: NOW + 90,
-            home: Some(home.to_string()),
-            relay_addrs: vec![],
-            direct_addrs: vec![],
-        }
-        .sign(&key)
-        .unwrap()
-        .to_json()
+        record_by(name, seed, seq, Some(home), signer).to_json()
     }
 
     fn drain(l: &mut Lookups<u32>) -> Vec<LookupAction<u32>> {

@@ -145,40 +145,17 @@ pub fn handle_request(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use natter_proto::{Certificate, IssuerSigningKey, PresenceBody, Status};
+    use natter_proto::Certificate;
 
     use super::*;
-
-    const NOW: u64 = 1_800_000_000;
-
-    fn issuer() -> IssuerSigningKey {
-        IssuerSigningKey::from_bytes(&[1; 32])
-    }
-
-    fn device(seed: u8) -> libp2p::identity::Keypair {
-        libp2p::identity::Keypair::ed25519_from_bytes([seed; 32]).unwrap()
-    }
+    use crate::test_support::{NOW, cert_by, device, issuer, record_by};
 
     fn cert(name: &str, seed: u8) -> Certificate {
-        let public = device(seed).try_into_ed25519().unwrap().public().to_bytes();
-        issuer()
-            .issue(UserName::parse(name).unwrap(), public, 1, NOW - 10, 3600)
-            .unwrap()
+        cert_by(name, seed, &issuer())
     }
 
     fn record(name: &str, seed: u8, seq: u64) -> PresenceRecord {
-        PresenceBody {
-            cert: cert(name, seed),
-            status: Status::Online,
-            seq,
-            last_seen: NOW,
-            expires_at: NOW + 90,
-            home: None,
-            relay_addrs: vec![],
-            direct_addrs: vec![],
-        }
-        .sign(&device(seed))
-        .unwrap()
+        record_by(name, seed, seq, None, &issuer())
     }
 
     struct Server {

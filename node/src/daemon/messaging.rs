@@ -119,6 +119,16 @@ fn due_batches(
     Ok(batches)
 }
 
+/// The route a lookup found, if its record is live and its home confirmed the device.
+fn live_route(outcome: &LookupOutcome) -> Option<(PeerId, Vec<Multiaddr>)> {
+    match outcome {
+        LookupOutcome::Found { record, confirmed } if *confirmed && record.is_live(unix_now()) => {
+            Some(route_of(record))
+        }
+        _ => None,
+    }
+}
+
 /// Where a record says its device is: the device's PeerId, direct addresses first.
 fn route_of(record: &PresenceRecord) -> (PeerId, Vec<Multiaddr>) {
     let addrs = record
@@ -330,14 +340,14 @@ impl Daemon {
                 let _ = reply.try_send(view.map(ControlResponse::Lookup));
             }
             LookupFor::Send => {
-                match outcome {
-                    LookupOutcome::NotFound {
-                        exists: Some(false),
-                    } => self.msg.outbox.user_unknown(&name),
-                    LookupOutcome::Found { record, confirmed }
-                        if confirmed && record.is_live(unix_now()) =>
-                    {
-                        let (peer, addrs) = route_of(&record);
+                match (live_route(&outcome), outcome) {
+                    (
+                        _,
+                        LookupOutcome::NotFound {
+                            exists: Some(false),
+                        },
+                    ) => self.msg.outbox.user_unknown(&name),
+                    (Some((peer, addrs)), _) => {
                         self.msg
                             .outbox
                             .route_found(name, peer, addrs, TokioInstant::now());
@@ -347,16 +357,13 @@ impl Daemon {
                 self.run_outbox();
             }
             LookupFor::Route => {
-                match outcome {
-                    LookupOutcome::Found { record, confirmed }
-                        if confirmed && record.is_live(unix_now()) =>
-                    {
-                        let (peer, addrs) = route_of(&record);
+                match live_route(&outcome) {
+                    Some((peer, addrs)) => {
                         self.msg
                             .outbox
                             .route_found(name, peer, addrs, TokioInstant::now());
                     }
-                    _ => {
+                    None => {
                         self.msg
                             .outbox
                             .route_missing(name.clone(), "recipient is offline");

@@ -414,6 +414,19 @@ mod tests {
         std::iter::from_fn(|| o.next_action()).collect()
     }
 
+    /// The answers to `send`s among the next actions: who waited, and what they hear.
+    fn answers(o: &mut Outbox<u32>) -> Vec<(u32, SendOutcome)> {
+        drain(o)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Answer {
+                    waiter, outcome, ..
+                } => Some((waiter, outcome)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn reads<W>(actions: &[Action<W>]) -> usize {
         actions
             .iter()
@@ -560,34 +573,14 @@ mod tests {
         );
         drain(&mut o);
         o.delivered(&bob, "relayed");
-        let answered: Vec<_> = drain(&mut o)
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Answer {
-                    waiter, outcome, ..
-                } => Some((waiter, outcome)),
-                _ => None,
-            })
-            .collect();
+        let answered = answers(&mut o);
         assert_eq!(answered, vec![(1, SendOutcome::Delivered("relayed"))]);
         tokio::time::advance(SEND_WAIT - Duration::from_millis(1)).await;
         o.tick(Instant::now());
-        assert!(
-            !drain(&mut o)
-                .iter()
-                .any(|a| matches!(a, Action::Answer { .. }))
-        );
+        assert!(answers(&mut o).is_empty());
         tokio::time::advance(Duration::from_millis(1)).await;
         o.tick(Instant::now());
-        let answered: Vec<_> = drain(&mut o)
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Answer {
-                    waiter, outcome, ..
-                } => Some((waiter, outcome)),
-                _ => None,
-            })
-            .collect();
+        let answered = answers(&mut o);
         assert_eq!(answered, vec![(2, SendOutcome::Queued)]);
     }
 

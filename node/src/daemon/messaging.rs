@@ -11,16 +11,17 @@ use tokio::time::Instant as TokioInstant;
 
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
-use natter_proto::msg::{self, MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
+use natter_proto::msg::{self, MAX_BATCH, MsgRequest, MsgResponse};
 use natter_proto::{PresenceRecord, UserName};
 
 use super::api::{ControlResponse, FollowEvent, InboxItem, PingProbe, SendView};
+use super::inbox::{self, MsgDecision};
 use super::leaf::lookup_view;
 use super::outbox::{Action, Outbox, SendOutcome, backoff_ms};
 use super::{Daemon, LookupFor, LookupOutcome, unix_now};
 use crate::control::Replier;
 use crate::net::{Command, OutRequest, Token};
-use crate::store::{IncomingMessage, OutgoingMessage, QueuedMessage, Receipt, Store, StoreError};
+use crate::store::{OutgoingMessage, QueuedMessage, Store, StoreError};
 
 #[derive(Debug)]
 pub(crate) enum MsgPending {
@@ -474,88 +475,36 @@ impl Daemon {
         }
     }
 
-    fn refuse_msg(
-        &mut self,
-        channel: ResponseChannel<MsgResponse>,
-        (code, message): (MsgRefusal, String),
-    ) {
-        self.net.send(Command::RespondMsg {
-            channel,
-            response: MsgResponse::Refused { code, message },
-        });
-    }
-
+    /// A request of the msg protocol: decided by the inbox handler, carried out here.
     pub(super) fn on_msg_request(
         &mut self,
         peer: PeerId,
         request: MsgRequest,
         channel: ResponseChannel<MsgResponse>,
     ) {
-        let now = unix_now();
-        match request {
-            MsgRequest::Deliver { cert, messages } => {
-                if let Err(refusal) = msg::authenticate(&cert, &self.issuer, &peer, now) {
-                    tracing::warn!(%peer, reason = %refusal.1, "unauthenticated message refused");
-                    return self.refuse_msg(channel, refusal);
-                }
-                if messages.is_empty() || messages.len() > MAX_BATCH {
-                    return self.refuse_msg(
-                        channel,
-                        (
-                            MsgRefusal::BadMessage,
-                            format!("1 to {MAX_BATCH} messages per request"),
-                        ),
-                    );
-                }
-                let own = self.identity.user.to_string();
-                if let Some(refusal) = messages
-                    .iter()
-                    .find_map(|m| msg::check_message(m, &own).err())
-                {
-                    return self.refuse_msg(channel, refusal);
-                }
-                let from = cert.username().to_string();
-                let received_at_ms = now_ms();
-                let batch: Vec<IncomingMessage> = messages
-                    .into_iter()
-                    .map(|m| IncomingMessage {
-                        id: m.id,
-                        from: from.clone(),
-                        text: m.text,
-                        sent_at_ms: m.sent_at_ms,
-                        conv_seq: m.conv_seq,
-                        received_at_ms,
-                    })
-                    .collect();
+        let own = self.identity.user.clone();
+        match inbox::handle_request(peer, request, &self.issuer, &own, unix_now(), now_ms()) {
+            MsgDecision::Answer(response) => {
+                self.net.send(Command::RespondMsg { channel, response });
+            }
+            MsgDecision::Store(batch) => {
                 // One transaction for the whole batch, in order, committed together with
                 // whatever else reached the store meanwhile; acknowledged once durable.
                 self.store_then(
                     move |s| s.receive_all(&batch),
-                    move |d, receipts| d.on_received(channel, receipts),
+                    move |d, receipts| {
+                        let (response, stored) = inbox::stored_answer(&receipts);
+                        d.net.send(Command::RespondMsg { channel, response });
+                        if let Some(m) = &d.metrics {
+                            m.received.inc_by(u64::from(stored));
+                        }
+                        if stored > 0 {
+                            d.feed_followers();
+                        }
+                    },
                 );
             }
-            MsgRequest::Ping { cert, nonce } => {
-                if let Err(refusal) = msg::authenticate(&cert, &self.issuer, &peer, now) {
-                    return self.refuse_msg(channel, refusal);
-                }
-                self.net.send(Command::RespondMsg {
-                    channel,
-                    response: MsgResponse::Pong { nonce },
-                });
-            }
-            MsgRequest::Presence { record } => {
-                if let Err(e) = record.verify(&self.issuer, now) {
-                    return self.refuse_msg(channel, (MsgRefusal::NotAuthenticated, e.to_string()));
-                }
-                if record.body.cert.peer_id() != peer {
-                    return self.refuse_msg(
-                        channel,
-                        (
-                            MsgRefusal::NotAuthenticated,
-                            "record is not the sender's own".into(),
-                        ),
-                    );
-                }
+            MsgDecision::Presence(record) => {
                 self.net.send(Command::RespondMsg {
                     channel,
                     response: MsgResponse::Noted,
@@ -571,39 +520,6 @@ impl Daemon {
                     let _ = reply.try_send(Ok(ControlResponse::Event(event.clone())));
                 }
             }
-        }
-    }
-
-    /// A delivered batch is stored (or not): answer its sender.
-    fn on_received(
-        &mut self,
-        channel: ResponseChannel<MsgResponse>,
-        receipts: Result<Vec<Receipt>, StoreError>,
-    ) {
-        let receipts = match receipts {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "storing messages failed");
-                return self.refuse_msg(
-                    channel,
-                    (
-                        MsgRefusal::Unavailable,
-                        "recipient cannot store messages now".into(),
-                    ),
-                );
-            }
-        };
-        let stored = receipts.iter().filter(|r| **r == Receipt::Stored).count() as u32;
-        let duplicates = receipts.len() as u32 - stored;
-        self.net.send(Command::RespondMsg {
-            channel,
-            response: MsgResponse::Stored { stored, duplicates },
-        });
-        if let Some(m) = &self.metrics {
-            m.received.inc_by(u64::from(stored));
-        }
-        if stored > 0 {
-            self.feed_followers();
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod api;
 mod attach;
 mod commands;
+mod inbox;
 mod leaf;
 mod messaging;
 mod netcheck;

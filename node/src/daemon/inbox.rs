@@ -1,0 +1,234 @@
+//! The inbox service: what a request of the msg protocol gets (a pure request handler), and
+//! what a stored batch is answered with. The daemon carries the decisions out: the store
+//! thread keeps the batch, the network task sends the answer.
+
+use libp2p::PeerId;
+use natter_proto::msg::{self, MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
+use natter_proto::{IssuerKey, PresenceRecord, UserName};
+
+use crate::store::{IncomingMessage, Receipt, StoreError};
+
+/// What the daemon does with a msg request.
+#[derive(Debug)]
+// One per request, moved once.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum MsgDecision {
+    /// Answer at once (a pong, or a refusal).
+    Answer(MsgResponse),
+    /// An authenticated, checked batch: store it in one transaction, in order, then answer
+    /// with [`stored_answer`].
+    Store(Vec<IncomingMessage>),
+    /// A contact's own signed record: answer `Noted`, learn where the contact is, and tell
+    /// the `inbox --follow` streams.
+    Presence(PresenceRecord),
+}
+
+fn refuse((code, message): (MsgRefusal, String)) -> MsgDecision {
+    MsgDecision::Answer(MsgResponse::Refused { code, message })
+}
+
+/// Decides what `peer`'s `request` gets on a device of `own`. The sender is only ever taken
+/// from a certificate that names the connection's PeerId and verifies with `issuer`.
+pub(crate) fn handle_request(
+    peer: PeerId,
+    request: MsgRequest,
+    issuer: &IssuerKey,
+    own: &UserName,
+    now: u64,
+    now_ms: u64,
+) -> MsgDecision {
+    match request {
+        MsgRequest::Deliver { cert, messages } => {
+            if let Err(refusal) = msg::authenticate(&cert, issuer, &peer, now) {
+                tracing::warn!(%peer, reason = %refusal.1, "unauthenticated message refused");
+                return refuse(refusal);
+            }
+            if messages.is_empty() || messages.len() > MAX_BATCH {
+                return refuse((
+                    MsgRefusal::BadMessage,
+                    format!("1 to {MAX_BATCH} messages per request"),
+                ));
+            }
+            if let Some(refusal) = messages
+                .iter()
+                .find_map(|m| msg::check_message(m, own.as_str()).err())
+            {
+                return refuse(refusal);
+            }
+            let from = cert.username().to_string();
+            MsgDecision::Store(
+                messages
+                    .into_iter()
+                    .map(|m| IncomingMessage {
+                        id: m.id,
+                        from: from.clone(),
+                        text: m.text,
+                        sent_at_ms: m.sent_at_ms,
+                        conv_seq: m.conv_seq,
+                        received_at_ms: now_ms,
+                    })
+                    .collect(),
+            )
+        }
+        MsgRequest::Ping { cert, nonce } => match msg::authenticate(&cert, issuer, &peer, now) {
+            Ok(()) => MsgDecision::Answer(MsgResponse::Pong { nonce }),
+            Err(refusal) => refuse(refusal),
+        },
+        MsgRequest::Presence { record } => {
+            if let Err(e) = record.verify(issuer, now) {
+                return refuse((MsgRefusal::NotAuthenticated, e.to_string()));
+            }
+            if record.body.cert.peer_id() != peer {
+                return refuse((
+                    MsgRefusal::NotAuthenticated,
+                    "record is not the sender's own".into(),
+                ));
+            }
+            MsgDecision::Presence(record)
+        }
+    }
+}
+
+/// The answer to a batch the store kept (or could not keep), and how many were new.
+pub(crate) fn stored_answer(receipts: &Result<Vec<Receipt>, StoreError>) -> (MsgResponse, u32) {
+    match receipts {
+        Ok(receipts) => {
+            let stored = receipts.iter().filter(|r| **r == Receipt::Stored).count() as u32;
+            let duplicates = receipts.len() as u32 - stored;
+            (MsgResponse::Stored { stored, duplicates }, stored)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "storing messages failed");
+            (
+                MsgResponse::Refused {
+                    code: MsgRefusal::Unavailable,
+                    message: "recipient cannot store messages now".into(),
+                },
+                0,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use libp2p::identity::Keypair;
+    use natter_proto::msg::DirectMessage;
+    use natter_proto::{Certificate, IssuerSigningKey};
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn issuer() -> IssuerSigningKey {
+        IssuerSigningKey::from_bytes(&[1; 32])
+    }
+
+    fn device(seed: u8) -> Keypair {
+        Keypair::ed25519_from_bytes([seed; 32]).unwrap()
+    }
+
+    fn cert(name: &str, seed: u8) -> Certificate {
+        let public = device(seed).try_into_ed25519().unwrap().public().to_bytes();
+        issuer()
+            .issue(UserName::parse(name).unwrap(), public, 1, NOW - 10, 3600)
+            .unwrap()
+    }
+
+    fn message(to: &str, seq: u64) -> DirectMessage {
+        DirectMessage {
+            id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+            to: to.into(),
+            text: "hi".into(),
+            sent_at_ms: 1,
+            conv_seq: seq,
+        }
+    }
+
+    fn handle(peer: PeerId, request: MsgRequest) -> MsgDecision {
+        let own = UserName::parse("bob").unwrap();
+        handle_request(peer, request, &issuer().public(), &own, NOW, 7)
+    }
+
+    fn refusal(d: &MsgDecision) -> Option<MsgRefusal> {
+        match d {
+            MsgDecision::Answer(MsgResponse::Refused { code, .. }) => Some(*code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_taken_only_from_the_certified_sender_and_for_this_user() {
+        let alice = device(2).public().to_peer_id();
+        let deliver = |cert, messages| MsgRequest::Deliver { cert, messages };
+        // Mallory's connection presenting alice's certificate.
+        let mallory = device(3).public().to_peer_id();
+        let d = handle(mallory, deliver(cert("alice", 2), vec![message("bob", 1)]));
+        assert_eq!(refusal(&d), Some(MsgRefusal::NotAuthenticated));
+        let d = handle(alice, deliver(cert("alice", 2), vec![]));
+        assert_eq!(refusal(&d), Some(MsgRefusal::BadMessage));
+        let d = handle(alice, deliver(cert("alice", 2), vec![message("carol", 1)]));
+        assert_eq!(refusal(&d), Some(MsgRefusal::WrongRecipient));
+        let d = handle(
+            alice,
+            deliver(cert("alice", 2), vec![message("bob", 1); MAX_BATCH + 1]),
+        );
+        assert_eq!(refusal(&d), Some(MsgRefusal::BadMessage));
+        let d = handle(alice, deliver(cert("alice", 2), vec![message("bob", 1)]));
+        let MsgDecision::Store(batch) = d else {
+            panic!("stored: {d:?}");
+        };
+        assert_eq!(
+            (batch[0].from.as_str(), batch[0].received_at_ms),
+            ("alice", 7)
+        );
+    }
+
+    #[test]
+    fn pings_need_a_certificate_and_presence_the_senders_own_record() {
+        let alice = device(2).public().to_peer_id();
+        let d = handle(
+            alice,
+            MsgRequest::Ping {
+                cert: cert("alice", 2),
+                nonce: 9,
+            },
+        );
+        assert!(matches!(
+            d,
+            MsgDecision::Answer(MsgResponse::Pong { nonce: 9 })
+        ));
+        let d = handle(
+            alice,
+            MsgRequest::Ping {
+                cert: cert("carol", 4),
+                nonce: 9,
+            },
+        );
+        assert_eq!(refusal(&d), Some(MsgRefusal::NotAuthenticated));
+    }
+
+    #[test]
+    fn stored_answers_count_duplicates_and_a_failed_store_is_retryable() {
+        let (answer, new) = stored_answer(&Ok(vec![Receipt::Stored, Receipt::Duplicate]));
+        assert_eq!(
+            (answer, new),
+            (
+                MsgResponse::Stored {
+                    stored: 1,
+                    duplicates: 1
+                },
+                1
+            )
+        );
+        let (answer, _) = stored_answer(&Err(StoreError::Closed));
+        assert!(matches!(
+            answer,
+            MsgResponse::Refused {
+                code: MsgRefusal::Unavailable,
+                ..
+            }
+        ));
+    }
+}

@@ -91,6 +91,9 @@ impl Messaging {
     }
 }
 
+/// Recipients an outbox pass sends to at most; the next pass takes the others.
+const MAX_RECIPIENTS_PER_PASS: usize = 64;
+
 /// On the store thread: for every recipient with due messages and nothing in flight (`busy`),
 /// the run of due messages from the head of its queue, in conversation order (a message
 /// waiting out a backoff holds back the ones after it), at most a batch.
@@ -99,13 +102,13 @@ fn due_batches(
     now: u64,
     busy: &HashSet<String>,
 ) -> Result<Vec<(String, Vec<QueuedMessage>)>, StoreError> {
-    let mut recipients: Vec<String> = Vec::new();
-    for m in store.due(now, 4 * MAX_BATCH)? {
-        if !busy.contains(&m.to) && recipients.last() != Some(&m.to) && !recipients.contains(&m.to)
-        {
-            recipients.push(m.to);
-        }
-    }
+    // The busy ones are skipped here rather than in SQL: few recipients are busy at once.
+    let recipients: Vec<String> = store
+        .due_recipients(now, MAX_RECIPIENTS_PER_PASS + busy.len())?
+        .into_iter()
+        .filter(|to| !busy.contains(to))
+        .take(MAX_RECIPIENTS_PER_PASS)
+        .collect();
     let mut batches = Vec::with_capacity(recipients.len());
     for to in recipients {
         let queued: Vec<QueuedMessage> = store

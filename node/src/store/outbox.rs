@@ -151,6 +151,19 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Up to `limit` recipients with a message due at `now_ms`, in name order, without reading
+    /// the messages themselves.
+    pub fn due_recipients(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT DISTINCT recipient FROM outbox WHERE next_attempt_at_ms <= ?1
+             ORDER BY recipient LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now, sql_limit(limit)], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Records a failed attempt: the caller's attempt count and backoff, and why.
     /// `Ok(false)` if the message is no longer queued (delivered meanwhile).
     pub fn reschedule(
@@ -450,6 +463,12 @@ mod tests {
             seqs(&store.queued_for("carol").unwrap()),
             (1..=334).collect::<Vec<_>>()
         );
+        assert_eq!(
+            store.due_recipients(u64::MAX, 10).unwrap(),
+            ["alice", "bob", "carol"]
+        );
+        assert_eq!(store.due_recipients(u64::MAX, 2).unwrap(), ["alice", "bob"]);
+        assert!(store.due_recipients(0, 10).unwrap().is_empty());
         // The head of a queue alone, in order.
         assert_eq!(
             seqs(&store.queued_head("carol", 64).unwrap()),

@@ -309,18 +309,23 @@ impl<W> Outbox<W> {
     /// The user does not exist: the messages queued for them go, their senders are told.
     pub(crate) fn user_unknown(&mut self, name: &UserName) {
         let ids = self.checking.remove(name).unwrap_or_default();
-        for id in &ids {
+        self.answer_waiters(&ids, SendOutcome::UnknownUser);
+        if !ids.is_empty() {
+            self.actions.push_back(Action::Cancel { ids });
+        }
+    }
+
+    /// Tells the `send`s waiting for these messages what became of them.
+    fn answer_waiters(&mut self, ids: &[String], outcome: SendOutcome) {
+        for id in ids {
             if let Some(w) = self.waiters.remove(id) {
                 self.actions.push_back(Action::Answer {
                     waiter: w.waiter,
                     id: id.clone(),
                     to: w.to,
-                    outcome: SendOutcome::UnknownUser,
+                    outcome: outcome.clone(),
                 });
             }
-        }
-        if !ids.is_empty() {
-            self.actions.push_back(Action::Cancel { ids });
         }
     }
 
@@ -334,16 +339,7 @@ impl<W> Outbox<W> {
     pub(crate) fn delivered(&mut self, to: &UserName, path: &'static str) {
         let ids = self.in_flight.remove(to).unwrap_or_default();
         self.held.remove(to);
-        for id in &ids {
-            if let Some(w) = self.waiters.remove(id) {
-                self.actions.push_back(Action::Answer {
-                    waiter: w.waiter,
-                    id: id.clone(),
-                    to: w.to,
-                    outcome: SendOutcome::Delivered(path),
-                });
-            }
-        }
+        self.answer_waiters(&ids, SendOutcome::Delivered(path));
         // Before the next read, so that read no longer sees them.
         self.actions.push_back(Action::MarkDelivered { ids, path });
         self.pump();

@@ -1,17 +1,21 @@
 //! The node daemon (`natter up`): the services of a node, driven by the network task's events
 //! (see [`crate::net`], which alone owns the swarm), the control API and their timers.
 //!
-//! Layout: this file holds the daemon's state, its main loop and the timers; `leaf` is the
-//! leaf side (attach, failover, publishing), `superpeer` the superpeer side (promotion,
-//! admission, directory, lookups), `messaging` the outbox, inbox and pings, `commands`
-//! answers the control API, `netcheck` reads NAT behaviour from observations.
+//! Layout: this file holds the daemon's state, its main loop, the timers and the network's
+//! events. State machines and pure handlers decide, the other files carry out:
+//! `attach` / `leaf` (attachment, failover, publishing), `outbox` / `messaging` (delivery,
+//! `send`), `inbox` / `messaging` (the msg protocol, `inbox --follow`), `ping`, `superpeer`
+//! (promotion, admission, directory, lookups), `login` (the login server's answers),
+//! `commands` (the control API), `metrics`, `netcheck` (NAT behaviour from observations).
 
 pub mod api;
 mod attach;
 mod commands;
 mod inbox;
 mod leaf;
+mod login;
 mod messaging;
+mod metrics;
 mod netcheck;
 mod outbox;
 mod superpeer;
@@ -23,7 +27,7 @@ use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use libp2p::{Multiaddr, PeerId};
-use natter_proto::login::{LoginRequest, LoginResponse, SuperpeerInfo};
+use natter_proto::login::SuperpeerInfo;
 use natter_proto::{IssuerKey, Status, UserName};
 use natter_superpeer::directory::DirectoryStats;
 use natter_superpeer::lookup::{LookupId, Lookups};
@@ -36,6 +40,7 @@ use crate::home::{Home, Identity};
 use crate::net::{self, Command, DirectoryRecords, InResponse, Net, NetEvent, OutRequest, Token};
 use crate::store::{Host, Store, StoreError, StoreHandle};
 use api::{ControlRequest, ControlResponse};
+use metrics::NodeMetrics;
 
 /// How a node daemon runs. [`DaemonConfig::default`] gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -242,76 +247,6 @@ pub(crate) struct Daemon {
     going_down: Option<(Instant, Option<Replier<ControlResponse>>)>,
     msg: messaging::Messaging,
     metrics: Option<NodeMetrics>,
-}
-
-/// What `--metrics` exposes: libp2p's own metrics and Natter's.
-pub(crate) struct NodeMetrics {
-    superpeer: Gauge,
-    leaves: Gauge,
-    records_stored: Gauge,
-    records_refused: Gauge,
-    lookups: Gauge,
-    outbox: Gauge,
-    pub(crate) delivered: Counter,
-    pub(crate) received: Counter,
-}
-
-type Gauge = prometheus_client::metrics::gauge::Gauge<i64>;
-type Counter = prometheus_client::metrics::counter::Counter;
-
-impl NodeMetrics {
-    fn new(registry: &mut prometheus_client::registry::Registry) -> Self {
-        let m = Self {
-            superpeer: Gauge::default(),
-            leaves: Gauge::default(),
-            records_stored: Gauge::default(),
-            records_refused: Gauge::default(),
-            lookups: Gauge::default(),
-            outbox: Gauge::default(),
-            delivered: Counter::default(),
-            received: Counter::default(),
-        };
-        let natter = registry.sub_registry_with_prefix("natter");
-        let gauges = [
-            (
-                "superpeer",
-                "1 while this node is a superpeer",
-                &m.superpeer,
-            ),
-            ("leaves", "Leaves attached to this superpeer", &m.leaves),
-            (
-                "records_stored",
-                "Directory records validated and stored",
-                &m.records_stored,
-            ),
-            (
-                "records_refused",
-                "Directory records refused by validation",
-                &m.records_refused,
-            ),
-            ("lookups", "Lookups served by this superpeer", &m.lookups),
-            ("outbox_queued", "Messages waiting in the outbox", &m.outbox),
-        ];
-        for (name, help, gauge) in gauges {
-            natter.register(name, help, gauge.clone());
-        }
-        let counters = [
-            (
-                "messages_delivered",
-                "Messages acknowledged by their recipient",
-                &m.delivered,
-            ),
-            (
-                "messages_received",
-                "Messages received and stored (duplicates excluded)",
-                &m.received,
-            ),
-        ];
-        for (name, help, counter) in counters {
-            natter.register(name, help, counter.clone());
-        }
-        m
-    }
 }
 
 /// Runs the daemon for `home` until `shutdown` or `natter down`.
@@ -614,26 +549,6 @@ impl Daemon {
         }
     }
 
-    fn renew(&mut self) {
-        self.attach.bootstrap_asked(tokio::time::Instant::now());
-        let request = LoginRequest::Renew {
-            cert: self.identity.cert.clone(),
-        };
-        self.send_login(request, LoginPending::Renew);
-    }
-
-    fn send_login(&mut self, request: LoginRequest, pending: LoginPending) {
-        let token = self.token();
-        let login = self.identity.login.clone();
-        self.net.request(
-            token,
-            self.login_peer,
-            vec![login],
-            OutRequest::Login(request),
-        );
-        self.login_pending.insert(token, pending);
-    }
-
     fn send_overlay(
         &mut self,
         peer: PeerId,
@@ -802,118 +717,6 @@ impl Daemon {
             self.on_msg_response(pending, response);
         }
     }
-    fn on_login_response(
-        &mut self,
-        pending: LoginPending,
-        response: Result<LoginResponse, String>,
-    ) {
-        match (pending, response) {
-            (
-                LoginPending::Renew,
-                Ok(LoginResponse::Issued {
-                    cert,
-                    issuer_key,
-                    superpeers,
-                }),
-            ) => {
-                if cert.verify(&issuer_key, unix_now()).is_err()
-                    || cert.peer_id() != self.peer_id()
-                    || issuer_key != self.issuer
-                {
-                    tracing::error!(
-                        "login server issued an unusable certificate; keeping the old one"
-                    );
-                    return;
-                }
-                self.identity.cert = cert;
-                self.renew_failed_at = None;
-                if let Err(e) = self.home.save_identity(&self.identity) {
-                    tracing::error!(error = %e, "cannot save the renewed certificate");
-                }
-                let text = format!(
-                    "{}; {} superpeer(s) in the bootstrap list",
-                    if self.renewed_once {
-                        "certificate renewed"
-                    } else {
-                        "logged in"
-                    },
-                    superpeers.len()
-                );
-                if self.renewed_once {
-                    tracing::info!("{text}");
-                } else {
-                    self.phase(&text);
-                }
-                self.renewed_once = true;
-                self.merge_candidates(superpeers);
-                for leaf in self.leaves.expired(&self.issuer, unix_now()) {
-                    self.net.send(Command::Disconnect(leaf));
-                }
-            }
-            (LoginPending::Renew, Ok(LoginResponse::Refused(r))) => {
-                self.renew_failed_at = Some(Instant::now());
-                self.phase(&format!("login server refused renewal: {}", r.message));
-            }
-            (LoginPending::Renew, Err(e)) => {
-                self.renew_failed_at = Some(Instant::now());
-                let valid = self.identity.cert.verify(&self.issuer, unix_now()).is_ok();
-                self.phase(&format!(
-                    "login server unreachable ({e}); {}",
-                    if valid {
-                        "continuing with the current certificate and the host cache"
-                    } else {
-                        "the certificate has expired: peers will refuse this node until it renews"
-                    }
-                ));
-            }
-            (LoginPending::Announce, Ok(LoginResponse::Announced { superpeers, .. })) => {
-                let known = self.candidates.len();
-                self.merge_candidates(superpeers);
-                if self.candidates.len() > known {
-                    // New superpeers: meet them now rather than at the next round.
-                    self.last_bootstrap = None;
-                }
-            }
-            (LoginPending::Announce, other) => {
-                tracing::warn!(?other, "announcement to the login server failed");
-            }
-            (LoginPending::Exists { name, purpose }, response) => {
-                let exists = match response {
-                    Ok(LoginResponse::Exists { exists, .. }) => Some(exists),
-                    _ => None,
-                };
-                self.on_lookup_result(name, purpose, LookupOutcome::NotFound { exists });
-            }
-            (pending, other) => tracing::debug!(?pending, ?other, "unexpected login answer"),
-        }
-    }
-
-    /// Adds superpeers to the candidate list (bounded) and the host cache.
-    fn merge_candidates(&mut self, list: Vec<SuperpeerInfo>) {
-        let me = self.peer_id().to_string();
-        for sp in list {
-            if sp.peer_id == me {
-                continue;
-            }
-            let (peer, addrs, load) = (
-                sp.peer_id.clone(),
-                sp.addrs.clone(),
-                (sp.leaves, sp.capacity),
-            );
-            self.store_write("host cache write", move |s| {
-                s.record_host(&peer, &addrs, None, Some(load), unix_now())
-                    .map(drop)
-            });
-            match self.candidates.iter_mut().find(|c| c.peer_id == sp.peer_id) {
-                Some(existing) => *existing = sp,
-                None => self.candidates.push(sp),
-            }
-        }
-        if self.candidates.len() > 200 {
-            self.candidates.drain(..self.candidates.len() - 200);
-        }
-    }
-
     fn on_peer_gone(&mut self, peer: PeerId) {
         if self.leaves.remove(&peer).is_some() {
             tracing::info!(%peer, "leaf detached");

@@ -18,6 +18,7 @@ mod messaging;
 mod metrics;
 mod netcheck;
 mod outbox;
+mod ping;
 mod superpeer;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};

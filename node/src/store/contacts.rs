@@ -3,6 +3,7 @@
 
 use rusqlite::params;
 
+use super::sql::Cached as _;
 use super::{Store, StoreError, check_name, sql_limit};
 
 /// Most contacts kept: each one costs presence traffic.
@@ -14,12 +15,12 @@ impl Store {
         check_name(name)?;
         let max = self.max_contacts;
         self.write(|tx| {
-            let n = tx.execute(
+            let n = tx.run(
                 "INSERT INTO contacts (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
                 params![name],
             )?;
             if n == 1 {
-                let count: i64 = tx.query_row("SELECT COUNT(*) FROM contacts", [], |r| r.get(0))?;
+                let count: i64 = tx.row("SELECT COUNT(*) FROM contacts", [], |r| r.get(0))?;
                 if count > sql_limit(max) {
                     // Dropping the transaction rolls the insert back.
                     return Err(StoreError::ContactsFull { max });
@@ -32,7 +33,7 @@ impl Store {
     /// Removes `name`. `Ok(false)` if it was not a contact.
     pub fn remove_contact(&self, name: &str) -> Result<bool, StoreError> {
         self.write(|tx| {
-            let n = tx.execute("DELETE FROM contacts WHERE name = ?1", params![name])?;
+            let n = tx.run("DELETE FROM contacts WHERE name = ?1", params![name])?;
             Ok(n == 1)
         })
     }

@@ -8,12 +8,8 @@
 
 use std::thread;
 
+use super::sql::{JOB, TRANSACTION};
 use super::{Store, StoreError};
-
-/// The savepoint around each [`Store::atomically`] call. `ROLLBACK TO` and `RELEASE` act on the
-/// innermost savepoint of a name, so these nest, with each other and with the writes'
-/// savepoints.
-const JOB_SAVEPOINT: &str = "natter_job";
 
 impl Store {
     /// Runs `f` with every write this thread makes meanwhile grouped into one transaction,
@@ -31,7 +27,7 @@ impl Store {
                 drop(conn);
                 return Ok(f());
             }
-            conn.sqlite.execute_batch("BEGIN IMMEDIATE")?;
+            TRANSACTION.open(&conn.sqlite)?;
             conn.group = Some(thread::current().id());
         }
         let open = OpenGroup { store: self };
@@ -55,8 +51,7 @@ impl Store {
             if conn.sqlite.is_autocommit() {
                 return Err(StoreError::RolledBack);
             }
-            conn.sqlite
-                .execute_batch(&format!("SAVEPOINT {JOB_SAVEPOINT}"))?;
+            JOB.open(&conn.sqlite)?;
         }
         let savepoint = OpenSavepoint {
             store: self,
@@ -81,9 +76,7 @@ impl OpenGroup<'_> {
             // SQLite rolled the transaction back itself; COMMIT would only say "no transaction".
             Err(StoreError::RolledBack)
         } else {
-            conn.sqlite
-                .execute_batch("COMMIT")
-                .map_err(StoreError::from)
+            TRANSACTION.keep(&conn.sqlite).map_err(StoreError::from)
         };
         drop(conn);
         // Drop rolls back if the COMMIT left the transaction open, and ends the group.
@@ -94,9 +87,7 @@ impl OpenGroup<'_> {
 impl Drop for OpenGroup<'_> {
     fn drop(&mut self) {
         let mut conn = self.store.lock();
-        if !conn.sqlite.is_autocommit()
-            && let Err(e) = conn.sqlite.execute_batch("ROLLBACK")
-        {
+        if let Err(e) = TRANSACTION.undo(&conn.sqlite) {
             tracing::error!(error = %e, "rolling back a store group failed");
         }
         conn.group = None;
@@ -114,10 +105,7 @@ struct OpenSavepoint<'a> {
 
 impl OpenSavepoint<'_> {
     fn release(mut self) -> Result<(), StoreError> {
-        let released = self
-            .store
-            .lock()
-            .execute_batch(&format!("RELEASE {JOB_SAVEPOINT}"));
+        let released = JOB.keep(&self.store.lock());
         // On failure `self` drops still open, which rolls the savepoint back.
         released?;
         self.open = false;
@@ -130,13 +118,8 @@ impl Drop for OpenSavepoint<'_> {
         if !self.open {
             return;
         }
-        let conn = self.store.lock();
         // Without a transaction the savepoint went with it (SQLite rolled everything back).
-        if !conn.sqlite.is_autocommit()
-            && let Err(e) = conn.execute_batch(&format!(
-                "ROLLBACK TO {JOB_SAVEPOINT}; RELEASE {JOB_SAVEPOINT}"
-            ))
-        {
+        if let Err(e) = JOB.undo(&self.store.lock()) {
             tracing::error!(error = %e, "rolling back a store savepoint failed");
         }
     }

@@ -8,6 +8,7 @@
 use natter_proto::limits::{MAX_ADDR_LEN, MAX_ANNOUNCED_ADDRS};
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
+use super::sql::Cached as _;
 use super::{Store, StoreError, int, sql_limit};
 
 /// Most hosts kept; the least recently seen is evicted beyond this.
@@ -71,7 +72,7 @@ impl Store {
         let (leaves, capacity) = load.unzip();
         self.write(|tx| {
             let known: Vec<String> = match tx
-                .query_row(
+                .row(
                     "SELECT addrs FROM hosts WHERE peer_id = ?1",
                     params![peer_id],
                     |r| r.get::<_, String>(0),
@@ -88,7 +89,7 @@ impl Store {
             let merged = merge_addrs(addrs, &known);
             let json = serde_json::to_string(&merged)
                 .map_err(|e| StoreError::Corrupt(format!("encoding addresses: {e}")))?;
-            tx.execute(
+            tx.run(
                 "INSERT INTO hosts (peer_id, addrs, rtt_ms, leaves, capacity, last_seen)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (peer_id) DO UPDATE SET
@@ -132,7 +133,7 @@ impl Store {
     pub fn host_failed(&self, peer_id: &str, now: u64) -> Result<bool, StoreError> {
         let now = int("failure time", now)?;
         self.write(|tx| {
-            let n = tx.execute(
+            let n = tx.run(
                 "UPDATE hosts SET failures = MIN(failures + 1, ?2), last_failure = ?3
                  WHERE peer_id = ?1",
                 params![peer_id, u32::MAX, now],
@@ -144,7 +145,7 @@ impl Store {
     /// Forgets `peer_id` (say, it turned out not to be a superpeer). `Ok(false)` if unknown.
     pub fn remove_host(&self, peer_id: &str) -> Result<bool, StoreError> {
         self.write(|tx| {
-            let n = tx.execute("DELETE FROM hosts WHERE peer_id = ?1", params![peer_id])?;
+            let n = tx.run("DELETE FROM hosts WHERE peer_id = ?1", params![peer_id])?;
             Ok(n == 1)
         })
     }
@@ -190,10 +191,10 @@ fn decode_addrs(peer_id: &str, json: &str) -> Result<Vec<String>, StoreError> {
 /// Deletes the least recently seen hosts beyond [`MAX_HOSTS`], never `keep` (the host just
 /// recorded, which may tie with others on `last_seen`).
 fn evict(tx: &Connection, keep: &str) -> Result<(), StoreError> {
-    let count: i64 = tx.query_row("SELECT COUNT(*) FROM hosts", [], |r| r.get(0))?;
+    let count: i64 = tx.row("SELECT COUNT(*) FROM hosts", [], |r| r.get(0))?;
     let excess = count.saturating_sub(sql_limit(MAX_HOSTS));
     if excess > 0 {
-        tx.execute(
+        tx.run(
             "DELETE FROM hosts WHERE peer_id IN (
                  SELECT peer_id FROM hosts WHERE peer_id <> ?1
                  ORDER BY last_seen, failures DESC, peer_id

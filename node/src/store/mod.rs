@@ -34,6 +34,7 @@ mod hosts;
 mod inbox;
 mod outbox;
 mod schema;
+mod sql;
 
 use std::fs;
 use std::ops::Deref;
@@ -44,7 +45,9 @@ use std::time::Duration;
 
 use natter_proto::limits::MAX_MESSAGE_TEXT_BYTES;
 use natter_proto::{NameError, UserName};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
+
+use sql::{TRANSACTION, WRITE};
 
 pub use actor::{MAX_GROUP_JOBS, StoreHandle, StoreThread};
 pub use contacts::MAX_CONTACTS;
@@ -161,8 +164,13 @@ impl Store {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // WAL: readers never block the writer; FULL: a commit that returned is on disk, which
         // is what "accepted by send" and "acked as stored" promise.
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-            .map_err(open_err)?;
+        // temp_store = MEMORY: a savepoint's journal (one per write inside a group) stays in
+        // memory rather than in a temporary file.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;",
+        )
+        .map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(sql::STATEMENT_CACHE);
         schema::migrate(&mut conn, &path).map_err(|e| match e {
             StoreError::Sqlite(source) => open_err(source),
             other => other,
@@ -215,24 +223,15 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn();
-        if conn.group.is_some() {
-            if conn.sqlite.is_autocommit() {
-                // A savepoint now would be a transaction of its own, outside the group.
-                return Err(StoreError::RolledBack);
-            }
-            let sp = conn.sqlite.savepoint()?;
-            let out = f(&sp)?;
-            sp.commit()?;
-            Ok(out)
-        } else {
-            let tx = conn
-                .sqlite
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
+        let conn = self.conn();
+        if conn.group.is_none() {
+            return TRANSACTION.run(&conn.sqlite, f);
         }
+        if conn.sqlite.is_autocommit() {
+            // A savepoint now would be a transaction of its own, outside the group.
+            return Err(StoreError::RolledBack);
+        }
+        WRITE.run(&conn.sqlite, f)
     }
 }
 

@@ -12,6 +12,7 @@
 
 use rusqlite::{OptionalExtension as _, Row, params};
 
+use super::sql::Cached as _;
 use super::{Store, StoreError, check_message_id, check_name, check_text, int, sql_limit};
 
 /// Most messages waiting for delivery, over all recipients: the outbox must not fill the disk
@@ -99,7 +100,7 @@ impl Store {
         let max = self.max_outbox;
         self.write(|tx| {
             let known = tx
-                .query_row(
+                .row(
                     "SELECT 1 FROM outbox WHERE id = ?1 UNION ALL SELECT 1 FROM sent WHERE id = ?1",
                     params![msg.id],
                     |_| Ok(()),
@@ -108,18 +109,18 @@ impl Store {
             if known.is_some() {
                 return Err(StoreError::DuplicateId(msg.id.clone()));
             }
-            let waiting: i64 = tx.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+            let waiting: i64 = tx.row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
             if waiting >= sql_limit(max) {
                 return Err(StoreError::OutboxFull { max });
             }
-            let conv_seq: u64 = tx.query_row(
+            let conv_seq: u64 = tx.row(
                 "INSERT INTO conversations (peer, last_sent_seq) VALUES (?1, 1)
                  ON CONFLICT (peer) DO UPDATE SET last_sent_seq = last_sent_seq + 1
                  RETURNING last_sent_seq",
                 params![msg.to],
                 |r| r.get(0),
             )?;
-            tx.execute(
+            tx.run(
                 "INSERT INTO outbox (id, recipient, text, sent_at_ms, conv_seq, next_attempt_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?4)",
                 params![msg.id, msg.to, msg.text, sent_at, conv_seq],
@@ -176,7 +177,7 @@ impl Store {
         let next = int("next attempt time", next_attempt_at_ms)?;
         let last_error = last_error.map(|e| truncate(e, MAX_ERROR_BYTES));
         self.write(|tx| {
-            let n = tx.execute(
+            let n = tx.run(
                 "UPDATE outbox SET attempts = ?2, next_attempt_at_ms = ?3, last_error = ?4
                  WHERE id = ?1",
                 params![id, attempts, next, last_error],
@@ -189,7 +190,7 @@ impl Store {
     /// not to exist). `Ok(false)` if it is not queued.
     pub fn cancel(&self, id: &str) -> Result<bool, StoreError> {
         self.write(|tx| {
-            let n = tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+            let n = tx.run("DELETE FROM outbox WHERE id = ?1", params![id])?;
             Ok(n == 1)
         })
     }
@@ -219,7 +220,7 @@ impl Store {
         self.write(|tx| {
             let mut moved_total = 0;
             for id in ids {
-                let moved = tx.execute(
+                let moved = tx.run(
                     "INSERT INTO sent (id, recipient, text, sent_at_ms, conv_seq, attempts, path,
                                        delivered_at_ms)
                      SELECT id, recipient, text, sent_at_ms, conv_seq, attempts, ?2, ?3
@@ -229,7 +230,7 @@ impl Store {
                 if moved == 0 {
                     continue;
                 }
-                tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+                tx.run("DELETE FROM outbox WHERE id = ?1", params![id])?;
                 moved_total += 1;
             }
             Ok(moved_total)
@@ -261,7 +262,7 @@ impl Store {
     pub fn outbox_len(&self) -> Result<usize, StoreError> {
         let n: usize = self
             .conn()
-            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+            .row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
         Ok(n)
     }
 
@@ -269,7 +270,7 @@ impl Store {
     pub fn get_sent(&self, id: &str) -> Result<Option<SentMessage>, StoreError> {
         let sent = self
             .conn()
-            .query_row(
+            .row(
                 "SELECT id, recipient, text, sent_at_ms, conv_seq, attempts, path, delivered_at_ms
                  FROM sent WHERE id = ?1",
                 params![id],

@@ -287,6 +287,7 @@ fn build_swarm(
     let transport_config = natter_net::TransportConfig {
         idle_timeout: config.idle_timeout,
         quic: Some(natter_net::QuicConfig::LIBP2P_DEFAULTS),
+        ..Default::default()
     };
     natter_net::build_swarm(identity, &transport_config, |key| Behaviour {
         limits: connection_limits::Behaviour::new(limits),

@@ -296,6 +296,8 @@ pub fn build_swarm(
     let config = natter_net::TransportConfig {
         idle_timeout: Duration::from_secs(5),
         quic: Some(natter_net::QuicConfig::LIBP2P_DEFAULTS),
+        // One request per run: "not a Natter login server" is worth more than a round trip.
+        optimistic_streams: false,
     };
     natter_net::build_swarm(key, &config, |_| behaviour(ProtocolSupport::Outbound))
         .map_err(|e| LoginError::Transport(e.to_string()))

@@ -182,6 +182,9 @@ impl Daemon {
             move |s| s.enqueue(&outgoing),
             move |d, stored| d.on_enqueued(to, id, wait, reply, stored.map(drop)),
         );
+        // The read that delivers it joins the write's group; see `Outbox::queueing`.
+        self.msg.outbox.queueing();
+        self.run_outbox();
     }
 
     /// The message `id` is in the outbox (or could not be stored).

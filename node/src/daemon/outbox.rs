@@ -185,8 +185,17 @@ impl<W> Outbox<W> {
         self.resolving.insert(name.clone())
     }
 
-    /// Message `id` to `to` is durable in the outbox. `waiter`, if any, hears the outcome
-    /// (within [`SEND_WAIT`], else "queued").
+    /// A message's write to the outbox was just handed to the store. The read that picks it
+    /// up is asked for now, not once the write is durable: the store runs jobs in the order
+    /// they came and answers none before its group's commit, so the read sees the message,
+    /// and its batch leaves when the message is on disk, one store round trip sooner.
+    pub(crate) fn queueing(&mut self) {
+        self.pump();
+    }
+
+    /// Message `id` to `to` is durable in the outbox (the read that delivers it was asked for
+    /// by [`Outbox::queueing`]). `waiter`, if any, hears the outcome (within [`SEND_WAIT`],
+    /// else "queued").
     pub(crate) fn queued(&mut self, to: UserName, id: String, waiter: Option<W>, now: Instant) {
         if let Some(waiter) = waiter {
             self.waiters.insert(
@@ -208,7 +217,6 @@ impl<W> Outbox<W> {
                 }
             }
         }
-        self.pump();
     }
 
     /// Asks for an outbox read, unless one is running (then for one more after it).
@@ -437,6 +445,7 @@ mod tests {
         let peer = PeerId::random();
         o.learn_route(bob.clone(), peer, vec![], Instant::now());
         for i in 0..100 {
+            o.queueing();
             o.queued(bob.clone(), format!("m{i}"), None, Instant::now());
         }
         let actions = drain(&mut o);
@@ -476,10 +485,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_read_is_asked_for_with_the_write_not_after_it() {
+        let mut o: Outbox<u32> = Outbox::default();
+        let bob = name("bob");
+        o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
+        o.queueing();
+        assert_eq!(
+            reads(&drain(&mut o)),
+            1,
+            "asked for before the write is durable"
+        );
+        // The write's commit comes back first (the store answers in order): no second read.
+        o.queued(bob.clone(), "m1".into(), Some(1), Instant::now());
+        assert_eq!(reads(&drain(&mut o)), 0);
+        o.due_read(
+            Some(vec![("bob".into(), vec![queued("m1", "bob", 1)])]),
+            Instant::now(),
+        );
+        assert!(
+            drain(&mut o)
+                .iter()
+                .any(|a| matches!(a, Action::Deliver { messages, .. } if messages.len() == 1))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn sends_to_a_user_without_a_route_share_one_check() {
         let mut o: Outbox<u32> = Outbox::default();
         let carol = name("carol");
         for i in 0..10 {
+            o.queueing();
             o.queued(carol.clone(), format!("m{i}"), Some(i), Instant::now());
         }
         let checks = drain(&mut o)
@@ -560,6 +595,7 @@ mod tests {
         let mut o: Outbox<u32> = Outbox::default();
         let bob = name("bob");
         o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
+        o.queueing();
         o.queued(bob.clone(), "m1".into(), Some(1), Instant::now());
         o.queued(bob.clone(), "m2".into(), Some(2), Instant::now());
         drain(&mut o);

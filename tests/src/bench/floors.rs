@@ -133,6 +133,7 @@ fn tcp_only(idle_timeout: Duration) -> natter_net::TransportConfig {
     natter_net::TransportConfig {
         idle_timeout,
         quic: None,
+        ..Default::default()
     }
 }
 

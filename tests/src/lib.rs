@@ -2,6 +2,7 @@
 //! a login server started in-process on loopback.
 
 pub mod bench;
+pub mod hostile;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

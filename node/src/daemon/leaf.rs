@@ -14,6 +14,9 @@ use super::attach::{AttachAction, Slot};
 use super::{Current, Daemon, LoginPending, LookupFor, LookupOutcome, OverlayPending, unix_now};
 use crate::net::Command;
 
+/// How long a superpeer that forged an answer stays banned.
+const DISTRUST: Duration = Duration::from_secs(600);
+
 impl Daemon {
     pub(super) fn leaf_tick(&mut self) {
         if self.going_down.is_some() {
@@ -176,6 +179,19 @@ impl Daemon {
         self.run_attach();
     }
 
+    /// Superpeer `peer` answered something no honest superpeer sends: drop it for a while
+    /// (the standby takes over) and say so in the log.
+    fn distrust_superpeer(&mut self, peer: PeerId, why: &str) {
+        if peer == self.peer_id() {
+            // This superpeer's own directory validated the record: a bug, not an attacker.
+            tracing::error!(%why, "own directory answered a record that does not verify");
+            return;
+        }
+        tracing::warn!(%peer, %why, "superpeer sent a forged answer: dropping it for {} min", DISTRUST.as_secs() / 60);
+        self.net.send(Command::Ban(peer, DISTRUST));
+        self.lost_superpeer(peer);
+    }
+
     /// Monotonic across restarts: milliseconds since the epoch, bumped when equal.
     pub(super) fn next_seq(&mut self) -> u64 {
         let now_ms = std::time::SystemTime::now()
@@ -268,20 +284,44 @@ impl Daemon {
         let request = OverlayRequest::Lookup {
             name: name.to_string(),
         };
-        self.send_overlay(primary, request, OverlayPending::Lookup { name, purpose });
+        let pending = OverlayPending::Lookup {
+            peer: primary,
+            name,
+            purpose,
+        };
+        self.send_overlay(primary, request, pending);
     }
 
-    /// Turns a superpeer's answer into a lookup outcome; asks the login server whether the
-    /// name exists when there is no record (not needed when only routing).
+    /// Turns superpeer `peer`'s answer into a lookup outcome; asks the login server whether
+    /// the name exists when there is no record (not needed when only routing).
+    ///
+    /// A superpeer is any user's node, so its answer is evidence, not truth: a record is used
+    /// only if it is the record of the name asked for, signed by that user's certified device
+    /// under a certificate of the pinned issuer, and within its validity. The route it gives
+    /// is then the certified device's peer id, which Noise authenticates on every delivery.
     pub(super) fn answer_lookup(
         &mut self,
+        peer: PeerId,
         name: UserName,
         purpose: LookupFor,
         answer: Result<OverlayResponse, String>,
     ) {
         let outcome = match answer {
             Ok(OverlayResponse::Found { record, confirmed }) => {
-                LookupOutcome::Found { record, confirmed }
+                match check_answer(&record, &name, &self.issuer, unix_now()) {
+                    Ok(()) => LookupOutcome::Found { record, confirmed },
+                    Err(Distrust::Forged(why)) => {
+                        self.distrust_superpeer(peer, &why);
+                        LookupOutcome::Failed(format!(
+                            "superpeer {peer} answered a forged record for {name} ({why}); \
+                             asking another superpeer, try again in a few seconds"
+                        ))
+                    }
+                    Err(Distrust::Unusable(why)) => {
+                        tracing::warn!(%peer, user = %name, %why, "lookup answer unusable");
+                        LookupOutcome::Failed(format!("lookup answer for {name} unusable: {why}"))
+                    }
+                }
             }
             Ok(OverlayResponse::NotFound) => {
                 if matches!(purpose, LookupFor::Route | LookupFor::Push) {
@@ -330,13 +370,56 @@ impl Daemon {
                     self.finish_down();
                 }
             }
-            OverlayPending::Lookup { name, purpose } => self.answer_lookup(name, purpose, answer),
+            OverlayPending::Lookup {
+                peer,
+                name,
+                purpose,
+            } => self.answer_lookup(peer, name, purpose, answer),
             OverlayPending::Liveness { lookup } => {
                 let attached = matches!(answer, Ok(OverlayResponse::Attachment { attached: true }));
                 self.on_liveness(lookup, Some(attached));
             }
             OverlayPending::Detach => {}
         }
+    }
+}
+
+/// Why a lookup answer is not used.
+#[derive(Debug, PartialEq, Eq)]
+enum Distrust {
+    /// No honest superpeer sends this: a record of another user, or a signature that does
+    /// not verify (certificate of another issuer, record not signed by the device).
+    Forged(String),
+    /// Possibly honest but not usable here: expired meanwhile, or a clock apart from ours.
+    Unusable(String),
+}
+
+/// Checks a superpeer's lookup answer for `name` against the pinned issuer key.
+fn check_answer(
+    record: &PresenceRecord,
+    name: &UserName,
+    issuer: &natter_proto::IssuerKey,
+    now: u64,
+) -> Result<(), Distrust> {
+    use natter_proto::cert::CertError;
+    use natter_proto::presence::RecordError;
+    if record.username() != name {
+        return Err(Distrust::Forged(format!(
+            "the record is {}'s",
+            record.username()
+        )));
+    }
+    match record.verify(issuer, now) {
+        Ok(()) => Ok(()),
+        Err(
+            e @ (RecordError::BadSignature
+            | RecordError::Malformed(_)
+            | RecordError::LeaseTooLong(_)
+            | RecordError::Certificate(
+                CertError::BadSignature | CertError::WrongIssuer { .. } | CertError::Malformed(_),
+            )),
+        ) => Err(Distrust::Forged(e.to_string())),
+        Err(e) => Err(Distrust::Unusable(e.to_string())),
     }
 }
 
@@ -358,5 +441,76 @@ pub(super) fn lookup_view(record: &PresenceRecord, confirmed: bool) -> LookupVie
         home: record.body.home.clone(),
         confirmed,
         seq: Some(record.body.seq),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use libp2p::identity::Keypair;
+    use natter_proto::IssuerSigningKey;
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn record(name: &str, signer: &IssuerSigningKey, expires_at: u64) -> PresenceRecord {
+        let device = Keypair::ed25519_from_bytes([7; 32]).unwrap();
+        let public = device
+            .clone()
+            .try_into_ed25519()
+            .unwrap()
+            .public()
+            .to_bytes();
+        let cert = signer
+            .issue(UserName::parse(name).unwrap(), public, 1, NOW - 10, 3600)
+            .unwrap();
+        PresenceBody {
+            cert,
+            status: Status::Online,
+            seq: 1,
+            last_seen: expires_at - 60,
+            expires_at,
+            home: None,
+            relay_addrs: vec![],
+            direct_addrs: vec![],
+        }
+        .sign(&device)
+        .unwrap()
+    }
+
+    #[test]
+    fn only_the_asked_users_record_under_the_pinned_issuer_is_used() {
+        let issuer = IssuerSigningKey::from_bytes(&[1; 32]);
+        let pinned = issuer.public();
+        let bob = UserName::parse("bob").unwrap();
+        let good = record("bob", &issuer, NOW + 60);
+        assert_eq!(check_answer(&good, &bob, &pinned, NOW), Ok(()));
+        // A certificate from a key of the attacker's own.
+        let rogue = IssuerSigningKey::from_bytes(&[2; 32]);
+        let forged = record("bob", &rogue, NOW + 60);
+        assert!(matches!(
+            check_answer(&forged, &bob, &pinned, NOW),
+            Err(Distrust::Forged(_))
+        ));
+        // A genuine record, of somebody else.
+        let mallory = record("mallory", &issuer, NOW + 60);
+        assert!(matches!(
+            check_answer(&mallory, &bob, &pinned, NOW),
+            Err(Distrust::Forged(_))
+        ));
+        // A genuine record whose body was changed after signing.
+        let mut tampered = good.clone();
+        tampered.body.direct_addrs = vec!["/ip4/6.6.6.6/tcp/1".into()];
+        assert!(matches!(
+            check_answer(&tampered, &bob, &pinned, NOW),
+            Err(Distrust::Forged(_))
+        ));
+        // Expired on the way: not the superpeer's fault.
+        let old = record("bob", &issuer, NOW - 1);
+        assert!(matches!(
+            check_answer(&old, &bob, &pinned, NOW),
+            Err(Distrust::Unusable(_))
+        ));
     }
 }

@@ -109,8 +109,9 @@ enum OverlayPending {
         peer: PeerId,
         down: bool,
     },
-    /// A leaf's own lookup, answered by its superpeer.
+    /// A leaf's own lookup, answered by its superpeer `peer`.
     Lookup {
+        peer: PeerId,
         name: UserName,
         purpose: LookupFor,
     },

@@ -251,7 +251,8 @@ impl Daemon {
                     },
                 ),
                 Requester::Local(purpose) => {
-                    self.answer_lookup(name, purpose, Err(refused.to_string()))
+                    let me = self.peer_id();
+                    self.answer_lookup(me, name, purpose, Err(refused.to_string()))
                 }
             }
         }
@@ -370,7 +371,10 @@ impl Daemon {
         };
         match requester {
             Requester::Remote(channel) => self.respond(channel, response),
-            Requester::Local(purpose) => self.answer_lookup(name, purpose, Ok(response)),
+            Requester::Local(purpose) => {
+                let me = self.peer_id();
+                self.answer_lookup(me, name, purpose, Ok(response))
+            }
         }
     }
 

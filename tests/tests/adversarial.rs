@@ -1,0 +1,93 @@
+//! Attacks on real `natter` daemons by nodes that play the attacker ([`natter_tests::hostile`]):
+//! each test is one attack that worked before its fix, and checks what the victim must not
+//! lose (messages, privacy, reachability).
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::time::Duration;
+
+use natter_proto::UserName;
+use natter_proto::overlay::{OverlayRequest, OverlayResponse};
+use natter_tests::hostile::{HostileSuperpeer, plain_superpeer};
+use natter_tests::{NodeProcess, TestNet, natter, natter_json, wait_for};
+
+const ATTACH: Duration = Duration::from_secs(60);
+
+fn attached_to(node: &NodeProcess, peer: &str) {
+    wait_for(
+        &format!("{} attached to {peer}", node.home.display()),
+        ATTACH,
+        || {
+            let s = node.status()?;
+            s["superpeers"]
+                .as_array()?
+                .iter()
+                .any(|p| p.as_str() == Some(peer))
+                .then_some(())
+        },
+    );
+}
+
+/// A superpeer answers every lookup with a record that routes to itself: a certificate for
+/// the looked-up name under the attacker's own signing key. Before leaves checked answers,
+/// `send bob` reported "delivered" while the attacker kept the text and bob got nothing.
+#[test]
+fn a_superpeer_forging_lookup_answers_gets_no_message_and_is_dropped() {
+    let net = TestNet::new();
+    let hostile = net
+        .rt
+        .block_on(HostileSuperpeer::start(
+            &net.server.addr,
+            "mallory",
+            Box::new(|me, from, request| match request {
+                OverlayRequest::Lookup { name } => OverlayResponse::Found {
+                    record: me.forged_record(&UserName::parse(&name).unwrap()),
+                    confirmed: true,
+                },
+                other => plain_superpeer(me, from, other),
+            }),
+        ))
+        .unwrap();
+    let mallory = hostile.attacker.peer.to_string();
+    // Bob has an account (so the name exists) but is not even online.
+    let bob = net.node("bob", &["--role", "leaf"]);
+    let alice = net.node("alice", &["--role", "leaf"]);
+    attached_to(&alice, &mallory);
+
+    let out = natter(
+        &alice.home,
+        &["send", "bob", "the secret plan", "--json"],
+        "",
+    );
+    let sent: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(sent["status"], "queued", "{sent}");
+    assert!(
+        hostile.swallowed().is_empty(),
+        "the forger received {:?}",
+        hostile.swallowed()
+    );
+    // Nothing lost: the message waits in alice's outbox for a real route to bob.
+    let outbox = natter_json(&alice.home, &["outbox"]).unwrap();
+    assert!(
+        outbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["text"] == "the secret plan"),
+        "{outbox}"
+    );
+    // A lookup says why, and the forger is no longer alice's superpeer.
+    let lookup = natter(&alice.home, &["lookup", "bob"], "");
+    assert!(!lookup.status.success());
+    wait_for("alice to drop the forger", Duration::from_secs(20), || {
+        let s = alice.status()?;
+        (!s["superpeers"]
+            .as_array()?
+            .iter()
+            .any(|p| p.as_str() == Some(mallory.as_str())))
+        .then_some(())
+    });
+    assert!(hostile.swallowed().is_empty());
+    drop(bob);
+}

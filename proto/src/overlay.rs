@@ -70,6 +70,23 @@ pub enum OverlayRefusal {
     BadRequest,
 }
 
+/// A node's certificate, sent on every new connection ([`crate::protocol::INTRODUCE`]). It
+/// must name the connection's key (Noise authenticated it) and verify under the issuer key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Introduction {
+    pub cert: Certificate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum IntroductionResponse {
+    /// The certificate is valid for this connection's key.
+    Admitted,
+    /// It is not; the peer will be served nothing that needs an account.
+    Refused { message: String },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

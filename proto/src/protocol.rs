@@ -10,3 +10,6 @@ pub const OVERLAY: &str = "/natter/overlay/1.0.0";
 pub const MSG: &str = "/natter/msg/1.0.0";
 /// Identify protocol version string, so peers of other networks are recognised and ignored.
 pub const IDENTIFY_VERSION: &str = "/natter/1.0.0";
+/// Request-response protocol by which a node proves its account on a new connection (JSON):
+/// superpeers serve the directory, the relay and the overlay only to peers that did.
+pub const INTRODUCE: &str = "/natter/introduce/1.0.0";

@@ -17,13 +17,14 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, relay};
 use natter_node::login_client::LoginClient;
 use natter_proto::login::{LoginRequest, LoginResponse, Password};
 use natter_proto::msg::{MsgRequest, MsgResponse};
-use natter_proto::overlay::{OverlayRequest, OverlayResponse};
+use natter_proto::overlay::{Introduction, IntroductionResponse, OverlayRequest, OverlayResponse};
 use natter_proto::protocol;
 use natter_proto::{Certificate, IssuerSigningKey, PresenceBody, PresenceRecord, Status, UserName};
 use tokio_util::sync::CancellationToken;
 
 type OverlayCodec = request_response::json::codec::Codec<OverlayRequest, OverlayResponse>;
 type MsgCodec = request_response::json::codec::Codec<MsgRequest, MsgResponse>;
+type IntroduceCodec = request_response::json::codec::Codec<Introduction, IntroductionResponse>;
 
 /// Who the attacker is: what its script may use to forge answers.
 #[derive(Debug, Clone)]
@@ -91,6 +92,8 @@ pub fn plain_superpeer(_: &Attacker, _: PeerId, request: OverlayRequest) -> Over
 struct Behaviour {
     identify: identify::Behaviour,
     relay: relay::Behaviour,
+    /// Its genuine certificate, on every connection, as every node does.
+    introduce: request_response::Behaviour<IntroduceCodec>,
     overlay: request_response::Behaviour<OverlayCodec>,
     msg: request_response::Behaviour<MsgCodec>,
 }
@@ -124,6 +127,13 @@ impl HostileSuperpeer {
                     key.public(),
                 )),
                 relay: relay::Behaviour::new(peer, relay::Config::default()),
+                introduce: request_response::Behaviour::new(
+                    [(
+                        StreamProtocol::new(protocol::INTRODUCE),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default(),
+                ),
                 overlay: request_response::Behaviour::new(
                     [(
                         StreamProtocol::new(protocol::OVERLAY),
@@ -214,10 +224,28 @@ async fn serve(
             }
             event = swarm.select_next_some() => event,
         };
-        let SwarmEvent::Behaviour(event) = event else {
-            continue;
+        let event = match event {
+            SwarmEvent::Behaviour(event) => event,
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                let cert = attacker.cert.clone();
+                swarm
+                    .behaviour_mut()
+                    .introduce
+                    .send_request(&peer_id, Introduction { cert });
+                continue;
+            }
+            _ => continue,
         };
         match event {
+            BehaviourEvent::Introduce(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            }) => {
+                let _ = swarm
+                    .behaviour_mut()
+                    .introduce
+                    .send_response(channel, IntroductionResponse::Admitted);
+            }
             BehaviourEvent::Overlay(request_response::Event::Message {
                 peer,
                 message:
@@ -262,4 +290,72 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A bare Kademlia peer speaking the directory's protocol, and the introduction when it has a
+/// certificate: what the cert-less attacker, or a test's record forger, runs.
+#[derive(NetworkBehaviour)]
+#[allow(missing_debug_implementations)] // libp2p's behaviours have none
+pub struct KadPeer {
+    pub kad: libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>,
+    pub introduce: request_response::Behaviour<IntroduceCodec>,
+}
+
+/// A [`KadPeer`] on `key` (TCP only), in client mode, queries timing out after 20 s.
+pub fn kad_peer(key: Keypair) -> anyhow::Result<libp2p::Swarm<KadPeer>> {
+    use libp2p::kad;
+    let tcp_only = natter_net::TransportConfig {
+        quic: None,
+        ..Default::default()
+    };
+    let mut swarm = natter_net::build_swarm(key, &tcp_only, |key| {
+        let peer = key.public().to_peer_id();
+        let mut config = kad::Config::new(StreamProtocol::new(protocol::KAD));
+        config.set_query_timeout(Duration::from_secs(20));
+        KadPeer {
+            kad: kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), config),
+            introduce: request_response::Behaviour::new(
+                [(
+                    StreamProtocol::new(protocol::INTRODUCE),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default(),
+            ),
+        }
+    })?;
+    swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Client));
+    Ok(swarm)
+}
+
+/// Does what a node does by itself on `swarm` (introduces `cert`, if any, on each new
+/// connection; answers introductions) and hands back the Kademlia events.
+pub fn kad_peer_event(
+    swarm: &mut libp2p::Swarm<KadPeer>,
+    cert: Option<&Certificate>,
+    event: SwarmEvent<KadPeerEvent>,
+) -> Option<libp2p::kad::Event> {
+    match event {
+        SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            if let Some(cert) = cert {
+                let cert = cert.clone();
+                swarm
+                    .behaviour_mut()
+                    .introduce
+                    .send_request(&peer_id, Introduction { cert });
+            }
+            None
+        }
+        SwarmEvent::Behaviour(KadPeerEvent::Introduce(request_response::Event::Message {
+            message: request_response::Message::Request { channel, .. },
+            ..
+        })) => {
+            let _ = swarm
+                .behaviour_mut()
+                .introduce
+                .send_response(channel, IntroductionResponse::Admitted);
+            None
+        }
+        SwarmEvent::Behaviour(KadPeerEvent::Kad(event)) => Some(event),
+        _ => None,
+    }
 }

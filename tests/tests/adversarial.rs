@@ -91,3 +91,71 @@ fn a_superpeer_forging_lookup_answers_gets_no_message_and_is_dropped() {
     assert!(hostile.swallowed().is_empty());
     drop(bob);
 }
+
+/// A peer without an account speaks the directory's Kademlia protocol to a superpeer. Before
+/// admission it was served like a superpeer: it got user records (with their addresses) and
+/// entered the routing table. Now its requests wait for a certificate that never comes, and
+/// the superpeer closes the connection.
+#[test]
+fn a_peer_without_an_account_gets_nothing_from_the_directory() {
+    use futures::StreamExt as _;
+    use libp2p::kad;
+    use libp2p::swarm::SwarmEvent;
+    use natter_tests::hostile::{kad_peer, kad_peer_event};
+
+    let net = TestNet::new();
+    let sp = net.node("seed", &["--role", "superpeer"]);
+    sp.wait_role("superpeer", Duration::from_secs(60));
+    let alice = net.node("alice", &["--role", "leaf"]);
+    attached_to(&alice, &sp.peer_id());
+    // Alice's record is in the directory: an account holder finds it.
+    wait_for("alice's record", Duration::from_secs(30), || {
+        (sp.lookup("alice")?["status"] == "online").then_some(())
+    });
+    let (sp_peer, sp_addr) = sp.tcp_endpoint();
+
+    let (found, closed) = net.rt.block_on(async {
+        let mut swarm = kad_peer(libp2p::identity::Keypair::generate_ed25519()).unwrap();
+        swarm.behaviour_mut().kad.add_address(&sp_peer, sp_addr);
+        let key = natter_proto::presence::directory_key(&UserName::parse("alice").unwrap());
+        let query = swarm
+            .behaviour_mut()
+            .kad
+            .get_record(kad::RecordKey::new(&key));
+        let (mut found, mut done, mut closed) = (0, false, false);
+        let deadline = tokio::time::sleep(Duration::from_secs(30));
+        tokio::pin!(deadline);
+        while !(done && closed) {
+            let event = tokio::select! {
+                () = &mut deadline => break,
+                event = swarm.select_next_some() => event,
+            };
+            if let SwarmEvent::ConnectionClosed { peer_id, .. } = &event
+                && *peer_id == sp_peer
+            {
+                closed = true;
+            }
+            match kad_peer_event(&mut swarm, None, event) {
+                Some(kad::Event::OutboundQueryProgressed {
+                    id, result, step, ..
+                }) if id == query => {
+                    if let kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(_))) =
+                        result
+                    {
+                        found += 1;
+                    }
+                    done |= step.last;
+                }
+                _ => {}
+            }
+        }
+        (found, closed)
+    });
+    assert_eq!(found, 0, "a peer without an account read alice's record");
+    assert!(
+        closed,
+        "the superpeer kept the connection of a peer without an account"
+    );
+    // Account holders are served as before.
+    assert_eq!(sp.lookup("alice").unwrap()["status"], "online");
+}

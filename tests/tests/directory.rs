@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use libp2p::identity::Keypair;
-use libp2p::swarm::SwarmEvent;
-use libp2p::{StreamProtocol, kad};
+use libp2p::kad;
 use natter_proto::presence::directory_key;
-use natter_proto::{PresenceBody, PresenceRecord, Status, UserName};
+use natter_proto::{Certificate, PresenceBody, PresenceRecord, Status, UserName};
+use natter_tests::hostile::{KadPeer, kad_peer, kad_peer_event};
 use natter_tests::{LoginServer, NodeProcess, loopback_config, wait_for};
 
 fn record(
@@ -46,9 +46,11 @@ fn record(
     .unwrap()
 }
 
-/// Offers `value` under `name`'s directory key to `target` and waits for the put to finish.
+/// Offers `value` under `name`'s directory key and waits for the put to finish; `cert` is
+/// what the offering peer introduces itself with.
 async fn offer(
-    swarm: &mut libp2p::Swarm<kad::Behaviour<kad::store::MemoryStore>>,
+    swarm: &mut libp2p::Swarm<KadPeer>,
+    cert: &Certificate,
     name: &str,
     value: &PresenceRecord,
 ) {
@@ -56,12 +58,14 @@ async fn offer(
     let rec = kad::Record::new(kad::RecordKey::new(&key), value.to_json());
     let query = swarm
         .behaviour_mut()
+        .kad
         .put_record(rec, kad::Quorum::One)
         .unwrap();
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed { id, step, .. }) =
-                swarm.select_next_some().await
+            let event = swarm.select_next_some().await;
+            if let Some(kad::Event::OutboundQueryProgressed { id, step, .. }) =
+                kad_peer_event(swarm, Some(cert), event)
                 && id == query
                 && step.last
             {
@@ -88,36 +92,29 @@ fn forged_records_are_refused_by_a_superpeer() {
     let mallory = Keypair::generate_ed25519();
     let now = natter_login_server::service::unix_now();
 
+    // Eve has an account (the overlay serves nobody without one); what she offers is checked
+    // record by record all the same.
+    let eve_cert = record(&issuer, &eve, "eve", 1, now - 10).body.cert;
     rt.block_on(async {
-        let tcp_only = natter_net::TransportConfig {
-            quic: None,
-            ..Default::default()
-        };
-        let mut swarm = natter_net::build_swarm(eve.clone(), &tcp_only, |key| {
-            let peer = key.public().to_peer_id();
-            let config = kad::Config::new(StreamProtocol::new(natter_proto::protocol::KAD));
-            kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), config)
-        })
-        .unwrap();
-        swarm.behaviour_mut().set_mode(Some(kad::Mode::Client));
-        swarm.behaviour_mut().add_address(&sp_peer, sp_addr);
+        let mut swarm = kad_peer(eve.clone()).unwrap();
+        swarm.behaviour_mut().kad.add_address(&sp_peer, sp_addr);
 
         // A valid record first: stored.
         let valid = record(&issuer, &eve, "eve", 1_000, now - 10);
-        offer(&mut swarm, "eve", &valid).await;
+        offer(&mut swarm, &eve_cert, "eve", &valid).await;
         // Wrong key: eve's record carrying a signature made by mallory's key.
         let mut wrong_key = record(&issuer, &eve, "eve", 2_000, now - 10);
         wrong_key.signature = record(&issuer, &mallory, "eve", 2_000, now - 10).signature;
-        offer(&mut swarm, "eve", &wrong_key).await;
+        offer(&mut swarm, &eve_cert, "eve", &wrong_key).await;
         // Expired certificate (issued two days ago for one day).
         let expired = record(&issuer, &eve, "eve", 3_000, now - 2 * 86_400);
-        offer(&mut swarm, "eve", &expired).await;
+        offer(&mut swarm, &eve_cert, "eve", &expired).await;
         // Name mismatch: eve's valid record offered under alice's key.
         let valid_newer = record(&issuer, &eve, "eve", 4_000, now - 10);
-        offer(&mut swarm, "alice", &valid_newer).await;
+        offer(&mut swarm, &eve_cert, "alice", &valid_newer).await;
         // Replay: a lower sequence than the one stored.
         let replay = record(&issuer, &eve, "eve", 500, now - 10);
-        offer(&mut swarm, "eve", &replay).await;
+        offer(&mut swarm, &eve_cert, "eve", &replay).await;
     });
 
     let refused = wait_for("4 refusals counted", Duration::from_secs(10), || {

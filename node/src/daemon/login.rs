@@ -52,6 +52,8 @@ impl Daemon {
                     );
                     return;
                 }
+                self.net
+                    .send(crate::net::Command::SetCertificate(Box::new(cert.clone())));
                 self.identity.cert = cert;
                 self.renew_failed_at = None;
                 if let Err(e) = self.home.save_identity(&self.identity) {

@@ -269,6 +269,7 @@ pub async fn run(
     let hosts = store.hosts(200).unwrap_or_default();
     let (store, store_thread) = StoreHandle::spawn(store, STORE_QUEUE)?;
     let control = ControlServer::bind(home.dir()).await?;
+    let admissions = net::admission::Admissions::default();
     let (swarm, records) = net::behaviour::build(
         key.clone(),
         &net::behaviour::SwarmSettings {
@@ -277,6 +278,7 @@ pub async fn run(
             idle_timeout: Duration::from_secs(120),
             max_per_ip: config.max_connections_per_ip,
         },
+        &admissions,
     )?;
     let mut metrics = None;
     let mut metrics_server = None;
@@ -293,7 +295,13 @@ pub async fn run(
         Some((node, p2p)) => (Some(p2p), Some(node)),
         None => (None, None),
     };
-    let (mut network, handle, events) = net::Network::new(swarm, p2p);
+    let (mut network, handle, events) = net::Network::new(
+        swarm,
+        p2p,
+        admissions,
+        identity.issuer_key,
+        identity.cert.clone(),
+    );
     for addr in config.listen.clone() {
         network.listen_on(addr)?;
     }

@@ -19,16 +19,19 @@ use libp2p::{
 };
 use natter_proto::limits::MAX_OVERLAY_MESSAGE_BYTES;
 use natter_proto::msg::{MAX_MSG_WIRE_BYTES, MsgRequest, MsgResponse};
-use natter_proto::overlay::{OverlayRequest, OverlayResponse};
+use natter_proto::overlay::{Introduction, IntroductionResponse, OverlayRequest, OverlayResponse};
 use natter_proto::protocol;
 use natter_superpeer::relay::RelayLimits;
 
+use super::admission::{Admissions, Admitted};
 use super::records::DirectoryRecords;
 use crate::login_client::{self, LoginCodec};
 
 pub(crate) type MsgCodec = request_response::json::codec::Codec<MsgRequest, MsgResponse>;
 pub(crate) type OverlayCodec =
     request_response::json::codec::Codec<OverlayRequest, OverlayResponse>;
+pub(crate) type IntroduceCodec =
+    request_response::json::codec::Codec<Introduction, IntroductionResponse>;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -37,15 +40,19 @@ pub(crate) struct Behaviour {
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) addresses: AddressBook,
     pub(crate) relay_client: relay::client::Behaviour,
-    pub(crate) relay: relay::Behaviour,
+    /// The relay server: reservations and circuits for admitted peers only.
+    pub(crate) relay: Admitted<relay::Behaviour>,
     pub(crate) dcutr: dcutr::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) autonat_client: autonat::v2::client::Behaviour,
     pub(crate) autonat_server: autonat::v2::server::Behaviour,
-    pub(crate) kad: kad::Behaviour<DirectoryRecords>,
+    /// The directory, among admitted peers only.
+    pub(crate) kad: Admitted<kad::Behaviour<DirectoryRecords>>,
     pub(crate) login: request_response::Behaviour<LoginCodec>,
-    pub(crate) overlay: request_response::Behaviour<OverlayCodec>,
+    /// Each side's certificate, on every new connection: see [`super::admission`].
+    pub(crate) introduce: request_response::Behaviour<IntroduceCodec>,
+    pub(crate) overlay: Admitted<request_response::Behaviour<OverlayCodec>>,
     pub(crate) msg: request_response::Behaviour<MsgCodec>,
 }
 
@@ -64,6 +71,7 @@ pub(crate) struct SwarmSettings {
 pub(crate) fn build(
     key: libp2p::identity::Keypair,
     settings: &SwarmSettings,
+    admissions: &Admissions,
 ) -> anyhow::Result<(Swarm<Behaviour>, DirectoryRecords)> {
     let peer_id = key.public().to_peer_id();
     // Sized for a superpeer's share of the directory: records are at most 4 KiB, so
@@ -118,7 +126,7 @@ pub(crate) fn build(
                 ),
                 addresses: AddressBook::new(),
                 relay_client,
-                relay,
+                relay: Admitted::new(relay, admissions.clone(), "relay"),
                 dcutr: dcutr::Behaviour::new(peer_id),
                 identify: identify::Behaviour::new(
                     identify::Config::new(protocol::IDENTIFY_VERSION.into(), key.public())
@@ -132,17 +140,33 @@ pub(crate) fn build(
                         .with_probe_interval(Duration::from_secs(2)),
                 ),
                 autonat_server: autonat::v2::server::Behaviour::default(),
-                kad,
+                kad: Admitted::new(kad, admissions.clone(), "directory"),
                 login: login_client::behaviour(ProtocolSupport::Outbound),
-                overlay: request_response::Behaviour::with_codec(
-                    overlay_codec,
+                introduce: request_response::Behaviour::with_codec(
+                    IntroduceCodec::default()
+                        .set_request_size_maximum(MAX_OVERLAY_MESSAGE_BYTES)
+                        .set_response_size_maximum(MAX_OVERLAY_MESSAGE_BYTES),
                     [(
-                        StreamProtocol::new(protocol::OVERLAY),
+                        StreamProtocol::new(protocol::INTRODUCE),
                         ProtocolSupport::Full,
                     )],
                     request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(15))
-                        .with_max_concurrent_streams(256),
+                        .with_request_timeout(Duration::from_secs(10))
+                        .with_max_concurrent_streams(16),
+                ),
+                overlay: Admitted::new(
+                    request_response::Behaviour::with_codec(
+                        overlay_codec,
+                        [(
+                            StreamProtocol::new(protocol::OVERLAY),
+                            ProtocolSupport::Full,
+                        )],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(15))
+                            .with_max_concurrent_streams(256),
+                    ),
+                    admissions.clone(),
+                    "overlay",
                 ),
                 msg: request_response::Behaviour::with_codec(
                     MsgCodec::default()

@@ -69,6 +69,8 @@ pub(crate) enum Command {
     /// Listens on an address (a `/p2p-circuit` one asks for a relay reservation).
     ListenOn(Multiaddr),
     Disconnect(PeerId),
+    /// This node's certificate was renewed: introduce it to every peer.
+    SetCertificate(Box<natter_proto::Certificate>),
     /// Refuses `peer`'s connections for a while and closes the open ones.
     Ban(PeerId, std::time::Duration),
     AddExternalAddress(Multiaddr),

@@ -11,6 +11,7 @@
 //! relayed (so an answer can say which path it took), retiring relayed connections once a
 //! direct one exists, the address book, Kademlia query bookkeeping and libp2p's metrics.
 
+pub(crate) mod admission;
 pub(crate) mod behaviour;
 pub(crate) mod gate;
 mod handle;
@@ -24,8 +25,11 @@ use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, relay};
 use tokio::sync::mpsc;
 
+use admission::Admissions;
 use behaviour::{Behaviour, BehaviourEvent};
 pub(crate) use handle::{Command, InResponse, Net, NetEvent, NetHandle, OutRequest, Path, Token};
+use natter_proto::overlay::{Introduction, IntroductionResponse};
+use natter_proto::{Certificate, IssuerKey};
 pub(crate) use records::DirectoryRecords;
 
 /// Events buffered between the network task and the daemon. When the daemon falls behind,
@@ -58,6 +62,12 @@ pub(crate) struct Network {
     /// Requests in flight with each peer, both ways: a retired relayed connection closes as
     /// soon as its peer has none.
     busy: HashMap<PeerId, usize>,
+    /// Peers that proved an account on their connections (see [`admission`]).
+    admissions: Admissions,
+    /// What certificates are checked against.
+    issuer: IssuerKey,
+    /// This node's certificate, sent on every new connection.
+    cert: Certificate,
 }
 
 impl std::fmt::Debug for Network {
@@ -74,6 +84,9 @@ impl Network {
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
         metrics: Option<libp2p::metrics::Metrics>,
+        admissions: Admissions,
+        issuer: IssuerKey,
+        cert: Certificate,
     ) -> (Self, NetHandle, mpsc::Receiver<NetEvent>) {
         let (command_tx, command_rx) = mpsc::channel(COMMAND_BUFFER);
         let (event_tx, event_rx) = mpsc::channel(EVENT_BUFFER);
@@ -88,6 +101,9 @@ impl Network {
             ready: Default::default(),
             retiring: Default::default(),
             busy: HashMap::new(),
+            admissions,
+            issuer,
+            cert,
         };
         (network, NetHandle::new(command_tx), event_rx)
     }
@@ -182,6 +198,14 @@ impl Network {
             Command::Disconnect(peer) => {
                 let _ = swarm.disconnect_peer_id(peer);
             }
+            Command::SetCertificate(cert) => {
+                // Renewed: peers hear of the new one (the old one may expire before them).
+                self.cert = *cert;
+                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                for peer in peers {
+                    self.introduce(peer);
+                }
+            }
             Command::Ban(peer, duration) => {
                 swarm.behaviour_mut().gate.ban(peer, duration);
                 let _ = swarm.disconnect_peer_id(peer);
@@ -272,8 +296,12 @@ impl Network {
                 peer_id,
                 connection_id,
                 endpoint,
+                num_established,
                 ..
             } => {
+                if num_established.get() == 1 {
+                    self.introduce(peer_id);
+                }
                 let relayed = endpoint.is_relayed();
                 if relayed {
                     if self.has_direct(peer_id) {
@@ -306,6 +334,9 @@ impl Network {
                 ..
             } => {
                 self.conns.remove(&connection_id);
+                if num_established == 0 {
+                    self.admissions.forget(&peer_id);
+                }
                 (num_established == 0).then(|| NetEvent::Disconnected {
                     peer: peer_id,
                     error: cause.is_some(),
@@ -333,6 +364,10 @@ impl Network {
             }),
             SwarmEvent::Behaviour(B::Login(event)) => {
                 self.on_response_event(event, InResponse::Login, |_, _, _| None)
+            }
+            SwarmEvent::Behaviour(B::Introduce(event)) => {
+                self.on_introduce_event(event);
+                None
             }
             SwarmEvent::Behaviour(B::Overlay(event)) => {
                 self.on_response_event(event, InResponse::Overlay, |peer, request, channel| {
@@ -377,6 +412,75 @@ impl Network {
 
     /// One request-response protocol's event: answers to our requests go back with their
     /// token (and the path they took); requests to us go up through `inbound`.
+    /// Sends this node's certificate to `peer`.
+    fn introduce(&mut self, peer: PeerId) {
+        let request = Introduction {
+            cert: self.cert.clone(),
+        };
+        self.swarm
+            .behaviour_mut()
+            .introduce
+            .send_request(&peer, request);
+    }
+
+    /// A peer's introduction (admitted if its certificate is valid and names the connection's
+    /// key), or the answer to ours.
+    fn on_introduce_event(
+        &mut self,
+        event: request_response::Event<Introduction, IntroductionResponse>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let cert = request.cert;
+                let verdict = if cert.peer_id() != peer {
+                    Err("the certificate names another device key".to_owned())
+                } else {
+                    cert.verify(&self.issuer, unix_now())
+                        .map_err(|e| e.to_string())
+                };
+                let response = match verdict {
+                    Ok(()) => {
+                        tracing::debug!(%peer, user = %cert.username(), "peer admitted");
+                        self.admissions.admit(peer, cert.expires_at());
+                        IntroductionResponse::Admitted
+                    }
+                    Err(message) => {
+                        tracing::info!(%peer, %message, "peer's introduction refused");
+                        IntroductionResponse::Refused { message }
+                    }
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .introduce
+                    .send_response(channel, response);
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        response: IntroductionResponse::Refused { message },
+                        ..
+                    },
+                ..
+            } => {
+                tracing::warn!(%peer, %message, "peer refused this node's certificate");
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                // Peers without accounts (the login server, AutoNAT probes) do not speak it.
+                tracing::debug!(%peer, %error, "introduction not heard");
+            }
+            _ => {}
+        }
+    }
+
     fn on_response_event<Req, Resp>(
         &mut self,
         event: request_response::Event<Req, Resp>,
@@ -534,4 +638,10 @@ async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -1,0 +1,282 @@
+//! Admission: only peers that proved an account get what an account is needed for.
+//!
+//! Every node introduces itself on each new connection with its certificate
+//! ([`natter_proto::protocol::INTRODUCE`]); the network task checks it against the pinned
+//! issuer key and the connection's Noise-authenticated peer id, and records the peer in
+//! [`Admissions`]. Behaviours that serve accounts only (Kademlia, the relay server, the
+//! overlay) are wrapped in [`Admitted`], which passes a peer's requests to them only once the
+//! peer is admitted:
+//!
+//! - requests that arrive before the introduction (both leave together on a new connection)
+//!   are held, in order, and passed on as soon as it is accepted;
+//! - a peer that never introduces itself, or with a certificate that does not verify, is
+//!   served nothing: after [`HOLD_FOR`] its held events are dropped and the connection they
+//!   came on is closed (which also ends, as failed, whatever this node had asked of it);
+//! - what is held is bounded per peer and in all ([`MAX_HELD_PER_PEER`], [`MAX_HELD`]).
+//!
+//! Holding rather than refusing at once is what lets a relay client open a circuit, or a
+//! superpeer send a Kademlia query, in the same round trip as its introduction. Because the
+//! wrapped behaviour never sees an unadmitted peer's events, Kademlia never puts one in its
+//! routing table (insertion follows the handler's "protocol confirmed" event).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
+use libp2p::swarm::{
+    CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId};
+
+/// How long a peer's requests wait for its introduction.
+pub(crate) const HOLD_FOR: Duration = Duration::from_secs(10);
+/// Requests held per peer, and in all, per wrapped behaviour.
+pub(crate) const MAX_HELD_PER_PEER: usize = 32;
+pub(crate) const MAX_HELD: usize = 2048;
+
+/// The peers admitted on their current connections: until when (unix seconds, their
+/// certificate's expiry). Shared by the network task, which admits, and the wrappers, which
+/// ask. Bounded by the connections: a peer is forgotten when its last connection closes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Admissions(Arc<RwLock<HashMap<PeerId, u64>>>);
+
+impl Admissions {
+    pub(crate) fn admit(&self, peer: PeerId, until: u64) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, until);
+    }
+
+    pub(crate) fn forget(&self, peer: &PeerId) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(peer);
+    }
+
+    /// Admitted, with a certificate valid at `now` (unix seconds).
+    pub(crate) fn is_admitted(&self, peer: &PeerId, now: u64) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(peer)
+            .is_some_and(|until| now < *until)
+    }
+}
+
+/// One handler event waiting for its peer's introduction.
+struct Held<E> {
+    peer: PeerId,
+    connection: ConnectionId,
+    event: E,
+    since: Instant,
+}
+
+/// `B`, serving only admitted peers. Derefs to `B`.
+pub(crate) struct Admitted<B: NetworkBehaviour> {
+    inner: B,
+    admissions: Admissions,
+    held: VecDeque<Held<THandlerOutEvent<B>>>,
+    held_per_peer: HashMap<PeerId, usize>,
+    /// Connections of peers that never proved an account, to close.
+    to_close: VecDeque<(PeerId, ConnectionId)>,
+    /// Which behaviour, for the logs.
+    what: &'static str,
+}
+
+impl<B: NetworkBehaviour> Admitted<B> {
+    pub(crate) fn new(inner: B, admissions: Admissions, what: &'static str) -> Self {
+        Self {
+            inner,
+            admissions,
+            held: VecDeque::new(),
+            held_per_peer: HashMap::new(),
+            to_close: VecDeque::new(),
+            what,
+        }
+    }
+
+    fn hold(&mut self, peer: PeerId, connection: ConnectionId, event: THandlerOutEvent<B>) {
+        let count = self.held_per_peer.entry(peer).or_default();
+        if *count >= MAX_HELD_PER_PEER || self.held.len() >= MAX_HELD {
+            tracing::debug!(%peer, what = self.what, "request of a peer not admitted dropped");
+            return;
+        }
+        *count += 1;
+        self.held.push_back(Held {
+            peer,
+            connection,
+            event,
+            since: Instant::now(),
+        });
+    }
+
+    /// Passes on what admitted peers sent meanwhile; drops what waited too long.
+    fn release(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let now = unix_now();
+        let mut waiting = VecDeque::with_capacity(self.held.len());
+        for h in std::mem::take(&mut self.held) {
+            if self.admissions.is_admitted(&h.peer, now) {
+                self.unheld(&h.peer);
+                self.inner
+                    .on_connection_handler_event(h.peer, h.connection, h.event);
+            } else if h.since.elapsed() >= HOLD_FOR {
+                self.unheld(&h.peer);
+                if !self.to_close.contains(&(h.peer, h.connection)) {
+                    tracing::info!(peer = %h.peer, what = self.what, "peer never proved an account: closing its connection");
+                    self.to_close.push_back((h.peer, h.connection));
+                }
+            } else {
+                waiting.push_back(h);
+            }
+        }
+        self.held = waiting;
+    }
+
+    fn unheld(&mut self, peer: &PeerId) {
+        if let Some(n) = self.held_per_peer.get_mut(peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.held_per_peer.remove(peer);
+            }
+        }
+    }
+}
+
+impl<B: NetworkBehaviour> std::ops::Deref for Admitted<B> {
+    type Target = B;
+
+    fn deref(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B: NetworkBehaviour> std::ops::DerefMut for Admitted<B> {
+    fn deref_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+}
+
+impl<B: NetworkBehaviour> NetworkBehaviour for Admitted<B> {
+    type ConnectionHandler = B::ConnectionHandler;
+    type ToSwarm = B::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionClosed(closed) = &event {
+            // Nothing of a closed connection may reach the behaviour after it heard of the
+            // close.
+            let gone = closed.connection_id;
+            let (dropped, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|h| h.connection == gone);
+            self.held = kept;
+            for h in dropped {
+                self.unheld(&h.peer);
+            }
+        }
+        self.inner.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        if self.admissions.is_admitted(&peer, unix_now()) {
+            if self.held_per_peer.contains_key(&peer) {
+                // What the peer sent before its introduction goes first.
+                self.release();
+            }
+            self.inner
+                .on_connection_handler_event(peer, connection, event);
+        } else {
+            self.hold(peer, connection, event);
+        }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        self.release();
+        if let Some((peer_id, connection)) = self.to_close.pop_front() {
+            return Poll::Ready(ToSwarm::CloseConnection {
+                peer_id,
+                connection: CloseConnection::One(connection),
+            });
+        }
+        self.inner.poll(cx)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -159,3 +159,76 @@ fn a_peer_without_an_account_gets_nothing_from_the_directory() {
     // Account holders are served as before.
     assert_eq!(sp.lookup("alice").unwrap()["status"], "online");
 }
+
+/// A peer without an account asks a superpeer's relay for a circuit to an attached leaf.
+/// Before admission, circuits were open to anyone (thousands per superpeer, hours and
+/// megabytes each). Now the request waits for a certificate that never comes, and no
+/// connection to the leaf is ever made.
+#[test]
+fn a_peer_without_an_account_gets_no_relay_circuit() {
+    use futures::StreamExt as _;
+    use libp2p::multiaddr::Protocol;
+    use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+    use libp2p::{ping, relay};
+
+    #[derive(NetworkBehaviour)]
+    struct Squatter {
+        relay_client: relay::client::Behaviour,
+        ping: ping::Behaviour,
+    }
+
+    let net = TestNet::new();
+    let sp = net.node("seed", &["--role", "superpeer"]);
+    sp.wait_role("superpeer", Duration::from_secs(60));
+    let alice = net.node("alice", &["--role", "leaf", "--no-direct"]);
+    attached_to(&alice, &sp.peer_id());
+    // Alice is reachable through the relay: her record lists the circuit address.
+    let found = wait_for("alice's relay address", Duration::from_secs(30), || {
+        let v = sp.lookup("alice")?;
+        (!v["superpeers"].as_array()?.is_empty()).then_some(v)
+    });
+    let (sp_peer, sp_addr) = sp.tcp_endpoint();
+    let alice_peer: libp2p::PeerId = found["peer_id"].as_str().unwrap().parse().unwrap();
+    let circuit = sp_addr
+        .with(Protocol::P2p(sp_peer))
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::P2p(alice_peer));
+
+    let reached = net.rt.block_on(async {
+        let tcp_only = natter_net::TransportConfig {
+            quic: None,
+            ..Default::default()
+        };
+        let mut swarm = natter_net::build_swarm_with_relay_client(
+            libp2p::identity::Keypair::generate_ed25519(),
+            &tcp_only,
+            |_, relay_client| Squatter {
+                relay_client,
+                ping: ping::Behaviour::default(),
+            },
+        )
+        .unwrap();
+        swarm.dial(circuit).unwrap();
+        let deadline = tokio::time::sleep(Duration::from_secs(25));
+        tokio::pin!(deadline);
+        loop {
+            let event = tokio::select! {
+                () = &mut deadline => return false,
+                event = swarm.select_next_some() => event,
+            };
+            match event {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == alice_peer => {
+                    return true;
+                }
+                SwarmEvent::OutgoingConnectionError {
+                    peer_id: Some(p), ..
+                } if p == alice_peer => return false,
+                _ => {}
+            }
+        }
+    });
+    assert!(
+        !reached,
+        "a peer without an account reached alice through the relay"
+    );
+}

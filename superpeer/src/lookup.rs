@@ -5,9 +5,12 @@
 //! superpeer, answering whoever asked) and feeds the results back. No I/O and no clock of its
 //! own: the caller passes the time, so it is tested without sockets.
 //!
-//! - One valid record answers: the DHT query is finished early (a dead peer further in the
-//!   query would cost a dial timeout), and among several values the valid one with the highest
-//!   sequence wins.
+//! - The freshest record wins, whoever answers first: once a valid record is in, the lookup
+//!   gathers for [`GATHER`] more (or until [`ENOUGH`] valid records are in, or the query
+//!   ends), then the valid record with the highest sequence answers and the DHT query is
+//!   finished early (a dead peer further in the query would cost a dial timeout). A directory
+//!   node that replays an old record, however validly signed, loses to any replica that holds
+//!   the newer one and answers within the window.
 //! - A record only reads as live when its lease runs and its home superpeer confirms that the
 //!   device is attached there, so a crashed user reads offline within the lease.
 //! - At most [`MAX_LOOKUPS`] run at once; answers are cached briefly, so a burst of lookups for
@@ -26,6 +29,10 @@ use crate::directory::{LookupCache, best_record};
 pub const MAX_LOOKUPS: usize = 4096;
 /// How long an answer is reused.
 pub const CACHE_TTL: Duration = Duration::from_secs(3);
+/// How long a lookup keeps gathering answers after its first valid record.
+pub const GATHER: Duration = Duration::from_millis(200);
+/// Valid records that end the gathering at once.
+pub const ENOUGH: usize = 3;
 
 /// Identifies one lookup in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,8 +75,25 @@ struct Lookup<R> {
     requester: R,
     values: Vec<Vec<u8>>,
     record: Option<PresenceRecord>,
+    /// Valid records among `values`.
+    valid: usize,
+    /// Set by the first valid record: when the lookup stops gathering.
+    gather_until: Option<Instant>,
     /// Waiting for the home superpeer's answer (the query is over).
     asking_home: bool,
+}
+
+impl<R> Lookup<R> {
+    /// Keeps one answer (bounded: a query's answers are; see the caller's query).
+    fn add(&mut self, value: Vec<u8>, issuer: &IssuerKey, now_unix: u64, now: Instant) {
+        let valid = PresenceRecord::from_json(&value)
+            .is_ok_and(|r| r.username() == &self.name && r.verify(issuer, now_unix).is_ok());
+        if valid {
+            self.valid += 1;
+            self.gather_until.get_or_insert(now + GATHER);
+        }
+        self.values.push(value);
+    }
 }
 
 /// A superpeer's lookups. See the module docs.
@@ -122,6 +146,7 @@ impl<R> Lookups<R> {
         name: UserName,
         requester: R,
         local: Option<Vec<u8>>,
+        now_unix: u64,
         now: Instant,
     ) -> Result<(), (LookupRefused, R)> {
         if let Some((record, confirmed)) = self.cache.get(&name, now) {
@@ -141,21 +166,55 @@ impl<R> Lookups<R> {
         self.next += 1;
         let id = LookupId(self.next);
         let key = directory_key(&name);
-        self.running.insert(
-            id,
-            Lookup {
-                name,
-                requester,
-                values: local.into_iter().collect(),
-                record: None,
-                asking_home: false,
-            },
-        );
+        let mut lookup = Lookup {
+            name,
+            requester,
+            values: vec![],
+            record: None,
+            valid: 0,
+            gather_until: None,
+            asking_home: false,
+        };
+        // The local copy counts as one answer: it may be a stale replica too.
+        if let Some(local) = local {
+            lookup.add(local, &self.issuer, now_unix, now);
+        }
+        self.running.insert(id, lookup);
         self.actions.push_back(LookupAction::Query { id, key });
         Ok(())
     }
 
-    /// A value the query found. A valid record ends the query here.
+    /// When the next gathering window ends, if any lookup is gathering: call
+    /// [`Lookups::gathered`] then.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.running
+            .values()
+            .filter(|l| !l.asking_home)
+            .filter_map(|l| l.gather_until)
+            .min()
+    }
+
+    /// Time passes: lookups whose gathering window is over answer with the best they have.
+    pub fn gathered(
+        &mut self,
+        now_unix: u64,
+        attached_here: impl Fn(&PeerId) -> bool,
+        now: Instant,
+    ) {
+        let over: Vec<LookupId> = self
+            .running
+            .iter()
+            .filter(|(_, l)| !l.asking_home && l.gather_until.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in over {
+            self.actions.push_back(LookupAction::Finish(id));
+            self.resolve(id, now_unix, &attached_here, now);
+        }
+    }
+
+    /// A value the query found. The first valid record opens the gathering window;
+    /// [`ENOUGH`] of them end it at once.
     pub fn found(
         &mut self,
         id: LookupId,
@@ -167,15 +226,8 @@ impl<R> Lookups<R> {
         let Some(l) = self.running.get_mut(&id).filter(|l| !l.asking_home) else {
             return;
         };
-        l.values.push(value);
-        let valid = best_record(
-            &l.name,
-            l.values.iter().map(Vec::as_slice),
-            &self.issuer,
-            now_unix,
-        )
-        .is_some();
-        if valid {
+        l.add(value, &self.issuer, now_unix, now);
+        if l.valid >= ENOUGH {
             self.actions.push_back(LookupAction::Finish(id));
             self.resolve(id, now_unix, attached_here, now);
         }
@@ -287,7 +339,7 @@ mod tests {
         let home = peer(8);
         let mut l = Lookups::new(me, issuer().public());
         let t = Instant::now();
-        l.start(bob(), 7, None, t).unwrap();
+        l.start(bob(), 7, None, NOW, t).unwrap();
         let Some(LookupAction::Query { id, key }) = l.next_action() else {
             panic!("a query first");
         };
@@ -303,6 +355,12 @@ mod tests {
         );
         assert!(drain(&mut l).is_empty());
         l.found(id, record("bob", 2, 3, home, &issuer()), NOW, |_| false, t);
+        // A valid record opens the gathering window; it answers when the window ends.
+        assert!(drain(&mut l).is_empty());
+        assert_eq!(l.deadline(), Some(t + GATHER));
+        l.gathered(NOW, |_| false, t + GATHER - Duration::from_millis(1));
+        assert!(drain(&mut l).is_empty());
+        l.gathered(NOW, |_| false, t + GATHER);
         let actions = drain(&mut l);
         assert!(
             matches!(actions[0], LookupAction::Finish(i) if i == id),
@@ -339,7 +397,7 @@ mod tests {
         let t = Instant::now();
         // This superpeer is the home: no question to ask, the leaf table answers.
         let local = record("bob", 2, 4, me, &issuer());
-        l.start(bob(), 1, Some(local), t).unwrap();
+        l.start(bob(), 1, Some(local), NOW, t).unwrap();
         let Some(LookupAction::Query { id, .. }) = l.next_action() else {
             panic!("a query first");
         };
@@ -350,7 +408,8 @@ mod tests {
             "{actions:?}"
         );
         // Within the cache's life: answered at once, no query.
-        l.start(bob(), 2, None, t + Duration::from_secs(2)).unwrap();
+        l.start(bob(), 2, None, NOW, t + Duration::from_secs(2))
+            .unwrap();
         assert!(matches!(
             drain(&mut l)[..],
             [LookupAction::Answer {
@@ -360,9 +419,78 @@ mod tests {
             }]
         ));
         // After it, and after an invalidation: a query again.
-        l.start(bob(), 3, None, t + CACHE_TTL).unwrap();
+        l.start(bob(), 3, None, NOW, t + CACHE_TTL).unwrap();
         assert!(matches!(drain(&mut l)[..], [LookupAction::Query { .. }]));
         assert_eq!(l.started, 3);
+    }
+
+    /// A directory node replays an old, validly signed record of bob's and answers first:
+    /// the newer record that arrives within the window wins all the same.
+    #[test]
+    fn a_replayed_old_record_loses_to_a_newer_one_answering_later() {
+        let me = peer(9);
+        let home = peer(8);
+        let mut l = Lookups::new(me, issuer().public());
+        let t = Instant::now();
+        l.start(bob(), 1, None, NOW, t).unwrap();
+        let Some(LookupAction::Query { id, .. }) = l.next_action() else {
+            panic!("a query first");
+        };
+        l.found(
+            id,
+            record("bob", 2, 100, home, &issuer()),
+            NOW,
+            |_| false,
+            t,
+        );
+        assert!(drain(&mut l).is_empty(), "the first answer does not decide");
+        let later = t + GATHER / 2;
+        l.found(
+            id,
+            record("bob", 2, 200, home, &issuer()),
+            NOW,
+            |_| false,
+            later,
+        );
+        l.gathered(NOW, |_| false, t + GATHER);
+        drain(&mut l);
+        l.liveness(id, Some(true), t + GATHER);
+        let Some(LookupAction::Answer { record, .. }) = l.next_action() else {
+            panic!("answered");
+        };
+        assert_eq!(record.unwrap().body.seq, 200);
+    }
+
+    #[test]
+    fn enough_valid_answers_end_the_gathering_at_once() {
+        let me = peer(9);
+        let home = peer(8);
+        let mut l = Lookups::new(me, issuer().public());
+        let t = Instant::now();
+        // The local copy counts as one.
+        let local = record("bob", 2, 5, home, &issuer());
+        l.start(bob(), 1, Some(local), NOW, t).unwrap();
+        let Some(LookupAction::Query { id, .. }) = l.next_action() else {
+            panic!("a query first");
+        };
+        l.found(id, record("bob", 2, 7, home, &issuer()), NOW, |_| false, t);
+        assert!(drain(&mut l).is_empty());
+        l.found(id, record("bob", 2, 6, home, &issuer()), NOW, |_| false, t);
+        let actions = drain(&mut l);
+        assert!(
+            matches!(actions[0], LookupAction::Finish(i) if i == id),
+            "{actions:?}"
+        );
+        assert!(
+            matches!(actions[1], LookupAction::AskHome { .. }),
+            "{actions:?}"
+        );
+        l.liveness(id, Some(true), t);
+        let Some(LookupAction::Answer { record, .. }) = l.next_action() else {
+            panic!("answered");
+        };
+        assert_eq!(record.unwrap().body.seq, 7);
+        assert_eq!(l.deadline(), None);
     }
 
     #[test]
@@ -370,7 +498,7 @@ mod tests {
         let me = peer(9);
         let mut l = Lookups::new(me, issuer().public());
         let t = Instant::now();
-        l.start(bob(), 1, None, t).unwrap();
+        l.start(bob(), 1, None, NOW, t).unwrap();
         let Some(LookupAction::Query { id, .. }) = l.next_action() else {
             panic!();
         };
@@ -384,7 +512,7 @@ mod tests {
             }]
         ));
         let carol = UserName::parse("carol").unwrap();
-        l.start(carol, 2, None, t).unwrap();
+        l.start(carol, 2, None, NOW, t).unwrap();
         let Some(LookupAction::Query { id, .. }) = l.next_action() else {
             panic!();
         };
@@ -395,6 +523,7 @@ mod tests {
             |_| false,
             t,
         );
+        l.query_done(id, NOW, |_| false, t);
         drain(&mut l);
         // The home could not be asked: offline, not online.
         l.liveness(id, None, t);
@@ -414,10 +543,10 @@ mod tests {
         let t = Instant::now();
         for i in 0..MAX_LOOKUPS {
             let name = UserName::parse(&format!("user{i}")).unwrap();
-            l.start(name, 0, None, t).unwrap();
+            l.start(name, 0, None, NOW, t).unwrap();
         }
         assert_eq!(
-            l.start(bob(), 0, None, t),
+            l.start(bob(), 0, None, NOW, t),
             Err((LookupRefused::Busy(MAX_LOOKUPS), 0))
         );
     }

@@ -485,6 +485,7 @@ impl Daemon {
         loop {
             // Each ping run has its own pace, not the tick's.
             let ping_at = self.next_ping_at();
+            let gathered_at = self.lookups.deadline();
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     self.phase("stopping");
@@ -498,6 +499,9 @@ impl Daemon {
                 () = self.net.flush(), if self.net.has_backlog() => {}
                 Some(then) = self.store_jobs.next(), if !self.store_jobs.is_empty() => then(self),
                 () = sleep_until_or_never(ping_at), if ping_at.is_some() => self.ping_tick(),
+                () = sleep_until_or_never(gathered_at), if gathered_at.is_some() => {
+                    self.on_lookups_gathered();
+                }
                 _ = tick.tick() => {
                     self.on_tick();
                     if let Some((deadline, _)) = &self.going_down

@@ -240,7 +240,7 @@ impl Daemon {
         let local = self.stored_value(&directory_key(&name));
         if let Err((refused, requester)) =
             self.lookups
-                .start(name.clone(), requester, local, Instant::now())
+                .start(name.clone(), requester, local, unix_now(), Instant::now())
         {
             match requester {
                 Requester::Remote(channel) => self.respond(
@@ -349,6 +349,14 @@ impl Daemon {
         let leaves = &self.leaves;
         self.lookups
             .query_done(id, unix_now(), |p| leaves.contains(p), Instant::now());
+        self.run_lookups();
+    }
+
+    /// Lookups whose gathering window ended answer with the freshest record they have.
+    pub(super) fn on_lookups_gathered(&mut self) {
+        let leaves = &self.leaves;
+        self.lookups
+            .gathered(unix_now(), |p| leaves.contains(p), Instant::now());
         self.run_lookups();
     }
 

@@ -184,6 +184,19 @@ impl Listener {
     pub fn inbound_connections(&self) -> usize {
         self.inbound.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// Waits up to `timeout` for a first inbound connection: the dialer's side of a connection
+    /// is up a moment before this side's. `false` if none came.
+    pub async fn was_dialed(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.inbound_connections() == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
 
 impl Drop for Listener {

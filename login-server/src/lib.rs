@@ -6,7 +6,8 @@
 //! of a network can learn whether it is publicly reachable.
 //!
 //! Layout: [`keys`] and [`accounts`] hold state on disk, [`ratelimit`] and [`registry`] are pure
-//! bookkeeping, [`service`] decides each request, [`server`] owns the swarm and the event loop.
+//! bookkeeping, [`service`] decides each request, [`server`] owns the swarm and the event loop,
+//! [`dialback`] reaches announced superpeers back before they are listed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +16,7 @@ use libp2p::Multiaddr;
 
 pub mod accounts;
 pub mod config_file;
+pub mod dialback;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
@@ -57,8 +59,17 @@ pub struct Config {
     pub announce_ttl: Duration,
     /// How often superpeers are asked to announce (60 s).
     pub announce_refresh: Duration,
-    /// Most superpeers tracked (10,000).
+    /// Most superpeers tracked (10,000), one per account.
     pub max_superpeers: usize,
+    /// Announced superpeers being reached back at once (32); more wait in a queue eight
+    /// times as long, and beyond that are checked at their next announcement.
+    pub max_dial_backs: usize,
+    /// How long a dial-back waits for its addresses to answer (10 s, libp2p's connection
+    /// timeout); those that have not answered by then are not listed.
+    pub dial_back_timeout: Duration,
+    /// How often a listed superpeer that keeps announcing the same addresses is reached back
+    /// again (30 min); an unreached one is tried again every `announce_refresh`.
+    pub reverify_after: Duration,
     /// Established connections in total (4,096), per peer (4), and pending inbound (256).
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
@@ -93,6 +104,9 @@ impl Config {
             announce_ttl: Duration::from_secs(150),
             announce_refresh: Duration::from_secs(60),
             max_superpeers: 10_000,
+            max_dial_backs: 32,
+            dial_back_timeout: Duration::from_secs(10),
+            reverify_after: Duration::from_secs(30 * 60),
             max_connections: 4096,
             max_connections_per_peer: 4,
             max_pending_incoming: 256,

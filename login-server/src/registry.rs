@@ -1,105 +1,319 @@
 //! Live superpeers, as they announce themselves, for bootstrap lists. Entries expire unless
 //! refreshed; the table is bounded. This is not a presence table: it holds superpeers only,
 //! never users' status.
+//!
+//! A bootstrap list decides which superpeers a new leaf tries first, so the registry trusts
+//! nothing an announcement says about itself (issue 11, item 2: one account announced four
+//! fake superpeers claiming no load and unlimited capacity, and a fresh leaf picked two of
+//! them):
+//!
+//! - **One entry per account.** Entries are keyed by the user name of the verified
+//!   certificate. An announcement from another device of the same account *replaces* the
+//!   entry (it is not refused): a seed moved to a new machine is listed at once instead of
+//!   after the old entry's TTL, and an account still gets one slot however many devices it
+//!   runs. Two devices of one account that are both superpeers take turns in that slot.
+//! - **Listed only once reached back.** A new entry, or one whose addresses changed, is
+//!   checked by a dial-back ([`DialBack`], run by [`crate::dialback`]): the login server
+//!   connects to each announced address expecting the announcer's peer id (which Noise
+//!   proves). Only the addresses that answered are listed, and an entry none of whose
+//!   addresses answered is not listed at all. A refresh with the same addresses keeps what
+//!   was proved; the proof is renewed every `reverify` and an unreachable entry is tried
+//!   again after `retry_unreached`.
+//! - **No ranking by claims.** A list is a uniformly random sample of the listed entries.
+//!   `leaves` and `capacity` stay on the wire for compatibility, clamped to
+//!   [`MAX_CAPACITY`]: leaves learn a superpeer's real load from its attach answers (a full
+//!   one refuses with `Full` and names others).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
+use natter_proto::UserName;
 use natter_proto::limits::MAX_BOOTSTRAP_SUPERPEERS;
 use natter_proto::login::SuperpeerInfo;
+use rand::seq::{IteratorRandom as _, SliceRandom as _};
+
+/// The largest leaf capacity a listed superpeer is shown with (and `leaves` never exceeds
+/// `capacity`). Ten times the node's default `max_leaves` (1,000): anything above is a
+/// misconfiguration or a lie, and nothing may advertise `u32::MAX`.
+pub const MAX_CAPACITY: u32 = 10_000;
+
+/// A dial-back the registry wants run: reach `peer` on each of `addrs` and report which
+/// answered ([`Registry::reached`], [`Registry::finished`]). `generation` ties the report
+/// to this announcement: a report for an entry that changed since is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialBack {
+    pub account: UserName,
+    pub peer: PeerId,
+    pub generation: u64,
+    /// Plausible addresses only (see [`crate::dialback::plausible`]), without `/p2p/`.
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// The table holds `max_entries` live accounts already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the superpeer table is full")]
+pub struct Full;
+
+/// When an entry is checked again although its addresses did not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recheck {
+    /// An entry none of whose addresses answered is tried again at a refresh this long after
+    /// its last check.
+    pub retry_unreached: Duration,
+    /// A listed entry's proof is renewed at a refresh this long after its last check (it
+    /// stays listed meanwhile).
+    pub reverify: Duration,
+    /// A dial-back that reported nothing for this long is taken as lost and handed out again.
+    pub stale: Duration,
+}
+
+impl Default for Recheck {
+    fn default() -> Self {
+        Self {
+            retry_unreached: Duration::from_secs(60),
+            reverify: Duration::from_secs(30 * 60),
+            stale: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Handed out at this time, no result yet.
+    Running(Instant),
+    /// Could not be started (dial-backs at their limit): hand it out at the next refresh.
+    Waiting,
+    /// Last result at this time.
+    Done(Instant),
+}
 
 #[derive(Debug, Clone)]
 struct Entry {
-    addrs: Vec<String>,
+    peer: PeerId,
+    /// Plausible announced addresses, in announced order.
+    addrs: Vec<Multiaddr>,
+    /// Those that answered the latest dial-back (or, while one runs, the previous one or this
+    /// one): what is listed. Empty: not listed.
+    reached: Vec<Multiaddr>,
+    check: Check,
+    generation: u64,
     leaves: u32,
     capacity: u32,
     expires: Instant,
+}
+
+impl Entry {
+    fn listed(&self, now: Instant) -> bool {
+        self.expires > now && !self.reached.is_empty()
+    }
+
+    fn job(&self, account: &UserName) -> DialBack {
+        DialBack {
+            account: account.clone(),
+            peer: self.peer,
+            generation: self.generation,
+            addrs: self.addrs.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Registry {
     ttl: Duration,
     max_entries: usize,
-    entries: HashMap<PeerId, Entry>,
+    recheck: Recheck,
+    next_generation: u64,
+    entries: HashMap<UserName, Entry>,
+}
+
+fn same_set(a: &[Multiaddr], b: &[Multiaddr]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x)) && b.iter().all(|x| a.contains(x))
 }
 
 impl Registry {
-    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+    pub fn new(ttl: Duration, max_entries: usize, recheck: Recheck) -> Self {
         Self {
             ttl,
             max_entries,
+            recheck,
+            next_generation: 0,
             entries: HashMap::new(),
         }
     }
 
-    /// Records an announcement. `false` if the table is full of live superpeers.
+    fn generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    /// Records an announcement by `peer`, a device of `account`, of `addrs` (plausible
+    /// addresses, at least one). Returns the dial-back to run, if this announcement needs
+    /// one: a new entry, another device of the account, changed addresses, or a recheck
+    /// that is due. `leaves` and `capacity` are clamped (see [`MAX_CAPACITY`]).
     pub fn announce(
         &mut self,
+        account: &UserName,
         peer: PeerId,
-        addrs: Vec<String>,
-        leaves: u32,
-        capacity: u32,
+        addrs: Vec<Multiaddr>,
+        (leaves, capacity): (u32, u32),
         now: Instant,
-    ) -> bool {
-        if !self.entries.contains_key(&peer) && self.entries.len() >= self.max_entries {
+    ) -> Result<Option<DialBack>, Full> {
+        let capacity = capacity.min(MAX_CAPACITY);
+        let leaves = leaves.min(capacity);
+        let expires = now + self.ttl;
+        let recheck = self.recheck;
+        if let Some(entry) = self.entries.get_mut(account)
+            && entry.peer == peer
+            && entry.expires > now
+        {
+            entry.leaves = leaves;
+            entry.capacity = capacity;
+            entry.expires = expires;
+            if !same_set(&entry.addrs, &addrs) {
+                // Addresses already proved and still announced stay listed while the new set
+                // is checked.
+                entry.reached.retain(|a| addrs.contains(a));
+                entry.addrs = addrs;
+                self.next_generation += 1;
+                entry.generation = self.next_generation;
+                entry.check = Check::Running(now);
+                return Ok(Some(entry.job(account)));
+            }
+            let due = match entry.check {
+                Check::Waiting => true,
+                Check::Running(since) => now.saturating_duration_since(since) >= recheck.stale,
+                Check::Done(at) => {
+                    let after = if entry.reached.is_empty() {
+                        recheck.retry_unreached
+                    } else {
+                        recheck.reverify
+                    };
+                    now.saturating_duration_since(at) >= after
+                }
+            };
+            if !due {
+                return Ok(None);
+            }
+            entry.check = Check::Running(now);
+            return Ok(Some(entry.job(account)));
+        }
+        if !self.entries.contains_key(account) && self.entries.len() >= self.max_entries {
             self.entries.retain(|_, e| e.expires > now);
             if self.entries.len() >= self.max_entries {
-                return false;
+                return Err(Full);
             }
         }
-        self.entries.insert(
+        if let Some(old) = self.entries.get(account)
+            && old.peer != peer
+            && old.expires > now
+        {
+            tracing::info!(user = %account, old = %old.peer, new = %peer,
+                "another device of the account announces: it replaces the listed superpeer");
+        }
+        let entry = Entry {
             peer,
-            Entry {
-                addrs,
-                leaves,
-                capacity,
-                expires: now + self.ttl,
-            },
-        );
-        true
-    }
-
-    pub fn remove(&mut self, peer: &PeerId) {
-        self.entries.remove(peer);
-    }
-
-    /// Up to [`MAX_BOOTSTRAP_SUPERPEERS`] live superpeers, least loaded first, excluding
-    /// `except` (a superpeer need not be told about itself).
-    pub fn bootstrap(&self, now: Instant, except: Option<&PeerId>) -> Vec<SuperpeerInfo> {
-        let mut live: Vec<_> = self
-            .entries
-            .iter()
-            .filter(|(p, e)| e.expires > now && Some(*p) != except)
-            .collect();
-        // Free capacity first: fraction of capacity in use, then absolute load; equals in a
-        // random order, so that leaves arriving together spread over the superpeers.
-        let salt: u64 = rand::random();
-        let tie = |p: &PeerId| {
-            use std::hash::{BuildHasher as _, BuildHasherDefault};
-            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                .hash_one((salt, p))
+            addrs,
+            reached: Vec::new(),
+            check: Check::Running(now),
+            generation: self.generation(),
+            leaves,
+            capacity,
+            expires,
         };
-        live.sort_by(|(pa, a), (pb, b)| {
-            let load = |e: &Entry| f64::from(e.leaves) / f64::from(e.capacity.max(1));
-            load(a)
-                .total_cmp(&load(b))
-                .then(a.leaves.cmp(&b.leaves))
-                .then(tie(pa).cmp(&tie(pb)))
-        });
-        live.into_iter()
-            .take(MAX_BOOTSTRAP_SUPERPEERS)
-            .map(|(p, e)| SuperpeerInfo {
-                peer_id: p.to_string(),
-                addrs: e.addrs.clone(),
+        let job = entry.job(account);
+        self.entries.insert(account.clone(), entry);
+        Ok(Some(job))
+    }
+
+    fn current(&mut self, job: &DialBack) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(&job.account)
+            .filter(|e| e.generation == job.generation && e.peer == job.peer)
+    }
+
+    /// `addr` of `job` answered with the right peer id: listed from now on. `true` if the
+    /// entry became listed by it.
+    pub fn reached(&mut self, job: &DialBack, addr: &Multiaddr) -> bool {
+        let Some(entry) = self.current(job) else {
+            return false;
+        };
+        if !entry.addrs.contains(addr) || entry.reached.contains(addr) {
+            return false;
+        }
+        let was_listed = !entry.reached.is_empty();
+        let mut reached = std::mem::take(&mut entry.reached);
+        reached.push(addr.clone());
+        // Listed in announced order.
+        entry.reached = entry
+            .addrs
+            .iter()
+            .filter(|a| reached.contains(a))
+            .cloned()
+            .collect();
+        !was_listed
+    }
+
+    /// `job` is over: `reached` (of its addresses) answered, the others did not and are not
+    /// listed. `None` if the entry changed since (the result is stale and ignored), else
+    /// whether the entry is listed.
+    pub fn finished(
+        &mut self,
+        job: &DialBack,
+        reached: &[Multiaddr],
+        now: Instant,
+    ) -> Option<bool> {
+        let entry = self.current(job)?;
+        entry.reached = entry
+            .addrs
+            .iter()
+            .filter(|a| reached.contains(a))
+            .cloned()
+            .collect();
+        entry.check = Check::Done(now);
+        Some(!entry.reached.is_empty())
+    }
+
+    /// `job` could not be started: it is handed out again at the entry's next refresh.
+    pub fn dropped(&mut self, job: &DialBack) {
+        if let Some(entry) = self.current(job) {
+            entry.check = Check::Waiting;
+        }
+    }
+
+    /// Forgets the entry of `peer` (its certificate no longer holds). By peer, never by the
+    /// name a certificate claims: a refused certificate proves no name.
+    pub fn remove(&mut self, peer: &PeerId) {
+        self.entries.retain(|_, e| e.peer != *peer);
+    }
+
+    /// Up to [`MAX_BOOTSTRAP_SUPERPEERS`] listed superpeers (live and reached back), a
+    /// uniformly random sample in random order, excluding `except` (a superpeer need not be
+    /// told about itself). Random rather than least loaded first: the load is the
+    /// superpeers' own claim, and leaves arriving together spread over the superpeers.
+    pub fn bootstrap(&self, now: Instant, except: Option<&PeerId>) -> Vec<SuperpeerInfo> {
+        let mut rng = rand::rng();
+        let mut sample = self
+            .entries
+            .values()
+            .filter(|e| e.listed(now) && Some(&e.peer) != except)
+            .sample(&mut rng, MAX_BOOTSTRAP_SUPERPEERS);
+        // The reservoir's order is not random by itself.
+        sample.shuffle(&mut rng);
+        sample
+            .into_iter()
+            .map(|e| SuperpeerInfo {
+                peer_id: e.peer.to_string(),
+                addrs: e.reached.iter().map(|a| a.to_string()).collect(),
                 leaves: e.leaves,
                 capacity: e.capacity,
             })
             .collect()
     }
 
-    pub fn live_count(&self, now: Instant) -> usize {
-        self.entries.values().filter(|e| e.expires > now).count()
+    /// Superpeers bootstrap lists are drawn from: live and reached back.
+    pub fn listed_count(&self, now: Instant) -> usize {
+        self.entries.values().filter(|e| e.listed(now)).count()
     }
 }
 
@@ -107,38 +321,320 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn name(s: &str) -> UserName {
+        UserName::parse(s).unwrap()
+    }
+
+    fn addr(port: u16) -> Multiaddr {
+        format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+    }
+
+    fn registry(ttl_secs: u64, max: usize) -> Registry {
+        Registry::new(Duration::from_secs(ttl_secs), max, Recheck::default())
+    }
+
+    /// Announces and completes the dial-back with every address reached.
+    fn listed(reg: &mut Registry, account: &str, peer: PeerId, load: (u32, u32), now: Instant) {
+        let addrs = vec![addr(1000 + reg.entries.len() as u16)];
+        let job = reg
+            .announce(&name(account), peer, addrs.clone(), load, now)
+            .unwrap()
+            .expect("a new entry is checked");
+        assert_eq!(reg.finished(&job, &addrs, now), Some(true));
+    }
+
+    fn ids(list: &[SuperpeerInfo]) -> Vec<String> {
+        list.iter().map(|s| s.peer_id.clone()).collect()
+    }
+
     #[test]
-    fn expires_sorts_by_load_and_caps() {
+    fn unverified_entries_are_never_listed() {
         let t0 = Instant::now();
-        let mut reg = Registry::new(Duration::from_secs(150), 1000);
-        let busy = PeerId::random();
-        let idle = PeerId::random();
-        assert!(reg.announce(busy, vec!["/ip4/1.2.3.4/tcp/1".into()], 90, 100, t0));
-        assert!(reg.announce(idle, vec![], 1, 100, t0));
-        let list = reg.bootstrap(t0, None);
-        assert_eq!(list[0].peer_id, idle.to_string());
-        assert_eq!(list.len(), 2);
-        assert_eq!(reg.bootstrap(t0, Some(&idle)).len(), 1);
-        // Refreshing keeps one alive, the other expires.
-        assert!(reg.announce(busy, vec![], 90, 100, t0 + Duration::from_secs(100)));
-        let later = t0 + Duration::from_secs(200);
-        let list = reg.bootstrap(later, None);
-        assert_eq!(list.len(), 1);
-        assert_eq!(list[0].peer_id, busy.to_string());
-        for _ in 0..50 {
-            reg.announce(PeerId::random(), vec![], 0, 10, later);
+        let mut reg = registry(150, 1000);
+        let peer = PeerId::random();
+        let job = reg
+            .announce(&name("alice"), peer, vec![addr(1), addr(2)], (0, 10), t0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.addrs, vec![addr(1), addr(2)]);
+        assert!(
+            reg.bootstrap(t0, None).is_empty(),
+            "listed before any dial-back"
+        );
+        // Refreshes while the dial-back runs neither list it nor start a second one.
+        for s in 1..5 {
+            let later = t0 + Duration::from_secs(s);
+            let again = reg.announce(&name("alice"), peer, vec![addr(2), addr(1)], (0, 10), later);
+            assert_eq!(again, Ok(None));
+            assert!(reg.bootstrap(later, None).is_empty());
         }
-        assert_eq!(reg.bootstrap(later, None).len(), MAX_BOOTSTRAP_SUPERPEERS);
+        // Nothing answered: still not listed.
+        assert_eq!(reg.finished(&job, &[], t0), Some(false));
+        assert!(reg.bootstrap(t0, None).is_empty());
+        assert_eq!(reg.listed_count(t0), 0);
+        // Tried again after `retry_unreached`; one address answers: it alone is listed, and
+        // as soon as it answered.
+        let retry = t0 + Recheck::default().retry_unreached;
+        let job = reg
+            .announce(&name("alice"), peer, vec![addr(1), addr(2)], (0, 10), retry)
+            .unwrap()
+            .expect("retried");
+        assert!(reg.reached(&job, &addr(2)));
+        assert_eq!(
+            reg.bootstrap(retry, None)[0].addrs,
+            vec![addr(2).to_string()]
+        );
+        assert_eq!(reg.finished(&job, &[addr(2)], retry), Some(true));
+        let list = reg.bootstrap(retry, None);
+        assert_eq!(ids(&list), vec![peer.to_string()]);
+        assert_eq!(list[0].addrs, vec!["/ip4/127.0.0.1/tcp/2"]);
+        // A dial-back the server could not start is handed out at the next refresh.
+        let other = PeerId::random();
+        let job = reg
+            .announce(&name("bob"), other, vec![addr(3)], (0, 10), retry)
+            .unwrap()
+            .unwrap();
+        reg.dropped(&job);
+        assert!(
+            reg.announce(&name("bob"), other, vec![addr(3)], (0, 10), retry)
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(reg.listed_count(retry), 1);
+    }
+
+    #[test]
+    fn same_addresses_keep_the_proof_changed_ones_are_checked_again() {
+        let t0 = Instant::now();
+        let mut reg = registry(150, 1000);
+        let peer = PeerId::random();
+        let alice = name("alice");
+        let job = reg
+            .announce(&alice, peer, vec![addr(1)], (0, 10), t0)
+            .unwrap()
+            .unwrap();
+        reg.finished(&job, &[addr(1)], t0);
+        let t1 = t0 + Duration::from_secs(60);
+        assert_eq!(
+            reg.announce(&alice, peer, vec![addr(1)], (5, 10), t1),
+            Ok(None)
+        );
+        assert_eq!(reg.bootstrap(t1, None)[0].leaves, 5);
+
+        // A new address: checked; the proved one stays listed meanwhile, the new one only
+        // once it answered.
+        let job = reg
+            .announce(&alice, peer, vec![addr(1), addr(9)], (5, 10), t1)
+            .unwrap()
+            .expect("changed addresses are checked");
+        assert_eq!(reg.bootstrap(t1, None)[0].addrs, vec![addr(1).to_string()]);
+        assert_eq!(reg.finished(&job, &[addr(1), addr(9)], t1), Some(true));
+        assert_eq!(reg.bootstrap(t1, None)[0].addrs.len(), 2);
+        // The old address dropped from the announcement is no longer listed.
+        let job = reg
+            .announce(&alice, peer, vec![addr(9)], (5, 10), t1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(reg.bootstrap(t1, None)[0].addrs, vec![addr(9).to_string()]);
+        // A late result of an older check is ignored.
+        let stale = DialBack {
+            generation: job.generation - 1,
+            ..job.clone()
+        };
+        assert_eq!(reg.finished(&stale, &[], t1), None);
+        assert!(!reg.reached(&stale, &addr(9)));
+        assert_eq!(reg.listed_count(t1), 1);
+        // The proof is renewed after `reverify`; the entry stays listed while that runs, and
+        // is unlisted if nothing answers any more.
+        reg.finished(&job, &[addr(9)], t1);
+        let reverify = Recheck::default().reverify;
+        let minute = Duration::from_secs(60);
+        let mut t = t1 + minute;
+        while t < t1 + reverify {
+            assert_eq!(
+                reg.announce(&alice, peer, vec![addr(9)], (5, 10), t),
+                Ok(None)
+            );
+            t += minute;
+        }
+        let t2 = t1 + reverify;
+        let job = reg
+            .announce(&alice, peer, vec![addr(9)], (5, 10), t2)
+            .unwrap()
+            .expect("reverified");
+        assert_eq!(reg.listed_count(t2), 1);
+        assert_eq!(reg.finished(&job, &[], t2), Some(false));
+        assert_eq!(reg.listed_count(t2), 0);
+        // A dial-back that never reports is handed out again once stale.
+        let t3 = t2 + Recheck::default().retry_unreached;
+        assert!(
+            reg.announce(&alice, peer, vec![addr(9)], (5, 10), t3)
+                .unwrap()
+                .is_some()
+        );
+        let t4 = t3 + Recheck::default().stale;
+        assert!(
+            reg.announce(&alice, peer, vec![addr(9)], (5, 10), t4)
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn one_entry_per_account() {
+        let t0 = Instant::now();
+        let mut reg = registry(150, 1000);
+        let devices: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        for (i, device) in devices.iter().enumerate() {
+            listed(
+                &mut reg,
+                "mallory",
+                *device,
+                (0, u32::MAX),
+                t0 + Duration::from_secs(i as u64),
+            );
+        }
+        let now = t0 + Duration::from_secs(5);
+        let list = reg.bootstrap(now, None);
+        assert_eq!(
+            ids(&list),
+            vec![devices[3].to_string()],
+            "the latest device replaced the others"
+        );
+        assert_eq!(reg.listed_count(now), 1);
+        // A replacing device is listed only once reached itself.
+        let job = reg
+            .announce(&name("mallory"), devices[0], vec![addr(1)], (0, 1), now)
+            .unwrap()
+            .unwrap();
+        assert!(reg.bootstrap(now, None).is_empty());
+        // A late result for the replaced device changes nothing.
+        let old = DialBack {
+            peer: devices[3],
+            ..job.clone()
+        };
+        assert_eq!(reg.finished(&old, &[addr(1)], now), None);
+        assert!(reg.bootstrap(now, None).is_empty());
+        // Other accounts have entries of their own.
+        listed(&mut reg, "alice", PeerId::random(), (1, 10), now);
+        reg.finished(&job, &[addr(1)], now);
+        assert_eq!(reg.listed_count(now), 2);
+        // Removal by peer (a refused certificate): only that device's entry goes.
+        reg.remove(&devices[3]);
+        assert_eq!(reg.listed_count(now), 2);
+        reg.remove(&devices[0]);
+        assert_eq!(reg.listed_count(now), 1);
+        assert!(
+            reg.announce(&name("mallory"), devices[1], vec![addr(1)], (0, 1), now)
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn lists_are_not_ordered_by_claimed_load() {
+        let t0 = Instant::now();
+        let mut reg = registry(150, 1000);
+        let liar = PeerId::random();
+        listed(&mut reg, "liar", liar, (0, u32::MAX), t0);
+        for i in 0..10 {
+            listed(
+                &mut reg,
+                &format!("honest{i}"),
+                PeerId::random(),
+                (100, 100),
+                t0,
+            );
+        }
+        let (samples, n) = (11_000, 11);
+        let mut first = 0;
+        for _ in 0..samples {
+            let list = reg.bootstrap(t0, None);
+            assert_eq!(list.len(), n);
+            first += usize::from(list[0].peer_id == liar.to_string());
+        }
+        // Uniform: 1 in 11 (1,000 of 11,000; the standard deviation is about 30). Ranked by
+        // claimed load, the liar would be first every time.
+        let expected = samples / n;
+        assert!(
+            first.abs_diff(expected) < expected / 4,
+            "the liar came first {first} times in {samples}, expected about {expected}"
+        );
+        // Claims are clamped.
+        let shown = reg
+            .bootstrap(t0, None)
+            .into_iter()
+            .find(|s| s.peer_id == liar.to_string())
+            .unwrap();
+        assert_eq!((shown.leaves, shown.capacity), (0, MAX_CAPACITY));
+    }
+
+    #[test]
+    fn more_entries_than_a_list_holds_are_sampled_uniformly() {
+        let t0 = Instant::now();
+        let mut reg = registry(150, 1000);
+        let liar = PeerId::random();
+        listed(&mut reg, "liar", liar, (0, u32::MAX), t0);
+        for i in 0..49 {
+            listed(
+                &mut reg,
+                &format!("honest{i}"),
+                PeerId::random(),
+                (100, 100),
+                t0,
+            );
+        }
+        let samples = 5_000;
+        let mut included = 0;
+        for _ in 0..samples {
+            let list = reg.bootstrap(t0, None);
+            assert_eq!(list.len(), MAX_BOOTSTRAP_SUPERPEERS);
+            included += usize::from(list.iter().any(|s| s.peer_id == liar.to_string()));
+        }
+        // 20 of 50: in 40 % of the lists (2,000 of 5,000; standard deviation about 35).
+        let expected = samples * MAX_BOOTSTRAP_SUPERPEERS / 50;
+        assert!(
+            included.abs_diff(expected) < expected / 5,
+            "the liar was in {included} lists of {samples}, expected about {expected}"
+        );
+        // A superpeer is not told about itself.
+        assert!((0..50).all(|_| !ids(&reg.bootstrap(t0, Some(&liar))).contains(&liar.to_string())));
+    }
+
+    #[test]
+    fn entries_expire_and_leaves_never_exceed_capacity() {
+        let t0 = Instant::now();
+        let mut reg = registry(150, 1000);
+        let peer = PeerId::random();
+        listed(&mut reg, "alice", peer, (50, 10), t0);
+        let shown = &reg.bootstrap(t0, None)[0];
+        assert_eq!((shown.leaves, shown.capacity), (10, 10));
+        assert!(
+            reg.bootstrap(t0 + Duration::from_secs(150), None)
+                .is_empty()
+        );
+        // Back after its entry expired: checked again from scratch.
+        let later = t0 + Duration::from_secs(200);
+        let job = reg
+            .announce(&name("alice"), peer, vec![addr(1000)], (0, 10), later)
+            .unwrap();
+        assert!(job.is_some());
+        assert!(reg.bootstrap(later, None).is_empty());
     }
 
     #[test]
     fn table_is_bounded_but_expired_entries_make_room() {
         let t0 = Instant::now();
-        let mut reg = Registry::new(Duration::from_secs(10), 2);
-        assert!(reg.announce(PeerId::random(), vec![], 0, 1, t0));
-        assert!(reg.announce(PeerId::random(), vec![], 0, 1, t0));
-        assert!(!reg.announce(PeerId::random(), vec![], 0, 1, t0));
-        assert!(reg.announce(PeerId::random(), vec![], 0, 1, t0 + Duration::from_secs(11)));
-        assert_eq!(reg.live_count(t0 + Duration::from_secs(11)), 1);
+        let mut reg = registry(10, 2);
+        let mut announce = |account: &str, at: Instant| {
+            reg.announce(&name(account), PeerId::random(), vec![addr(1)], (0, 1), at)
+        };
+        assert!(announce("aaa", t0).is_ok());
+        assert!(announce("bbb", t0).is_ok());
+        assert_eq!(announce("ccc", t0), Err(Full));
+        // Another device of an account already in the table is not a new entry.
+        assert!(announce("bbb", t0).is_ok());
+        assert!(announce("ddd", t0 + Duration::from_secs(11)).is_ok());
+        assert_eq!(reg.entries.len(), 1);
     }
 }

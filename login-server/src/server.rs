@@ -1,5 +1,7 @@
 //! The login server's swarm and event loop. Only this loop touches the swarm; requests are
 //! decided by [`Service`] on the blocking pool and answered back through a bounded channel.
+//! Dial-backs of announced superpeers run in a task of their own ([`Prober`]) that the loop
+//! hands them to without waiting.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,11 +22,15 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
+use crate::dialback::{Prober, ProberConfig};
+use crate::registry::DialBack;
 use crate::service::{Caller, Service};
 use crate::{Config, Error, keys};
 
 type LoginCodec = request_response::json::codec::Codec<LoginRequest, LoginResponse>;
 type Responder = request_response::ResponseChannel<LoginResponse>;
+/// A decided request: where its answer goes, the answer, and a dial-back to start.
+type Done = (Responder, LoginResponse, Option<DialBack>);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -42,6 +48,9 @@ pub struct Server {
     listen_addrs: Vec<Multiaddr>,
     config: Config,
     metrics: Option<crate::metrics::MetricsServer>,
+    dial_backs: mpsc::Sender<DialBack>,
+    /// Taken by [`Server::run`], which spawns it.
+    prober: Option<Prober>,
 }
 
 impl std::fmt::Debug for Server {
@@ -69,6 +78,13 @@ impl Server {
         let service = Arc::new(Service::new(accounts, issuer, config.clone()));
 
         let mut swarm = build_swarm(identity, &config)?;
+        let (dial_backs, prober) = Prober::new(
+            service.clone(),
+            ProberConfig {
+                max_in_flight: config.max_dial_backs,
+                timeout: config.dial_back_timeout,
+            },
+        )?;
         let mut pending = HashMap::new();
         for addr in &config.listen {
             let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
@@ -142,6 +158,8 @@ impl Server {
             listen_addrs,
             config,
             metrics,
+            dial_backs,
+            prober: Some(prober),
         })
     }
 
@@ -166,8 +184,7 @@ impl Server {
     /// Serves until `shutdown` is cancelled. Requests in progress are dropped; every state
     /// change already committed to SQLite stays.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
-        let (done_tx, mut done_rx) =
-            mpsc::channel::<(Responder, LoginResponse)>(self.config.max_inflight);
+        let (done_tx, mut done_rx) = mpsc::channel::<Done>(self.config.max_inflight);
         let inflight = Arc::new(Semaphore::new(self.config.max_inflight));
         let password_work = Arc::new(Semaphore::new(self.config.password_workers.max(1)));
         let mut remote_ips: HashMap<ConnectionId, IpAddr> = HashMap::new();
@@ -176,14 +193,24 @@ impl Server {
             self.service.register_metrics(&mut registry);
             tokio::spawn(metrics.run(Arc::new(registry), shutdown.clone()));
         }
+        if let Some(prober) = self.prober.take() {
+            tokio::spawn(prober.run(shutdown.clone()));
+        }
         tracing::info!(peer_id = %self.peer_id(), issuer_key = %self.issuer_key().to_base64(), "login server running");
 
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some((channel, response)) = done_rx.recv() => {
+                Some((channel, response, dial_back)) = done_rx.recv() => {
                     if self.swarm.behaviour_mut().login.send_response(channel, response).is_err() {
                         tracing::debug!("requester went away before the response");
+                    }
+                    // Never waits: a dial-back that does not fit is checked at the
+                    // superpeer's next announcement.
+                    if let Some(job) = dial_back
+                        && let Err(e) = self.dial_backs.try_send(job)
+                    {
+                        self.service.dial_back_dropped(e.into_inner());
                     }
                 }
                 event = self.swarm.select_next_some() => match event {
@@ -227,7 +254,7 @@ impl Server {
         caller: Caller,
         inflight: &Arc<Semaphore>,
         password_work: &Arc<Semaphore>,
-        done: &mpsc::Sender<(Responder, LoginResponse)>,
+        done: &mpsc::Sender<Done>,
     ) {
         let Ok(slot) = inflight.clone().try_acquire_owned() else {
             let busy = Refusal {
@@ -250,13 +277,15 @@ impl Server {
                 Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
                 None => None,
             };
-            let response = tokio::task::spawn_blocking(move || service.handle(request, caller))
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "request task failed");
-                    LoginResponse::Refused(Refusal::new(RefusalCode::Internal, "internal error"))
-                });
-            let _ = done.send((channel, response)).await;
+            let (response, dial_back) =
+                tokio::task::spawn_blocking(move || service.handle(request, caller))
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "request task failed");
+                        let internal = Refusal::new(RefusalCode::Internal, "internal error");
+                        (LoginResponse::Refused(internal), None)
+                    });
+            let _ = done.send((channel, response, dial_back)).await;
             drop(slot);
         });
     }

@@ -1,5 +1,7 @@
 //! What the login server decides for each request. Blocking (SQLite, argon2): the event loop runs
-//! it on the blocking pool, and nothing here touches the swarm.
+//! it on the blocking pool, and nothing here touches the swarm. An announcement may need a
+//! dial-back; [`Service::handle`] returns it and the event loop hands it to the dial-back task
+//! ([`crate::dialback`]), which reports the outcome through [`Service::dial_back_outcome`].
 
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -14,8 +16,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::accounts::{self, Accounts};
+use crate::dialback::{self, Outcome as DialBackOutcome};
 use crate::ratelimit::RateLimiter;
-use crate::registry::Registry;
+use crate::registry::{DialBack, Recheck, Registry};
 use crate::{Config, Registration};
 
 /// Who sent a request: the Noise-authenticated peer and, when known, its source IP.
@@ -36,6 +39,8 @@ pub struct Service {
     registry: Mutex<Registry>,
     /// Requests by kind and outcome ("ok" or the refusal code), for the metrics endpoint.
     requests: Family<Vec<(String, String)>, Counter>,
+    /// Dial-backs by outcome ("reached", "unreached", "dropped").
+    dial_backs: Family<Vec<(String, String)>, Counter>,
 }
 
 /// Wall-clock time in unix seconds, as certificates use it.
@@ -65,8 +70,17 @@ impl Service {
                 config.name_limit,
                 config.max_rate_limit_keys,
             )),
-            registry: Mutex::new(Registry::new(config.announce_ttl, config.max_superpeers)),
+            registry: Mutex::new(Registry::new(
+                config.announce_ttl,
+                config.max_superpeers,
+                Recheck {
+                    retry_unreached: config.announce_refresh,
+                    reverify: config.reverify_after,
+                    stale: config.dial_back_timeout.saturating_mul(3),
+                },
+            )),
             requests: Family::default(),
+            dial_backs: Family::default(),
             config,
         }
     }
@@ -87,8 +101,15 @@ impl Service {
         )
     }
 
-    pub fn handle(&self, request: LoginRequest, caller: Caller) -> LoginResponse {
+    /// Decides `request`. The second value is a dial-back to run (an announcement to check
+    /// before it is listed); the answer does not wait for it.
+    pub fn handle(
+        &self,
+        request: LoginRequest,
+        caller: Caller,
+    ) -> (LoginResponse, Option<DialBack>) {
         let kind = request.kind();
+        let mut dial_back = None;
         let outcome = match request {
             LoginRequest::Register { name, password } => self.register(&name, &password, caller),
             LoginRequest::Login { name, password } => self.login(&name, &password, caller),
@@ -99,7 +120,12 @@ impl Service {
                 addrs,
                 leaves,
                 capacity,
-            } => self.announce(&cert, addrs, leaves, capacity, caller),
+            } => self
+                .announce(&cert, addrs, leaves, capacity, caller)
+                .map(|(response, job)| {
+                    dial_back = job;
+                    response
+                }),
         };
         let label = match &outcome {
             Ok(_) => "ok".to_string(),
@@ -111,7 +137,7 @@ impl Service {
                 ("outcome".into(), label),
             ])
             .inc();
-        match outcome {
+        let response = match outcome {
             Ok(response) => {
                 tracing::debug!(peer = %caller.peer, kind, "request served");
                 response
@@ -120,7 +146,8 @@ impl Service {
                 tracing::info!(peer = %caller.peer, ip = ?caller.ip, kind, code = ?refusal.code, "request refused");
                 LoginResponse::Refused(refusal)
             }
-        }
+        };
+        (response, dial_back)
     }
 
     fn internal(&self, e: crate::Error) -> Refusal {
@@ -243,6 +270,9 @@ impl Service {
         })
     }
 
+    /// A superpeer's announcement. Accepted when its certificate holds and one of its
+    /// addresses is worth dialing ([`dialback::plausible`]; the others are ignored); it is
+    /// listed once the dial-back this returns has reached it.
     fn announce(
         &self,
         cert: &Certificate,
@@ -250,36 +280,103 @@ impl Service {
         leaves: u32,
         capacity: u32,
         caller: Caller,
-    ) -> Outcome {
-        if let Err(refusal) = self.check_cert(cert, caller, 0) {
-            lock(&self.registry).remove(&caller.peer);
-            return Err(refusal);
-        }
+    ) -> Result<(LoginResponse, Option<DialBack>), Refusal> {
+        let account = match self.check_cert(cert, caller, 0) {
+            Ok(account) => account,
+            Err(refusal) => {
+                lock(&self.registry).remove(&caller.peer);
+                return Err(refusal);
+            }
+        };
         if addrs.is_empty() || addrs.len() > MAX_ANNOUNCED_ADDRS {
             return Err(Refusal::new(
                 RefusalCode::BadRequest,
                 format!("announce 1 to {MAX_ANNOUNCED_ADDRS} addresses"),
             ));
         }
+        let mut parsed = Vec::with_capacity(addrs.len());
         for addr in &addrs {
-            if addr.len() > MAX_ADDR_LEN || addr.parse::<Multiaddr>().is_err() {
-                return Err(Refusal::new(
-                    RefusalCode::BadRequest,
-                    "announced address is not a valid multiaddr",
-                ));
+            match addr.parse::<Multiaddr>() {
+                Ok(a) if addr.len() <= MAX_ADDR_LEN => parsed.push(a),
+                _ => {
+                    return Err(Refusal::new(
+                        RefusalCode::BadRequest,
+                        "announced address is not a valid multiaddr",
+                    ));
+                }
             }
         }
-        let mut registry = lock(&self.registry);
-        if !registry.announce(caller.peer, addrs, leaves, capacity, Instant::now()) {
-            return Err(Refusal {
-                retry_after_secs: Some(self.config.announce_refresh.as_secs()),
-                ..Refusal::new(RefusalCode::Busy, "superpeer table is full")
-            });
+        let mut dialable: Vec<Multiaddr> = Vec::with_capacity(parsed.len());
+        for a in parsed
+            .iter()
+            .filter_map(|a| dialback::plausible(a, &caller.peer))
+        {
+            if !dialable.contains(&a) {
+                dialable.push(a);
+            }
         }
-        Ok(LoginResponse::Announced {
+        if dialable.is_empty() {
+            return Err(Refusal::new(
+                RefusalCode::BadRequest,
+                "no announced address can be dialed back: announce /ip4, /ip6 or /dns addresses \
+                 with /tcp or /udp/quic-v1, neither unspecified nor relayed",
+            ));
+        }
+        let now = Instant::now();
+        let mut registry = lock(&self.registry);
+        let job = registry
+            .announce(&account, caller.peer, dialable, (leaves, capacity), now)
+            .map_err(|full| Refusal {
+                retry_after_secs: Some(self.config.announce_refresh.as_secs()),
+                ..Refusal::new(RefusalCode::Busy, full.to_string())
+            })?;
+        let response = LoginResponse::Announced {
             refresh_secs: self.config.announce_refresh.as_secs(),
-            superpeers: registry.bootstrap(Instant::now(), Some(&caller.peer)),
-        })
+            superpeers: registry.bootstrap(now, Some(&caller.peer)),
+        };
+        Ok((response, job))
+    }
+
+    /// What a dial-back found, into the registry.
+    pub(crate) fn dial_back_outcome(&self, outcome: DialBackOutcome) {
+        let count = |label: &str| {
+            self.dial_backs
+                .get_or_create(&vec![("outcome".into(), label.into())])
+                .inc();
+        };
+        match outcome {
+            DialBackOutcome::Reached(job, addr) => {
+                if lock(&self.registry).reached(&job, &addr) {
+                    tracing::info!(user = %job.account, peer = %job.peer, %addr, "superpeer reached back: listed");
+                }
+            }
+            DialBackOutcome::Finished(job, reached) => {
+                let listed = lock(&self.registry).finished(&job, &reached, Instant::now());
+                match listed {
+                    Some(true) => {
+                        count("reached");
+                        tracing::debug!(user = %job.account, peer = %job.peer, ?reached, "superpeer reached back");
+                    }
+                    Some(false) => {
+                        count("unreached");
+                        tracing::info!(user = %job.account, peer = %job.peer, addrs = ?job.addrs,
+                            "superpeer not reached on any announced address: not listed");
+                    }
+                    // The superpeer announced again meanwhile; its newer check counts.
+                    None => {}
+                }
+            }
+            DialBackOutcome::Dropped(job) => {
+                count("dropped");
+                tracing::debug!(user = %job.account, peer = %job.peer, "dial-back dropped: too many at once");
+                lock(&self.registry).dropped(&job);
+            }
+        }
+    }
+
+    /// A dial-back the event loop could not hand over (the task's queue is full).
+    pub(crate) fn dial_back_dropped(&self, job: DialBack) {
+        self.dial_back_outcome(DialBackOutcome::Dropped(job));
     }
 
     fn issue(&self, name: UserName, peer: PeerId) -> Outcome {
@@ -318,10 +415,16 @@ impl Service {
             "Login protocol requests by kind and outcome",
             self.requests.clone(),
         );
+        registry.register(
+            "natter_login_dial_backs",
+            "Checks of announced superpeers by outcome: reached (listed), unreached, dropped",
+            self.dial_backs.clone(),
+        );
         let live = prometheus_client::metrics::gauge::Gauge::<i64>::default();
         registry.register(
             "natter_login_live_superpeers",
-            "Superpeers announced within their TTL (updated at each scrape interval of 5 s)",
+            "Superpeers in bootstrap lists: announced within their TTL and reached back \
+             (sampled every 5 s)",
             live.clone(),
         );
         let service = std::sync::Arc::downgrade(self);
@@ -337,8 +440,10 @@ impl Service {
             .ok();
     }
 
+    /// Superpeers bootstrap lists are drawn from: announced within their TTL and reached
+    /// back.
     pub fn live_superpeers(&self) -> usize {
-        lock(&self.registry).live_count(Instant::now())
+        lock(&self.registry).listed_count(Instant::now())
     }
 }
 

@@ -123,6 +123,89 @@ impl Drop for LoginServer {
     }
 }
 
+/// A bare libp2p peer listening on loopback TCP, as a superpeer's listener looks to whoever
+/// dials it: Noise proves `key`'s peer id and nothing else runs on the connection. Tests use
+/// it as a superpeer the login server can reach back (or, with another key than the one that
+/// announces it, as an address that answers with the wrong peer id). Stops when dropped.
+#[derive(Debug)]
+pub struct Listener {
+    /// The bound address, without `/p2p/`.
+    pub addr: Multiaddr,
+    pub peer_id: libp2p::PeerId,
+    inbound: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    shutdown: CancellationToken,
+}
+
+impl Listener {
+    pub async fn start(key: libp2p::identity::Keypair) -> Self {
+        use futures::StreamExt as _;
+        use libp2p::swarm::SwarmEvent;
+
+        let config = natter_net::TransportConfig {
+            quic: None,
+            ..Default::default()
+        };
+        let mut swarm = natter_net::build_swarm(key, &config, |_| libp2p::swarm::dummy::Behaviour)
+            .expect("listener swarm");
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("constant"))
+            .expect("listen");
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                break address;
+            }
+        };
+        let peer_id = *swarm.local_peer_id();
+        let inbound = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let shutdown = CancellationToken::new();
+        let (count, token) = (inbound.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    event = swarm.select_next_some() => {
+                        if let SwarmEvent::ConnectionEstablished { endpoint, .. } = event
+                            && endpoint.is_listener()
+                        {
+                            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            peer_id,
+            inbound,
+            shutdown,
+        }
+    }
+
+    /// Inbound connections established so far (each one proved `peer_id` to its dialer).
+    pub fn inbound_connections(&self) -> usize {
+        self.inbound.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits up to `timeout` for a first inbound connection: the dialer's side of a connection
+    /// is up a moment before this side's. `false` if none came.
+    pub async fn was_dialed(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.inbound_connections() == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 /// Runs `natter --home HOME ARGS...` to completion, `stdin` piped in.
 pub fn natter(home: &Path, args: &[&str], stdin: &str) -> std::process::Output {
     use std::io::Write as _;

@@ -11,7 +11,7 @@ use natter_login_server::{Limit, Registration, keys};
 use natter_node::{LoginClient, LoginError};
 use natter_proto::login::{LoginRequest, LoginResponse, Password, RefusalCode};
 use natter_proto::{CertError, Certificate, UserName};
-use natter_tests::{LoginServer, loopback_config};
+use natter_tests::{Listener, LoginServer, loopback_config};
 
 fn name(s: &str) -> UserName {
     UserName::parse(s).unwrap()
@@ -341,15 +341,22 @@ async fn superpeers_announce_and_appear_in_bootstrap_lists() {
     let dir = tempfile::tempdir().unwrap();
     let server = LoginServer::start(loopback_config(dir.path())).await;
     let sp_key = Keypair::generate_ed25519();
+    // The superpeer really listens (with its own key), so the login server can reach it back.
+    let listener = Listener::start(sp_key.clone()).await;
     let sp = LoginClient::new(sp_key.clone(), server.addr.clone()).unwrap();
     let sp_cert = sp
         .register(&name("seed"), pw("password1"))
         .await
         .unwrap()
         .cert;
+    // Next to its real address, one nobody answers on (TEST-NET-1) and one never dialed.
     let announce = LoginRequest::Announce {
         cert: sp_cert.clone(),
-        addrs: vec!["/ip4/192.0.2.1/tcp/4001".into()],
+        addrs: vec![
+            "/ip4/192.0.2.1/tcp/4001".into(),
+            listener.addr.to_string(),
+            "/ip4/0.0.0.0/tcp/4001".into(),
+        ],
         leaves: 3,
         capacity: 100,
     };
@@ -361,28 +368,55 @@ async fn superpeers_announce_and_appear_in_bootstrap_lists() {
         }
     ));
 
+    // Listed once the login server has reached it, with only the address that answered.
     let user = client(&server);
-    let issued = user.register(&name("judy"), pw("password1")).await.unwrap();
+    let mut issued = user.register(&name("judy"), pw("password1")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while issued.superpeers.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the superpeer was never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        issued = user.renew(&issued.cert).await.unwrap();
+    }
+    assert!(
+        listener.was_dialed(Duration::from_secs(5)).await,
+        "listed without being reached back"
+    );
     assert_eq!(issued.superpeers.len(), 1);
     assert_eq!(
         issued.superpeers[0].peer_id,
         sp_key.public().to_peer_id().to_string()
     );
-    assert_eq!(issued.superpeers[0].addrs, vec!["/ip4/192.0.2.1/tcp/4001"]);
+    assert_eq!(issued.superpeers[0].addrs, vec![listener.addr.to_string()]);
+    assert_eq!(
+        (issued.superpeers[0].leaves, issued.superpeers[0].capacity),
+        (3, 100)
+    );
 
-    // Someone else's certificate cannot announce, nor can garbage addresses.
+    // Someone else's certificate cannot announce, nor can garbage addresses, nor addresses
+    // that cannot be dialed back.
     match user.request(announce).await.unwrap() {
         LoginResponse::Refused(r) => assert_eq!(r.code, RefusalCode::NotAuthorized),
         other => panic!("{other:?}"),
     }
-    let bad = LoginRequest::Announce {
-        cert: sp_cert,
-        addrs: vec!["not an address".into()],
-        leaves: 0,
-        capacity: 1,
-    };
-    match sp.request(bad).await.unwrap() {
-        LoginResponse::Refused(r) => assert_eq!(r.code, RefusalCode::BadRequest),
-        other => panic!("{other:?}"),
+    for addrs in [
+        vec!["not an address".to_string()],
+        vec![
+            "/ip4/0.0.0.0/tcp/4001".into(),
+            format!("{}/p2p-circuit", server.addr),
+        ],
+    ] {
+        let bad = LoginRequest::Announce {
+            cert: sp_cert.clone(),
+            addrs,
+            leaves: 0,
+            capacity: 1,
+        };
+        match sp.request(bad).await.unwrap() {
+            LoginResponse::Refused(r) => assert_eq!(r.code, RefusalCode::BadRequest),
+            other => panic!("{other:?}"),
+        }
     }
 }

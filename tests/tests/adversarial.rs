@@ -232,3 +232,84 @@ fn a_peer_without_an_account_gets_no_relay_circuit() {
         "a peer without an account reached alice through the relay"
     );
 }
+
+/// A superpeer answers every attach with 80 "other superpeers" that do not exist: random peer
+/// ids at loopback ports where nobody listens. Before the host cache told the hosts a node had
+/// reached itself from those it had only heard of, the leaf saved all 80 as if they had just
+/// answered, ranked them first after a restart and kept retrying them: with a real superpeer
+/// and the login server up, it stayed unattached for 11.7 minutes (1,403 failed attaches).
+#[test]
+fn a_superpeer_listing_fake_superpeers_does_not_keep_a_leaf_from_attaching() {
+    use natter_proto::login::SuperpeerInfo;
+
+    /// Attached within this long after the restart; the old code took minutes.
+    const REATTACH: Duration = Duration::from_secs(20);
+
+    // Ports that were free a moment ago: dialling them is refused at once, as for a host
+    // that is gone.
+    let fakes: Vec<SuperpeerInfo> = (0..80)
+        .map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            SuperpeerInfo {
+                peer_id: libp2p::PeerId::random().to_string(),
+                addrs: vec![format!("/ip4/127.0.0.1/tcp/{port}")],
+                leaves: 0,
+                capacity: 1000,
+            }
+        })
+        .collect();
+    let net = TestNet::new();
+    let hostile = net
+        .rt
+        .block_on(HostileSuperpeer::start(
+            &net.server.addr,
+            "mallory",
+            Box::new(move |me, from, request| match request {
+                OverlayRequest::Attach { .. } => OverlayResponse::Attached {
+                    lease_secs: 120,
+                    superpeers: fakes.clone(),
+                },
+                other => plain_superpeer(me, from, other),
+            }),
+        ))
+        .unwrap();
+    let mallory = hostile.attacker.peer.to_string();
+    let mut alice = net.node("alice", &["--role", "leaf"]);
+    attached_to(&alice, &mallory);
+    // The answer has reached alice's host cache (whatever of it she keeps).
+    let db = alice.home.join(natter_node::store::DB_FILE);
+    wait_for("alice's host cache", Duration::from_secs(20), || {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .ok()?;
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM hosts", [], |r| r.get(0))
+            .ok()?;
+        (n > 1).then_some(())
+    });
+
+    // The attacker goes; an honest superpeer is up, and the login server lists it.
+    drop(hostile);
+    let seed = net.node("seed", &["--role", "superpeer"]);
+    seed.wait_role("superpeer", Duration::from_secs(60));
+    let seed_id = seed.peer_id();
+    alice.restart();
+    let restarted = std::time::Instant::now();
+    wait_for(
+        &format!("alice attached to the honest superpeer {seed_id} after her restart"),
+        REATTACH,
+        || {
+            let s = alice.status()?;
+            s["superpeers"]
+                .as_array()?
+                .iter()
+                .any(|p| p.as_str() == Some(seed_id.as_str()))
+                .then_some(())
+        },
+    );
+    eprintln!("alice reattached in {:?}", restarted.elapsed());
+}

@@ -15,6 +15,12 @@ use tokio::time::Instant;
 pub(crate) const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a superpeer that refused (or was full) is skipped.
 pub(crate) const SKIP_AFTER_REFUSAL: Duration = Duration::from_secs(60);
+/// Failed attempts in a row, while unattached, after which the login server is asked for a
+/// fresh list even though candidates are left: the ones left may all be names that lead
+/// nowhere (issue 11), and the login server's list is the way out.
+pub(crate) const FAILURES_BEFORE_BOOTSTRAP: u32 = 3;
+/// Least time between two bootstrap requests while unattached (twice that with a primary).
+const BOOTSTRAP_EVERY: Duration = Duration::from_secs(10);
 /// Among how many of the best candidates one is picked at random: leaves that start together
 /// must not all pick the same superpeers.
 const PICK_AMONG: usize = 4;
@@ -64,6 +70,8 @@ pub(crate) struct Attach {
     /// (1 s doubling to 30 s) after a lost connection or failed attach.
     skip_until: HashMap<PeerId, Instant>,
     failures: HashMap<PeerId, u32>,
+    /// Attempts failed while unattached since the last bootstrap request.
+    failed_since_bootstrap: u32,
     /// When the login server was last asked for a bootstrap list.
     last_bootstrap: Option<Instant>,
     actions: VecDeque<AttachAction>,
@@ -90,6 +98,7 @@ impl Attach {
     /// The login server was asked for a bootstrap list (at start, or by renewal).
     pub(crate) fn bootstrap_asked(&mut self, now: Instant) {
         self.last_bootstrap = Some(now);
+        self.failed_since_bootstrap = 0;
     }
 
     /// Drops both slots (the node became a superpeer): the ones it held, to detach from.
@@ -102,8 +111,9 @@ impl Attach {
     }
 
     /// Time passes: with a slot free and no attempt in flight (or one timed out), try the
-    /// next candidate. `candidates` are superpeers in order of preference (least loaded
-    /// first); `pick` chooses an index below its argument (random in the daemon).
+    /// next candidate. `candidates` are superpeers in order of
+    /// preference (see `candidates::Candidates`); `pick` chooses an index below its argument
+    /// (random in the daemon).
     pub(crate) fn tick(
         &mut self,
         candidates: impl IntoIterator<Item = PeerId>,
@@ -118,35 +128,45 @@ impl Attach {
             if now.saturating_duration_since(started) < ATTACH_TIMEOUT {
                 return;
             }
+            // Its failure is counted when the network gives up on the request.
             self.attaching = None;
         }
         self.skip_until.retain(|_, until| *until > now);
+        let candidates: Vec<PeerId> = candidates.into_iter().filter(|p| *p != me).collect();
         let eligible: Vec<PeerId> = candidates
-            .into_iter()
-            .filter(|p| *p != me && !self.holds(*p) && !self.skip_until.contains_key(p))
+            .iter()
+            .copied()
+            .filter(|p| !self.holds(*p) && !self.skip_until.contains_key(p))
             .take(PICK_AMONG)
             .collect();
         let mut next = (!eligible.is_empty()).then(|| eligible[pick(eligible.len())]);
-        if next.is_none() {
-            // No fresh candidate left: a fresh bootstrap list (the superpeers known may have
-            // moved to new addresses), every 10 s when unattached, every 20 s when only the
-            // standby is missing.
-            let every = Duration::from_secs(if self.primary.is_none() { 10 } else { 20 });
+        // A fresh bootstrap list (the superpeers known may have moved to new addresses, or
+        // never existed) when no fresh candidate is left, or when unattached and attempts keep
+        // failing; every 10 s when unattached, every 20 s when only the standby is missing.
+        let stuck =
+            self.primary.is_none() && self.failed_since_bootstrap >= FAILURES_BEFORE_BOOTSTRAP;
+        if next.is_none() || stuck {
+            let every = if self.primary.is_none() {
+                BOOTSTRAP_EVERY
+            } else {
+                BOOTSTRAP_EVERY * 2
+            };
             if self
                 .last_bootstrap
                 .is_none_or(|t| now.saturating_duration_since(t) > every)
             {
-                self.last_bootstrap = Some(now);
+                self.bootstrap_asked(now);
                 self.actions.push_back(AttachAction::Bootstrap);
             }
         }
         if next.is_none() && self.primary.is_none() {
             // Unattached and every candidate is waiting out a backoff: meanwhile, try the one
-            // whose wait ends first rather than stay unreachable.
+            // whose wait ends first rather than stay unreachable (one still a candidate: a
+            // name that failed out is not tried again).
             next = self
                 .skip_until
                 .iter()
-                .filter(|(p, _)| **p != me && Some(**p) != self.standby)
+                .filter(|(p, _)| Some(**p) != self.standby && candidates.contains(p))
                 .min_by_key(|(_, until)| **until)
                 .map(|(p, _)| *p);
         }
@@ -185,10 +205,14 @@ impl Attach {
         self.skip_until.insert(peer, now + SKIP_AFTER_REFUSAL);
     }
 
-    /// The attempt failed (no answer, connection failed): back off.
+    /// The attempt failed (no answer, connection failed): back off; unattached, count it
+    /// towards asking the login server again.
     pub(crate) fn failed(&mut self, peer: PeerId, now: Instant) {
         self.attempt_over(peer);
         self.back_off(peer, now);
+        if self.primary.is_none() {
+            self.failed_since_bootstrap = self.failed_since_bootstrap.saturating_add(1);
+        }
         self.actions.push_back(AttachAction::HostFailed(peer));
     }
 
@@ -358,6 +382,71 @@ mod tests {
         }
         // 40 s unattached: a fresh list about every 10 s.
         assert!((3..=4).contains(&asked), "asked {asked} times in 40 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_attempts_ask_the_login_server_again_though_candidates_are_left() {
+        // A poisoned list: more names than can be tried before the first backs off, none of
+        // them answering. Attempts alone would go round them for ever.
+        let me = PeerId::random();
+        let fakes: Vec<PeerId> = (0..40).map(|_| PeerId::random()).collect();
+        let mut s = Attach::default();
+        s.bootstrap_asked(Instant::now());
+        let start = Instant::now();
+        let mut asked = Vec::new();
+        for _ in 0..30 {
+            s.tick(fakes.iter().copied(), me, Instant::now(), first);
+            for action in drain(&mut s) {
+                match action {
+                    AttachAction::Attach(p) => s.failed(p, Instant::now()),
+                    AttachAction::Bootstrap => asked.push(Instant::now() - start),
+                    _ => {}
+                }
+            }
+            drain(&mut s);
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        // Once FAILURES_BEFORE_BOOTSTRAP attempts failed, as soon as the last list is 10 s
+        // old; not before.
+        assert_eq!(
+            asked,
+            [BOOTSTRAP_EVERY + Duration::from_millis(500)],
+            "asked at {asked:?}"
+        );
+        // With a primary, failed standby attempts do not hurry the login server.
+        let mut s = Attach::default();
+        s.attached(PeerId::random());
+        s.bootstrap_asked(Instant::now());
+        for _ in 0..30 {
+            s.tick(fakes.iter().copied(), me, Instant::now(), first);
+            for action in drain(&mut s) {
+                match action {
+                    AttachAction::Attach(p) => s.failed(p, Instant::now()),
+                    AttachAction::Bootstrap => panic!("asked with a primary and candidates left"),
+                    _ => {}
+                }
+            }
+            drain(&mut s);
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_candidate_no_longer_listed_is_not_retried_while_it_backs_off() {
+        // A name that failed out of the candidates (never reached, failed twice) is gone:
+        // waiting out its backoff must not bring it back.
+        let me = PeerId::random();
+        let (gone, real) = (PeerId::random(), PeerId::random());
+        let mut s = Attach::default();
+        s.bootstrap_asked(Instant::now());
+        s.tick([gone], me, Instant::now(), first);
+        assert_eq!(drain(&mut s), vec![AttachAction::Attach(gone)]);
+        s.failed(gone, Instant::now());
+        drain(&mut s);
+        s.tick([], me, Instant::now(), first);
+        assert!(drain(&mut s).is_empty());
+        s.tick([real], me, Instant::now(), first);
+        assert_eq!(drain(&mut s), vec![AttachAction::Attach(real)]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use natter_proto::{PresenceBody, PresenceRecord, Status, UserName};
 
 use super::api::LookupView;
 use super::attach::{AttachAction, Slot};
+use super::candidates::Source;
 use super::{Current, Daemon, LoginPending, LookupFor, LookupOutcome, OverlayPending, unix_now};
 use crate::net::Command;
 
@@ -23,11 +24,7 @@ impl Daemon {
             return;
         }
         let me = self.peer_id();
-        let candidates: Vec<PeerId> = self
-            .candidates
-            .iter()
-            .filter_map(|c| c.peer_id.parse::<PeerId>().ok())
-            .collect();
+        let candidates: Vec<PeerId> = self.candidates.ranked().collect();
         self.attach
             .tick(candidates, me, tokio::time::Instant::now(), |n| {
                 rand::random_range(0..n)
@@ -77,10 +74,7 @@ impl Daemon {
                     }
                     self.phase(&format!("attached to {peer} ({})", slot.as_str()));
                     self.reserve_relay(peer);
-                    let (id, addrs) = (peer.to_string(), self.addrs_of(peer));
-                    self.store_write("host cache write", move |s| {
-                        s.record_host(&id, &addrs, None, None, unix_now()).map(drop)
-                    });
+                    self.host_reached(peer);
                 }
                 AttachAction::Bootstrap => self.renew(),
                 AttachAction::PrimaryChanged { lost, new } => {
@@ -97,12 +91,7 @@ impl Daemon {
                 AttachAction::StandbyLost(peer) => self.phase(&format!(
                     "standby superpeer {peer} lost; looking for another"
                 )),
-                AttachAction::HostFailed(peer) => {
-                    let id = peer.to_string();
-                    self.store_write("host cache write", move |s| {
-                        s.host_failed(&id, unix_now()).map(drop)
-                    });
-                }
+                AttachAction::HostFailed(peer) => self.host_failed(peer),
             }
         }
     }
@@ -119,13 +108,16 @@ impl Daemon {
                     return;
                 }
                 if self.attach.attached(peer).is_some() {
-                    self.merge_candidates(superpeers);
+                    // What it says of others is hearsay until this node reaches them.
+                    self.merge_candidates(superpeers, Source::Hearsay, Some(peer));
                 }
             }
             Ok(OverlayResponse::Full { alternatives }) => {
                 self.phase(&format!("superpeer {peer} is full; trying another"));
+                // It answered as a superpeer: reached, though it had no room.
+                self.host_reached(peer);
                 self.attach.refused(peer, now);
-                self.merge_candidates(alternatives);
+                self.merge_candidates(alternatives, Source::Hearsay, Some(peer));
             }
             Ok(OverlayResponse::Refused { message, .. }) => {
                 tracing::warn!(%peer, %message, "attach refused");
@@ -140,11 +132,7 @@ impl Daemon {
     }
 
     fn addrs_of(&self, peer: PeerId) -> Vec<String> {
-        self.candidates
-            .iter()
-            .find(|c| c.peer_id == peer.to_string())
-            .map(|c| c.addrs.clone())
-            .unwrap_or_default()
+        self.candidates.addrs(peer)
     }
 
     /// Reserves a relay slot on `peer`, so others reach this leaf through

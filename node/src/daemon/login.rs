@@ -3,8 +3,10 @@
 
 use std::time::Instant;
 
+use libp2p::PeerId;
 use natter_proto::login::{LoginRequest, LoginResponse, SuperpeerInfo};
 
+use super::candidates::{Source, take_list};
 use super::{Daemon, LoginPending, LookupOutcome, unix_now};
 use crate::net::{Command, OutRequest};
 
@@ -74,7 +76,7 @@ impl Daemon {
                     self.phase(&text);
                 }
                 self.renewed_once = true;
-                self.merge_candidates(superpeers);
+                self.merge_candidates(superpeers, Source::LoginServer, None);
                 for leaf in self.leaves.expired(&self.issuer, unix_now()) {
                     self.net.send(Command::Disconnect(leaf));
                 }
@@ -96,9 +98,7 @@ impl Daemon {
                 ));
             }
             (LoginPending::Announce, Ok(LoginResponse::Announced { superpeers, .. })) => {
-                let known = self.candidates.len();
-                self.merge_candidates(superpeers);
-                if self.candidates.len() > known {
+                if self.merge_candidates(superpeers, Source::LoginServer, None) > 0 {
                     // New superpeers: meet them now rather than at the next round.
                     self.last_bootstrap = None;
                 }
@@ -117,29 +117,57 @@ impl Daemon {
         }
     }
 
-    /// Adds superpeers to the candidate list (bounded) and the host cache.
-    pub(super) fn merge_candidates(&mut self, list: Vec<SuperpeerInfo>) {
-        let me = self.peer_id().to_string();
-        for sp in list {
-            if sp.peer_id == me {
-                continue;
-            }
-            let (peer, addrs, load) = (
+    /// Adds the superpeers of a list heard from `source` (`from`: the superpeer that sent it)
+    /// to the candidates and, unverified, to the host cache: a list is somebody's word, and a
+    /// host counts as seen only once this node reached it. The list is cut short and checked
+    /// entry by entry first ([`take_list`]). Returns how many were new.
+    pub(super) fn merge_candidates(
+        &mut self,
+        list: Vec<SuperpeerInfo>,
+        source: Source,
+        from: Option<PeerId>,
+    ) -> usize {
+        let mut new = 0;
+        for (peer, sp) in take_list(list, self.peer_id(), from, source) {
+            let (id, addrs, load) = (
                 sp.peer_id.clone(),
                 sp.addrs.clone(),
                 (sp.leaves, sp.capacity),
             );
             self.store_write("host cache write", move |s| {
-                s.record_host(&peer, &addrs, None, Some(load), unix_now())
-                    .map(drop)
+                s.learn_host(&id, &addrs, Some(load), unix_now())
             });
-            match self.candidates.iter_mut().find(|c| c.peer_id == sp.peer_id) {
-                Some(existing) => *existing = sp,
-                None => self.candidates.push(sp),
+            if self.candidates.heard(peer, sp, source) {
+                new += 1;
             }
         }
-        if self.candidates.len() > 200 {
-            self.candidates.drain(..self.candidates.len() - 200);
+        new
+    }
+
+    /// This node reached superpeer `peer` itself (it attached, or answered an overlay
+    /// request): from now on it counts as seen, in the candidates and the host cache.
+    pub(super) fn host_reached(&mut self, peer: PeerId) {
+        if !self.candidates.reached(peer) {
+            // Dropped from the candidates while the attempt was in flight: no address to
+            // remember it by.
+            tracing::debug!(%peer, "reached a superpeer that is no longer a candidate");
+            return;
         }
+        let (id, addrs) = (peer.to_string(), self.candidates.addrs(peer));
+        self.store_write("host cache write", move |s| {
+            s.record_host(&id, &addrs, None, None, unix_now())
+        });
+    }
+
+    /// An attempt on superpeer `peer` failed: it sinks in the candidates and the host cache,
+    /// and one this node never reached is forgotten after a few failures.
+    pub(super) fn host_failed(&mut self, peer: PeerId) {
+        if self.candidates.failed(peer) {
+            tracing::debug!(%peer, "unreached superpeer failed out of the candidates");
+        }
+        let id = peer.to_string();
+        self.store_write("host cache write", move |s| {
+            s.host_failed(&id, unix_now()).map(drop)
+        });
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod api;
 mod attach;
+mod candidates;
 mod commands;
 mod inbox;
 mod leaf;
@@ -28,7 +29,6 @@ use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use libp2p::{Multiaddr, PeerId};
-use natter_proto::login::SuperpeerInfo;
 use natter_proto::{IssuerKey, Status, UserName};
 use natter_superpeer::directory::DirectoryStats;
 use natter_superpeer::lookup::{LookupId, Lookups};
@@ -216,8 +216,9 @@ pub(crate) struct Daemon {
     confirmed: BTreeSet<Multiaddr>,
     observed: HashMap<PeerId, Multiaddr>,
     probes: VecDeque<api::Probe>,
-    /// Superpeers known from bootstrap lists, the host cache and `Full` answers.
-    candidates: Vec<SuperpeerInfo>,
+    /// Superpeers known from bootstrap lists, the host cache and superpeers' answers, ranked
+    /// by how this node knows of them.
+    candidates: candidates::Candidates,
     login_connected: bool,
 
     // Leaf side.
@@ -266,7 +267,7 @@ pub async fn run(
         );
     }
     let store = Store::open(home.dir())?;
-    let hosts = store.hosts(200).unwrap_or_default();
+    let hosts = store.hosts(candidates::MAX_CANDIDATES).unwrap_or_default();
     let (store, store_thread) = StoreHandle::spawn(store, STORE_QUEUE)?;
     let control = ControlServer::bind(home.dir()).await?;
     let admissions = net::admission::Admissions::default();
@@ -354,15 +355,7 @@ impl Daemon {
         records: DirectoryRecords,
     ) -> anyhow::Result<Self> {
         let login_peer = crate::login_client::server_peer_id(&identity.login)?;
-        let mut candidates = Vec::new();
-        for host in hosts {
-            candidates.push(SuperpeerInfo {
-                peer_id: host.peer_id,
-                addrs: host.addrs,
-                leaves: host.leaves.unwrap_or(0),
-                capacity: host.capacity.unwrap_or(0),
-            });
-        }
+        let candidates = candidates::Candidates::from_hosts(hosts, key.public().to_peer_id());
         let role_reason = match config.role {
             Role::Leaf => "role is leaf (opted out)".into(),
             _ => "starting".into(),
@@ -571,10 +564,10 @@ impl Daemon {
     ) {
         let addrs = self
             .candidates
+            .addrs(peer)
             .iter()
-            .find(|c| c.peer_id == peer.to_string())
-            .map(|info| info.addrs.iter().filter_map(|a| a.parse().ok()).collect())
-            .unwrap_or_default();
+            .filter_map(|a| a.parse().ok())
+            .collect();
         let token = self.token();
         self.net
             .request(token, peer, addrs, OutRequest::Overlay(request));

@@ -110,13 +110,14 @@ impl Daemon {
         {
             self.last_bootstrap = Some(now);
             let me = self.peer_id().to_string();
-            for c in self
+            let known: Vec<_> = self
                 .candidates
-                .clone()
-                .iter()
+                .infos()
                 .filter(|c| c.peer_id != me)
                 .take(20)
-            {
+                .cloned()
+                .collect();
+            for c in &known {
                 if let Ok(peer) = c.peer_id.parse::<PeerId>() {
                     let addrs: Vec<libp2p::Multiaddr> =
                         c.addrs.iter().filter_map(|a| a.parse().ok()).collect();
@@ -207,8 +208,10 @@ impl Daemon {
         let stored = |key: &[u8]| records.value(key);
         let others = |except: PeerId| {
             let (me, except) = (me.to_string(), except.to_string());
+            // Only superpeers vouched for (reached, or listed by the login server): what this
+            // node merely heard of is not passed on.
             candidates
-                .iter()
+                .vouched()
                 .filter(|c| c.peer_id != me && c.peer_id != except)
                 .take(8)
                 .cloned()

@@ -1,9 +1,19 @@
-//! The host cache: superpeers this node has seen, so it can find the overlay again after a
+//! The host cache: superpeers this node knows of, so it can find the overlay again after a
 //! restart even when the login server is down (DESIGN: "Attach, host cache, failover").
 //!
-//! It is bounded ([`MAX_HOSTS`]) by evicting the least recently seen host, and ranked for
-//! attach: hosts that answered recently come first, then faster ones; hosts that keep failing
-//! sink to the end but stay, since a superpeer that is down now may be back later.
+//! A host is **verified** once this node reached it itself (attached, or had an overlay answer
+//! from it: [`Store::record_host`]); one it only heard of, from another superpeer's list or
+//! the login server's ([`Store::learn_host`]), stays **unverified**. The distinction is the
+//! defence against cache poisoning: a hostile superpeer can name any number of hosts that do
+//! not exist, and if those counted as seen, a restarted leaf would try them before the real
+//! ones for as long as they last. So only verified hosts count as seen; unverified ones rank
+//! after them, are bounded apart ([`MAX_UNVERIFIED_HOSTS`]), never push a verified host out,
+//! and are forgotten after [`UNVERIFIED_DROP_AFTER`] failures.
+//!
+//! It is bounded ([`MAX_HOSTS`]) by evicting unverified hosts first, then the least recently
+//! seen, and ranked for attach: verified hosts that are not failing first (most recently
+//! seen, then fastest), then unverified ones, then verified hosts that keep failing: those
+//! stay, since a superpeer that is down now may be back later.
 
 use natter_proto::limits::{MAX_ADDR_LEN, MAX_ANNOUNCED_ADDRS};
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
@@ -11,12 +21,19 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use super::sql::Cached as _;
 use super::{Store, StoreError, int, sql_limit};
 
-/// Most hosts kept; the least recently seen is evicted beyond this.
+/// Most hosts kept; beyond this, unverified hosts are evicted first, then the least recently
+/// seen.
 pub const MAX_HOSTS: usize = 200;
+/// Most unverified hosts kept (heard of, never reached): a few lists' worth, so what others
+/// say can neither fill the cache nor bury the hosts this node reached.
+pub const MAX_UNVERIFIED_HOSTS: usize = 32;
 /// Most addresses kept per host: what a superpeer may announce.
 pub const MAX_HOST_ADDRS: usize = MAX_ANNOUNCED_ADDRS;
 /// Consecutive failures after which a host ranks below every host that is not failing.
 pub const FAILING_AFTER: u32 = 3;
+/// Consecutive failures after which an unverified host is forgotten: nothing but somebody's
+/// word spoke for it, and it did not answer.
+pub const UNVERIFIED_DROP_AFTER: u32 = 2;
 /// Longest peer id accepted, in bytes (a base58 peer id is about 52).
 const MAX_PEER_ID_LEN: usize = 128;
 
@@ -25,7 +42,8 @@ const MAX_PEER_ID_LEN: usize = 128;
 pub struct Host {
     /// The superpeer's peer id, base58.
     pub peer_id: String,
-    /// Where it was reachable, freshest first, at most [`MAX_HOST_ADDRS`].
+    /// Where it was reachable, freshest first, at most [`MAX_HOST_ADDRS`]. For a verified
+    /// host, the addresses heard second-hand come after those it was reached on.
     pub addrs: Vec<String>,
     /// Last measured round trip; ranks hosts seen equally recently.
     pub rtt_ms: Option<u32>,
@@ -33,23 +51,26 @@ pub struct Host {
     pub leaves: Option<u32>,
     /// Last announced leaf capacity.
     pub capacity: Option<u32>,
-    /// When it last answered (the caller's clock, unix seconds).
+    /// Verified: when it last answered this node. Unverified: when this node last heard of
+    /// it (the caller's clock, unix seconds).
     pub last_seen: u64,
-    /// Consecutive failures since it last answered.
+    /// Consecutive failures since it last answered (or, unverified, since it was heard of).
     pub failures: u32,
     /// When it last failed, if it has failed since it last answered.
     pub last_failure: Option<u64>,
+    /// This node reached it itself; otherwise it was only heard of.
+    pub verified: bool,
 }
 
 impl Store {
-    /// Records that `peer_id` answered at `now`: inserts it or refreshes it, and clears its
-    /// failures.
+    /// Records that this node reached `peer_id` itself at `now` (attached, or had an overlay
+    /// answer from it): inserts it or refreshes it, marks it verified and clears its failures.
     ///
     /// `addrs` go first, then the addresses already known that are not among them, up to
     /// [`MAX_HOST_ADDRS`] (so an empty `addrs` keeps what was known). `rtt_ms` and `load`
     /// (`(leaves, capacity)`) replace the stored values when given and keep them when `None`:
     /// a sighting without a measurement does not erase the last one. Beyond [`MAX_HOSTS`]
-    /// entries, the least recently seen host (never this one) is evicted.
+    /// entries, unverified hosts and then the least recently seen are evicted (never this one).
     pub fn record_host(
         &self,
         peer_id: &str,
@@ -58,40 +79,15 @@ impl Store {
         load: Option<(u32, u32)>,
         now: u64,
     ) -> Result<(), StoreError> {
-        check_peer_id(peer_id)?;
-        for addr in addrs {
-            if addr.len() > MAX_ADDR_LEN {
-                return Err(StoreError::TooLarge {
-                    what: "host address",
-                    len: addr.len(),
-                    max: MAX_ADDR_LEN,
-                });
-            }
-        }
+        check_host(peer_id, addrs)?;
         let now = int("last seen time", now)?;
         let (leaves, capacity) = load.unzip();
         self.write(|tx| {
-            let known: Vec<String> = match tx
-                .row(
-                    "SELECT addrs FROM hosts WHERE peer_id = ?1",
-                    params![peer_id],
-                    |r| r.get::<_, String>(0),
-                )
-                .optional()?
-            {
-                // The file was damaged or edited: what we hear now replaces it.
-                Some(json) => decode_addrs(peer_id, &json).unwrap_or_else(|e| {
-                    tracing::warn!(%peer_id, error = %e, "replacing unreadable host addresses");
-                    Vec::new()
-                }),
-                None => Vec::new(),
-            };
-            let merged = merge_addrs(addrs, &known);
-            let json = serde_json::to_string(&merged)
-                .map_err(|e| StoreError::Corrupt(format!("encoding addresses: {e}")))?;
+            let known = known_addrs(tx, peer_id)?.map(|(addrs, _)| addrs);
+            let merged = merge_addrs(addrs, &known.unwrap_or_default());
             tx.run(
-                "INSERT INTO hosts (peer_id, addrs, rtt_ms, leaves, capacity, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO hosts (peer_id, addrs, rtt_ms, leaves, capacity, last_seen, verified)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)
                  ON CONFLICT (peer_id) DO UPDATE SET
                      addrs = excluded.addrs,
                      rtt_ms = COALESCE(excluded.rtt_ms, rtt_ms),
@@ -99,21 +95,85 @@ impl Store {
                      capacity = COALESCE(excluded.capacity, capacity),
                      last_seen = excluded.last_seen,
                      failures = 0,
-                     last_failure = NULL",
-                params![peer_id, json, rtt_ms, leaves, capacity, now],
+                     last_failure = NULL,
+                     verified = 1",
+                params![
+                    peer_id,
+                    encode_addrs(&merged)?,
+                    rtt_ms,
+                    leaves,
+                    capacity,
+                    now
+                ],
             )?;
             evict(tx, peer_id)
         })
     }
 
-    /// Up to `limit` hosts, best first: not failing ([`FAILING_AFTER`]) before failing, then
-    /// most recently seen, then lowest round trip (unmeasured last).
+    /// Records that this node heard of superpeer `peer_id` at `now` from somebody else (the
+    /// login server's bootstrap list, another superpeer's list): it is not evidence that the
+    /// host exists, so it never makes a host verified nor clears its failures.
+    ///
+    /// An unknown host is added unverified; an unverified one gets `addrs` first and `load`,
+    /// and counts as heard of at `now`. A verified host keeps its rank, its load and the
+    /// addresses it was reached on: `addrs` only go after those, up to [`MAX_HOST_ADDRS`].
+    /// Beyond [`MAX_UNVERIFIED_HOSTS`] unverified hosts, the least recently heard of is
+    /// evicted (never this one); a verified host is never evicted for an unverified one.
+    pub fn learn_host(
+        &self,
+        peer_id: &str,
+        addrs: &[String],
+        load: Option<(u32, u32)>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        check_host(peer_id, addrs)?;
+        let now = int("heard-of time", now)?;
+        let (leaves, capacity) = load.unzip();
+        self.write(|tx| {
+            match known_addrs(tx, peer_id)? {
+                Some((known, true)) => {
+                    let merged = merge_addrs(&known, addrs);
+                    tx.run(
+                        "UPDATE hosts SET addrs = ?2 WHERE peer_id = ?1",
+                        params![peer_id, encode_addrs(&merged)?],
+                    )?;
+                }
+                Some((known, false)) => {
+                    let merged = merge_addrs(addrs, &known);
+                    tx.run(
+                        "UPDATE hosts SET
+                             addrs = ?2,
+                             leaves = COALESCE(?3, leaves),
+                             capacity = COALESCE(?4, capacity),
+                             last_seen = MAX(last_seen, ?5)
+                         WHERE peer_id = ?1",
+                        params![peer_id, encode_addrs(&merged)?, leaves, capacity, now],
+                    )?;
+                }
+                None => {
+                    let merged = merge_addrs(addrs, &[]);
+                    tx.run(
+                        "INSERT INTO hosts (peer_id, addrs, leaves, capacity, last_seen, verified)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+                        params![peer_id, encode_addrs(&merged)?, leaves, capacity, now],
+                    )?;
+                }
+            }
+            evict(tx, peer_id)
+        })
+    }
+
+    /// Up to `limit` hosts, best first: verified hosts that are not failing
+    /// ([`FAILING_AFTER`]), then unverified ones, then failing ones; within each, most
+    /// recently seen first, then lowest round trip (unmeasured last).
     pub fn hosts(&self, limit: usize) -> Result<Vec<Host>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT peer_id, addrs, rtt_ms, leaves, capacity, last_seen, failures, last_failure
+            "SELECT peer_id, addrs, rtt_ms, leaves, capacity, last_seen, failures, last_failure,
+                    verified
              FROM hosts
-             ORDER BY failures >= ?1, last_seen DESC, rtt_ms IS NULL, rtt_ms, peer_id
+             ORDER BY failures >= ?1, verified DESC, last_seen DESC, rtt_ms IS NULL, rtt_ms,
+                      peer_id
              LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![FAILING_AFTER, sql_limit(limit)], RawHost::from_row)?;
@@ -129,6 +189,7 @@ impl Store {
     }
 
     /// Records that `peer_id` failed to answer at `now` (dial, reservation or request failed).
+    /// An unverified host that has now failed [`UNVERIFIED_DROP_AFTER`] times is forgotten.
     /// `Ok(false)` if it is not in the cache.
     pub fn host_failed(&self, peer_id: &str, now: u64) -> Result<bool, StoreError> {
         let now = int("failure time", now)?;
@@ -137,6 +198,10 @@ impl Store {
                 "UPDATE hosts SET failures = MIN(failures + 1, ?2), last_failure = ?3
                  WHERE peer_id = ?1",
                 params![peer_id, u32::MAX, now],
+            )?;
+            tx.run(
+                "DELETE FROM hosts WHERE peer_id = ?1 AND verified = 0 AND failures >= ?2",
+                params![peer_id, UNVERIFIED_DROP_AFTER],
             )?;
             Ok(n == 1)
         })
@@ -149,6 +214,45 @@ impl Store {
             Ok(n == 1)
         })
     }
+}
+
+/// Checks a host's peer id and addresses against the cache's limits.
+fn check_host(peer_id: &str, addrs: &[String]) -> Result<(), StoreError> {
+    check_peer_id(peer_id)?;
+    for addr in addrs {
+        if addr.len() > MAX_ADDR_LEN {
+            return Err(StoreError::TooLarge {
+                what: "host address",
+                len: addr.len(),
+                max: MAX_ADDR_LEN,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The stored addresses of `peer_id` and whether it is verified, if it is in the cache.
+fn known_addrs(tx: &Connection, peer_id: &str) -> Result<Option<(Vec<String>, bool)>, StoreError> {
+    let row = tx
+        .row(
+            "SELECT addrs, verified FROM hosts WHERE peer_id = ?1",
+            params![peer_id],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)),
+        )
+        .optional()?;
+    Ok(row.map(|(json, verified)| {
+        // The file was damaged or edited: what we hear now replaces it.
+        let addrs = decode_addrs(peer_id, &json).unwrap_or_else(|e| {
+            tracing::warn!(%peer_id, error = %e, "replacing unreadable host addresses");
+            Vec::new()
+        });
+        (addrs, verified)
+    }))
+}
+
+fn encode_addrs(addrs: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(addrs)
+        .map_err(|e| StoreError::Corrupt(format!("encoding addresses: {e}")))
 }
 
 fn check_peer_id(peer_id: &str) -> Result<(), StoreError> {
@@ -188,16 +292,32 @@ fn decode_addrs(peer_id: &str, json: &str) -> Result<Vec<String>, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("addresses of host {peer_id}: {e}")))
 }
 
-/// Deletes the least recently seen hosts beyond [`MAX_HOSTS`], never `keep` (the host just
-/// recorded, which may tie with others on `last_seen`).
+/// Keeps the cache within its bounds after `keep` was written: unverified hosts beyond
+/// [`MAX_UNVERIFIED_HOSTS`] (least recently heard of first), then any host beyond
+/// [`MAX_HOSTS`] (unverified first, then least recently seen). `keep` goes last within its
+/// kind, so a host just recorded is not its own victim when it ties with others on
+/// `last_seen`, but an unverified newcomer is never kept at a verified host's expense.
 fn evict(tx: &Connection, keep: &str) -> Result<(), StoreError> {
+    let unverified: i64 = tx.row("SELECT COUNT(*) FROM hosts WHERE verified = 0", [], |r| {
+        r.get(0)
+    })?;
+    let excess = unverified.saturating_sub(sql_limit(MAX_UNVERIFIED_HOSTS));
+    if excess > 0 {
+        tx.run(
+            "DELETE FROM hosts WHERE peer_id IN (
+                 SELECT peer_id FROM hosts WHERE verified = 0
+                 ORDER BY peer_id = ?1, last_seen, failures DESC, peer_id
+                 LIMIT ?2)",
+            params![keep, excess],
+        )?;
+    }
     let count: i64 = tx.row("SELECT COUNT(*) FROM hosts", [], |r| r.get(0))?;
     let excess = count.saturating_sub(sql_limit(MAX_HOSTS));
     if excess > 0 {
         tx.run(
             "DELETE FROM hosts WHERE peer_id IN (
-                 SELECT peer_id FROM hosts WHERE peer_id <> ?1
-                 ORDER BY last_seen, failures DESC, peer_id
+                 SELECT peer_id FROM hosts
+                 ORDER BY verified, peer_id = ?1, last_seen, failures DESC, peer_id
                  LIMIT ?2)",
             params![keep, excess],
         )?;
@@ -215,6 +335,7 @@ struct RawHost {
     last_seen: u64,
     failures: u32,
     last_failure: Option<u64>,
+    verified: bool,
 }
 
 impl RawHost {
@@ -228,6 +349,7 @@ impl RawHost {
             last_seen: r.get(5)?,
             failures: r.get(6)?,
             last_failure: r.get(7)?,
+            verified: r.get(8)?,
         })
     }
 
@@ -241,6 +363,7 @@ impl RawHost {
             last_seen: self.last_seen,
             failures: self.failures,
             last_failure: self.last_failure,
+            verified: self.verified,
         })
     }
 }
@@ -275,6 +398,7 @@ mod tests {
             last_seen: 1_000,
             failures: 1,
             last_failure: Some(1_010),
+            verified: true,
         };
         assert_eq!(store.hosts(10).unwrap(), std::slice::from_ref(&expected));
         let store = reopen(&dir, store);
@@ -492,5 +616,145 @@ mod tests {
         let hosts = store.hosts(10).unwrap();
         assert_eq!(ids(&hosts), ["p", "q"]);
         assert_eq!(hosts[0].addrs, ["/p"]);
+    }
+
+    #[test]
+    fn heard_of_hosts_stay_unverified_until_reached() {
+        let (dir, store) = fresh();
+        store
+            .learn_host("p", &addrs(&["/told"]), Some((1, 10)), 100)
+            .unwrap();
+        let h = &store.hosts(1).unwrap()[0];
+        assert!(!h.verified);
+        assert_eq!((h.last_seen, h.failures), (100, 0));
+        // Heard of again: fresher addresses and load, still unverified.
+        store
+            .learn_host("p", &addrs(&["/told2"]), Some((2, 10)), 150)
+            .unwrap();
+        let h = &store.hosts(1).unwrap()[0];
+        assert!(!h.verified);
+        assert_eq!(h.addrs, ["/told2", "/told"]);
+        assert_eq!((h.leaves, h.last_seen), (Some(2), 150));
+        // Reached: verified, the address it answered on first.
+        store
+            .record_host("p", &addrs(&["/real"]), None, None, 200)
+            .unwrap();
+        store.host_failed("p", 201).unwrap();
+        let h = store.hosts(1).unwrap()[0].clone();
+        assert!(h.verified);
+        assert_eq!(h.addrs, ["/real", "/told2", "/told"]);
+        // What others say of a verified host changes neither its rank nor its failures nor
+        // its load; their addresses only go after the ones it was reached on.
+        store
+            .learn_host("p", &addrs(&["/lie", "/real"]), Some((999, 1000)), 300)
+            .unwrap();
+        let after = &store.hosts(1).unwrap()[0];
+        assert_eq!(after.addrs, ["/real", "/told2", "/told", "/lie"]);
+        assert_eq!(
+            (
+                after.last_seen,
+                after.failures,
+                after.leaves,
+                after.verified
+            ),
+            (200, 1, Some(2), true)
+        );
+        let store = reopen(&dir, store);
+        assert!(store.hosts(1).unwrap()[0].verified);
+    }
+
+    #[test]
+    fn ordering_verified_then_unverified_then_failing() {
+        let (_dir, store) = fresh();
+        store
+            .record_host("old-verified", &[], None, None, 10)
+            .unwrap();
+        store.learn_host("fresh-rumour", &[], None, 50).unwrap();
+        store.learn_host("old-rumour", &[], None, 5).unwrap();
+        store.record_host("broken", &[], None, None, 40).unwrap();
+        for t in 0..FAILING_AFTER {
+            store.host_failed("broken", 41 + u64::from(t)).unwrap();
+        }
+        // However fresh, a rumour ranks below every verified host that is not failing.
+        assert_eq!(
+            ids(&store.hosts(10).unwrap()),
+            ["old-verified", "fresh-rumour", "old-rumour", "broken"]
+        );
+        // One failure does not move a rumour: at UNVERIFIED_DROP_AFTER it is gone instead.
+        store.host_failed("fresh-rumour", 60).unwrap();
+        assert_eq!(store.hosts(2).unwrap()[1].peer_id, "fresh-rumour");
+    }
+
+    #[test]
+    fn unverified_hosts_that_fail_are_dropped_verified_ones_stay() {
+        let (_dir, store) = fresh();
+        store.learn_host("rumour", &[], None, 1).unwrap();
+        store.record_host("real", &[], None, None, 1).unwrap();
+        assert!(store.host_failed("rumour", 2).unwrap());
+        assert_eq!(store.hosts(10).unwrap().len(), 2);
+        // Being named again does not wipe the failure out.
+        store.learn_host("rumour", &[], None, 3).unwrap();
+        assert_eq!(
+            store
+                .hosts(10)
+                .unwrap()
+                .iter()
+                .find(|h| h.peer_id == "rumour")
+                .unwrap()
+                .failures,
+            1
+        );
+        for _ in 1..UNVERIFIED_DROP_AFTER {
+            assert!(store.host_failed("rumour", 4).unwrap());
+        }
+        assert_eq!(ids(&store.hosts(10).unwrap()), ["real"]);
+        for t in 0..10 {
+            store.host_failed("real", 5 + t).unwrap();
+        }
+        let h = &store.hosts(10).unwrap()[0];
+        assert_eq!((h.peer_id.as_str(), h.failures), ("real", 10));
+        // Reaching a rumour before it failed out makes it verified, failures cleared.
+        store.learn_host("lucky", &[], None, 20).unwrap();
+        store.host_failed("lucky", 21).unwrap();
+        store.record_host("lucky", &[], None, None, 22).unwrap();
+        for t in 0..UNVERIFIED_DROP_AFTER {
+            store.host_failed("lucky", 23 + u64::from(t)).unwrap();
+        }
+        assert!(ids(&store.hosts(10).unwrap()).contains(&"lucky"));
+    }
+
+    #[test]
+    fn unverified_hosts_are_bounded_and_never_push_verified_ones_out() {
+        let (_dir, store) = fresh();
+        // A flood of names: only the MAX_UNVERIFIED_HOSTS most recently heard of stay.
+        for i in 0..(MAX_UNVERIFIED_HOSTS as u64 + 50) {
+            store
+                .learn_host(&format!("fake{i:03}"), &[], None, i)
+                .unwrap();
+        }
+        let all = store.hosts(usize::MAX).unwrap();
+        assert_eq!(all.len(), MAX_UNVERIFIED_HOSTS);
+        assert_eq!(all[0].peer_id, "fake081");
+        assert_eq!(all[MAX_UNVERIFIED_HOSTS - 1].peer_id, "fake050");
+        // Names heard in the same second as every other: the newest one stays.
+        store.learn_host("tie", &[], None, 81).unwrap();
+        assert!(ids(&store.hosts(usize::MAX).unwrap()).contains(&"tie"));
+        // A full cache of verified hosts: unverified ones go first, and a newcomer that is
+        // only heard of cannot take a verified host's place.
+        let (_dir, store) = fresh();
+        store.learn_host("rumour", &[], None, 1_000).unwrap();
+        for i in 0..MAX_HOSTS as u64 {
+            store
+                .record_host(&format!("real{i:03}"), &[], None, None, i)
+                .unwrap();
+        }
+        let all = store.hosts(usize::MAX).unwrap();
+        assert_eq!(all.len(), MAX_HOSTS);
+        assert!(all.iter().all(|h| h.verified));
+        store.learn_host("newcomer", &[], None, 2_000).unwrap();
+        let all = store.hosts(usize::MAX).unwrap();
+        assert_eq!(all.len(), MAX_HOSTS);
+        assert!(all.iter().all(|h| h.verified), "{:?}", ids(&all));
+        assert!(ids(&all).contains(&"real000"));
     }
 }

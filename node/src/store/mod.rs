@@ -2,8 +2,9 @@
 //!
 //! It holds everything that must survive a crash or a restart:
 //!
-//! - the **host cache** ([`Store::record_host`], [`Store::hosts`]): superpeers this node has
-//!   seen, so it can reattach without the login server;
+//! - the **host cache** ([`Store::record_host`], [`Store::learn_host`], [`Store::hosts`]):
+//!   superpeers this node reached (verified) or only heard of (unverified), so it can reattach
+//!   without the login server;
 //! - the **outbox** and the **sent** log ([`Store::enqueue`], [`Store::mark_delivered`]): `send`
 //!   writes a message here *before* any network I/O, delivery retries until the recipient's node
 //!   acks, and the ack moves the message to `sent`;
@@ -51,7 +52,9 @@ use sql::{TRANSACTION, WRITE};
 
 pub use actor::{MAX_GROUP_JOBS, StoreHandle, StoreThread};
 pub use contacts::MAX_CONTACTS;
-pub use hosts::{FAILING_AFTER, Host, MAX_HOST_ADDRS, MAX_HOSTS};
+pub use hosts::{
+    FAILING_AFTER, Host, MAX_HOST_ADDRS, MAX_HOSTS, MAX_UNVERIFIED_HOSTS, UNVERIFIED_DROP_AFTER,
+};
 pub use inbox::{InboxEntry, IncomingMessage, Receipt};
 pub use outbox::{MAX_OUTBOX, OutgoingMessage, QueuedMessage, SentMessage};
 

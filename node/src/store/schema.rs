@@ -14,7 +14,7 @@ use super::StoreError;
 /// The schema version this build writes.
 pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Version 1: host cache, outbox, sent, inbox, contacts.
 const V1: &str = "
@@ -81,6 +81,20 @@ CREATE INDEX inbox_conversation ON inbox (sender, conv_seq);
 CREATE TABLE contacts (
     name TEXT PRIMARY KEY NOT NULL
 ) STRICT;
+";
+
+/// Version 2: hosts heard of second-hand are kept apart from hosts this node reached.
+///
+/// Version 1 saved every superpeer of every list it was given as if it had just answered, so
+/// one hostile superpeer's list could fill the cache with hosts that do not exist (issue 11).
+/// Nothing tells which old entries this node really reached: they all become unverified, and
+/// only the 32 most recently seen stay (`MAX_UNVERIFIED_HOSTS` when this was written). Each is
+/// verified again the first time this node reaches it.
+const V2: &str = "
+ALTER TABLE hosts ADD COLUMN verified INTEGER NOT NULL DEFAULT 0 CHECK (verified IN (0, 1));
+DELETE FROM hosts WHERE peer_id NOT IN (
+    SELECT peer_id FROM hosts ORDER BY last_seen DESC, failures, peer_id LIMIT 32
+);
 ";
 
 /// Brings `conn` up to [`VERSION`]; refuses a file from a newer build.
@@ -159,5 +173,36 @@ mod tests {
             .unwrap();
         assert_eq!(version, VERSION);
         assert_eq!(store.contacts().unwrap(), ["alice"]);
+    }
+
+    #[test]
+    fn a_version_1_host_cache_becomes_unverified_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(V1).unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            for i in 0..100 {
+                tx.execute(
+                    "INSERT INTO hosts (peer_id, addrs, last_seen) VALUES (?1, '[\"/a\"]', ?2)",
+                    rusqlite::params![format!("old{i:03}"), i],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let hosts = store.hosts(usize::MAX).unwrap();
+        assert_eq!(hosts.len(), crate::store::MAX_UNVERIFIED_HOSTS);
+        assert!(hosts.iter().all(|h| !h.verified));
+        assert_eq!(hosts[0].peer_id, "old099");
+        assert_eq!(hosts[31].peer_id, "old068");
+        assert_eq!(hosts[0].addrs, ["/a"]);
+        // Reached again: verified, ahead of the rest.
+        store.record_host("old070", &[], None, None, 1_000).unwrap();
+        let hosts = store.hosts(2).unwrap();
+        assert_eq!(hosts[0].peer_id, "old070");
+        assert!(hosts[0].verified);
     }
 }

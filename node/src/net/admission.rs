@@ -10,8 +10,10 @@
 //! - requests that arrive before the introduction (both leave together on a new connection)
 //!   are held, in order, and passed on as soon as it is accepted;
 //! - a peer that never introduces itself, or with a certificate that does not verify, is
-//!   served nothing: after [`HOLD_FOR`] its held events are dropped and the connection they
-//!   came on is closed (which also ends, as failed, whatever this node had asked of it);
+//!   served nothing: after [`HOLD_FOR`] its held events are dropped (for the overlay, whose
+//!   own requests would otherwise wait forever for an answer that was dropped, the connection
+//!   they came on is closed too, which ends them as failed). Kademlia and the relay only drop:
+//!   peers without accounts that this node does talk to (the login server) stay connected;
 //! - what is held is bounded per peer and in all ([`MAX_HELD_PER_PEER`], [`MAX_HELD`]).
 //!
 //! Holding rather than refusing at once is what lets a relay client open a circuit, or a
@@ -85,18 +87,26 @@ pub(crate) struct Admitted<B: NetworkBehaviour> {
     held_per_peer: HashMap<PeerId, usize>,
     /// Connections of peers that never proved an account, to close.
     to_close: VecDeque<(PeerId, ConnectionId)>,
+    /// Whether to close those connections, or only drop what they sent.
+    close_unadmitted: bool,
     /// Which behaviour, for the logs.
     what: &'static str,
 }
 
 impl<B: NetworkBehaviour> Admitted<B> {
-    pub(crate) fn new(inner: B, admissions: Admissions, what: &'static str) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        admissions: Admissions,
+        what: &'static str,
+        close_unadmitted: bool,
+    ) -> Self {
         Self {
             inner,
             admissions,
             held: VecDeque::new(),
             held_per_peer: HashMap::new(),
             to_close: VecDeque::new(),
+            close_unadmitted,
             what,
         }
     }
@@ -130,7 +140,9 @@ impl<B: NetworkBehaviour> Admitted<B> {
                     .on_connection_handler_event(h.peer, h.connection, h.event);
             } else if h.since.elapsed() >= HOLD_FOR {
                 self.unheld(&h.peer);
-                if !self.to_close.contains(&(h.peer, h.connection)) {
+                if !self.close_unadmitted {
+                    tracing::debug!(peer = %h.peer, what = self.what, "request of a peer without an account dropped");
+                } else if !self.to_close.contains(&(h.peer, h.connection)) {
                     tracing::info!(peer = %h.peer, what = self.what, "peer never proved an account: closing its connection");
                     self.to_close.push_back((h.peer, h.connection));
                 }

@@ -126,7 +126,7 @@ pub(crate) fn build(
                 ),
                 addresses: AddressBook::new(),
                 relay_client,
-                relay: Admitted::new(relay, admissions.clone(), "relay"),
+                relay: Admitted::new(relay, admissions.clone(), "relay", false),
                 dcutr: dcutr::Behaviour::new(peer_id),
                 identify: identify::Behaviour::new(
                     identify::Config::new(protocol::IDENTIFY_VERSION.into(), key.public())
@@ -140,7 +140,7 @@ pub(crate) fn build(
                         .with_probe_interval(Duration::from_secs(2)),
                 ),
                 autonat_server: autonat::v2::server::Behaviour::default(),
-                kad: Admitted::new(kad, admissions.clone(), "directory"),
+                kad: Admitted::new(kad, admissions.clone(), "directory", false),
                 login: login_client::behaviour(ProtocolSupport::Outbound),
                 introduce: request_response::Behaviour::with_codec(
                     IntroduceCodec::default()
@@ -167,6 +167,7 @@ pub(crate) fn build(
                     ),
                     admissions.clone(),
                     "overlay",
+                    true,
                 ),
                 msg: request_response::Behaviour::with_codec(
                     MsgCodec::default()

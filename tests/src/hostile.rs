@@ -51,7 +51,7 @@ impl Attacker {
             .expect("ed25519 key")
             .public()
             .to_bytes();
-        let now = unix_now();
+        let now = natter_login_server::service::unix_now();
         let cert = rogue
             .issue(victim.clone(), device, 1, now - 10, 3600)
             .expect("issue");
@@ -284,12 +284,6 @@ async fn serve(
             _ => {}
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A bare Kademlia peer speaking the directory's protocol, and the introduction when it has a

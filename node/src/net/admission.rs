@@ -34,6 +34,8 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 
+use crate::daemon::unix_now;
+
 /// How long a peer's requests wait for its introduction.
 pub(crate) const HOLD_FOR: Duration = Duration::from_secs(10);
 /// Requests held per peer, and in all, per wrapped behaviour.
@@ -285,10 +287,4 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Admitted<B> {
         }
         self.inner.poll(cx)
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -25,6 +25,8 @@ use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, relay};
 use tokio::sync::mpsc;
 
+use crate::daemon::unix_now;
+
 use admission::Admissions;
 use behaviour::{Behaviour, BehaviourEvent};
 pub(crate) use handle::{Command, InResponse, Net, NetEvent, NetHandle, OutRequest, Path, Token};
@@ -638,10 +640,4 @@ async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

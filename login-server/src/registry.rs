@@ -311,6 +311,13 @@ impl Registry {
             .collect()
     }
 
+    /// Is `peer` one bootstrap lists are drawn from?
+    pub fn is_listed(&self, peer: &PeerId, now: Instant) -> bool {
+        self.entries
+            .values()
+            .any(|e| e.peer == *peer && e.listed(now))
+    }
+
     /// Superpeers bootstrap lists are drawn from: live and reached back.
     pub fn listed_count(&self, now: Instant) -> usize {
         self.entries.values().filter(|e| e.listed(now)).count()

@@ -181,6 +181,12 @@ impl Server {
         self.service.issuer_key()
     }
 
+    /// The accounts and registry this server answers from, for a program that embeds it
+    /// (and for tests) to read while it runs.
+    pub fn service(&self) -> Arc<Service> {
+        self.service.clone()
+    }
+
     /// Serves until `shutdown` is cancelled. Requests in progress are dropped; every state
     /// change already committed to SQLite stays.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {

@@ -445,6 +445,11 @@ impl Service {
     pub fn live_superpeers(&self) -> usize {
         lock(&self.registry).listed_count(Instant::now())
     }
+
+    /// Does a bootstrap list drawn now include `peer`?
+    pub fn lists(&self, peer: &PeerId) -> bool {
+        lock(&self.registry).is_listed(peer, Instant::now())
+    }
 }
 
 /// The raw ed25519 key behind a PeerId. Ed25519 PeerIds inline the public key (identity

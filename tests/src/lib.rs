@@ -85,6 +85,7 @@ pub struct LoginServer {
     pub addr: Multiaddr,
     pub peer_id: libp2p::PeerId,
     pub issuer_key: natter_proto::IssuerKey,
+    service: std::sync::Arc<natter_login_server::service::Service>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -95,6 +96,7 @@ impl LoginServer {
         let addr = server.listen_addrs()[0].clone();
         let peer_id = server.peer_id();
         let issuer_key = server.issuer_key();
+        let service = server.service();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -104,9 +106,16 @@ impl LoginServer {
             addr,
             peer_id,
             issuer_key,
+            service,
             shutdown,
             task: Some(task),
         }
+    }
+
+    /// Does a bootstrap list handed out now include the superpeer `peer` (announced and
+    /// reached back)?
+    pub fn lists(&self, peer: &str) -> bool {
+        peer.parse().is_ok_and(|peer| self.service.lists(&peer))
     }
 
     pub async fn stop(mut self) {

@@ -233,7 +233,8 @@ fn a_superpeer_listing_fake_superpeers_does_not_keep_a_leaf_from_attaching() {
     use natter_proto::login::SuperpeerInfo;
 
     /// Attached within this long after the restart; the old code took minutes.
-    const REATTACH: Duration = Duration::from_secs(20);
+    /// (She tries her old superpeer, then the one the login server lists: about 1 s here.)
+    const REATTACH: Duration = Duration::from_secs(10);
 
     // Ports that were free a moment ago: dialling them is refused at once, as for a host
     // that is gone.
@@ -287,6 +288,11 @@ fn a_superpeer_listing_fake_superpeers_does_not_keep_a_leaf_from_attaching() {
     let seed = net.node("seed", &["--role", "superpeer"]);
     seed.wait_role("superpeer", Duration::from_secs(60));
     let seed_id = seed.peer_id();
+    wait_for(
+        "the login server to list seed",
+        Duration::from_secs(30),
+        || net.server.lists(&seed_id).then_some(()),
+    );
     alice.restart();
     let restarted = std::time::Instant::now();
     wait_for(

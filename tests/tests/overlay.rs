@@ -252,3 +252,25 @@ fn a_leaf_finds_its_only_superpeer_again_on_a_new_port() {
         },
     );
 }
+
+/// Each request-response behaviour numbers its requests from 1 on its own. A leaf that starts
+/// with a dead superpeer first in its host cache sends its first attach (overlay request 1)
+/// while its first login request (login request 1) is in flight, and the attach fails at
+/// once. When the network task keyed requests by that number alone, the failed attach took
+/// the login's place and the login server's answer was dropped: the leaf went without its
+/// bootstrap list until the next one was asked for, 10 s later.
+#[test]
+fn a_failed_attach_does_not_swallow_the_login_answer() {
+    const LOGGED_IN: Duration = Duration::from_secs(5);
+    let net = net();
+    let mut sp = net.node("spa", &["--role", "superpeer"]);
+    sp.wait_role("superpeer", PROMOTE);
+    let mut alice = net.node("alice", &["--role", "leaf"]);
+    attached(&alice, 1);
+    alice.kill();
+    sp.kill();
+    alice.restart();
+    wait_for("alice logged in after her restart", LOGGED_IN, || {
+        alice.output().contains("logged in").then_some(())
+    });
+}

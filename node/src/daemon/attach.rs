@@ -22,8 +22,24 @@ pub(crate) const FAILURES_BEFORE_BOOTSTRAP: u32 = 3;
 /// Least time between two bootstrap requests while unattached (twice that with a primary).
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(10);
 /// Among how many of the best candidates one is picked at random: leaves that start together
-/// must not all pick the same superpeers.
+/// must not all pick the same superpeers. Only candidates of the best tier left are picked
+/// among ([`Ranked`]): chance must not put a name heard second-hand before one the login
+/// server lists.
 const PICK_AMONG: usize = 4;
+
+/// A candidate superpeer with its tier: lower is better, and within a tier they are equals
+/// (see `candidates::Candidates::tiered`). A bare peer id is tier 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ranked {
+    pub(crate) peer: PeerId,
+    pub(crate) tier: u8,
+}
+
+impl From<PeerId> for Ranked {
+    fn from(peer: PeerId) -> Self {
+        Ranked { peer, tier: 0 }
+    }
+}
 
 /// Which slot a superpeer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,12 +127,12 @@ impl Attach {
     }
 
     /// Time passes: with a slot free and no attempt in flight (or one timed out), try the
-    /// next candidate. `candidates` are superpeers in order of
-    /// preference (see `candidates::Candidates`); `pick` chooses an index below its argument
-    /// (random in the daemon).
+    /// next candidate. `candidates` are superpeers in order of preference, with their tiers
+    /// (see `candidates::Candidates`); `pick` chooses an index below its argument (random in
+    /// the daemon).
     pub(crate) fn tick(
         &mut self,
-        candidates: impl IntoIterator<Item = PeerId>,
+        candidates: impl IntoIterator<Item = impl Into<Ranked>>,
         me: PeerId,
         now: Instant,
         pick: impl FnOnce(usize) -> usize,
@@ -132,13 +148,22 @@ impl Attach {
             self.attaching = None;
         }
         self.skip_until.retain(|_, until| *until > now);
-        let candidates: Vec<PeerId> = candidates.into_iter().filter(|p| *p != me).collect();
-        let eligible: Vec<PeerId> = candidates
-            .iter()
-            .copied()
-            .filter(|p| !self.holds(*p) && !self.skip_until.contains_key(p))
-            .take(PICK_AMONG)
+        let candidates: Vec<Ranked> = candidates
+            .into_iter()
+            .map(Into::into)
+            .filter(|c| c.peer != me)
             .collect();
+        let mut open = candidates
+            .iter()
+            .filter(|c| !self.holds(c.peer) && !self.skip_until.contains_key(&c.peer))
+            .peekable();
+        let best = open.peek().map(|c| c.tier);
+        let eligible: Vec<PeerId> = open
+            .take_while(|c| Some(c.tier) == best)
+            .take(PICK_AMONG)
+            .map(|c| c.peer)
+            .collect();
+        let candidates: Vec<PeerId> = candidates.iter().map(|c| c.peer).collect();
         let mut next = (!eligible.is_empty()).then(|| eligible[pick(eligible.len())]);
         // A fresh bootstrap list (the superpeers known may have moved to new addresses, or
         // never existed) when no fresh candidate is left, or when unattached and attempts keep
@@ -261,6 +286,47 @@ mod tests {
         0
     }
 
+    const NONE: [PeerId; 0] = [];
+
+    #[test]
+    fn the_pick_is_among_the_best_tier_left_only() {
+        let me = PeerId::random();
+        let (reached, listed, rumour) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let ranked = [
+            Ranked {
+                peer: reached,
+                tier: 0,
+            },
+            Ranked {
+                peer: listed,
+                tier: 1,
+            },
+            Ranked {
+                peer: rumour,
+                tier: 2,
+            },
+        ];
+        let last = |n: usize| n - 1;
+        let mut s = Attach::default();
+        s.bootstrap_asked(Instant::now());
+        s.tick(ranked, me, Instant::now(), last);
+        assert_eq!(drain(&mut s), vec![AttachAction::Attach(reached)]);
+        s.failed(reached, Instant::now());
+        drain(&mut s);
+        // The one the login server lists comes before the rumour, whatever the pick.
+        s.tick(ranked, me, Instant::now(), last);
+        assert_eq!(drain(&mut s), vec![AttachAction::Attach(listed)]);
+        s.failed(listed, Instant::now());
+        drain(&mut s);
+        s.tick(ranked, me, Instant::now(), last);
+        assert_eq!(drain(&mut s), vec![AttachAction::Attach(rumour)]);
+        // Equals are picked among.
+        let (x, y) = (PeerId::random(), PeerId::random());
+        let mut s = Attach::default();
+        s.tick([x, y], me, Instant::now(), last);
+        assert_eq!(drain(&mut s), vec![AttachAction::Attach(y)]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn attaches_primary_then_standby_and_fails_over() {
         let me = PeerId::random();
@@ -349,13 +415,13 @@ mod tests {
         assert_eq!(drain(&mut s), vec![AttachAction::Attach(b)]);
         // No candidates at all: a fresh bootstrap list, at most every 10 s.
         let mut s = Attach::default();
-        s.tick([], me, Instant::now(), first);
+        s.tick(NONE, me, Instant::now(), first);
         assert_eq!(drain(&mut s), vec![AttachAction::Bootstrap]);
         tokio::time::advance(Duration::from_secs(5)).await;
-        s.tick([], me, Instant::now(), first);
+        s.tick(NONE, me, Instant::now(), first);
         assert!(drain(&mut s).is_empty());
         tokio::time::advance(Duration::from_secs(6)).await;
-        s.tick([], me, Instant::now(), first);
+        s.tick(NONE, me, Instant::now(), first);
         assert_eq!(drain(&mut s), vec![AttachAction::Bootstrap]);
     }
 
@@ -443,7 +509,7 @@ mod tests {
         assert_eq!(drain(&mut s), vec![AttachAction::Attach(gone)]);
         s.failed(gone, Instant::now());
         drain(&mut s);
-        s.tick([], me, Instant::now(), first);
+        s.tick(NONE, me, Instant::now(), first);
         assert!(drain(&mut s).is_empty());
         s.tick([real], me, Instant::now(), first);
         assert_eq!(drain(&mut s), vec![AttachAction::Attach(real)]);

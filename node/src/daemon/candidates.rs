@@ -14,6 +14,7 @@ use libp2p::{Multiaddr, PeerId};
 use natter_proto::limits::{MAX_ADDR_LEN, MAX_ANNOUNCED_ADDRS, MAX_BOOTSTRAP_SUPERPEERS};
 use natter_proto::login::SuperpeerInfo;
 
+use super::attach::Ranked;
 use crate::store::{FAILING_AFTER, Host, MAX_HOSTS, MAX_UNVERIFIED_HOSTS, UNVERIFIED_DROP_AFTER};
 
 /// Most candidates kept, as many as the host cache keeps.
@@ -38,6 +39,15 @@ pub(crate) enum Source {
 }
 
 impl Source {
+    /// Its place in the order of trust, 0 first.
+    fn tier(self) -> u8 {
+        match self {
+            Source::Reached => 0,
+            Source::LoginServer => 1,
+            Source::Hearsay => 2,
+        }
+    }
+
     /// Most entries taken from one list of this source.
     fn max_per_list(self) -> usize {
         match self {
@@ -122,8 +132,21 @@ impl Candidates {
     }
 
     /// Peer ids, best first.
-    pub(crate) fn ranked(&self) -> impl Iterator<Item = PeerId> + '_ {
+    #[cfg(test)]
+    fn ranked(&self) -> impl Iterator<Item = PeerId> + '_ {
         self.list.iter().map(|c| c.peer)
+    }
+
+    /// Peer ids, best first, with their tiers: candidates of one tier (failing or not, and
+    /// the same [`Source`]) are equals, to be picked among at random.
+    pub(crate) fn tiered(&self) -> impl Iterator<Item = Ranked> + '_ {
+        self.list.iter().map(|c| {
+            let (failing, source, _) = c.rank();
+            Ranked {
+                peer: c.peer,
+                tier: u8::from(failing) * 3 + source.tier(),
+            }
+        })
     }
 
     /// Everything known, best first.
@@ -483,6 +506,9 @@ mod tests {
         );
         assert_eq!(c.vouched().count(), 4);
         assert!(!c.vouched().any(|i| i.peer_id == rumour.to_string()));
+        // Tiers: the reached, the listed, the rumours, then the failing.
+        let tiers: Vec<u8> = c.tiered().map(|r| r.tier).collect();
+        assert_eq!(tiers, [0, 0, 1, 2, 3]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use natter_proto::overlay::{OverlayRequest, OverlayResponse};
 use natter_proto::{PresenceBody, PresenceRecord, Status, UserName};
 
 use super::api::LookupView;
-use super::attach::{AttachAction, Slot};
+use super::attach::{AttachAction, Ranked, Slot};
 use super::candidates::Source;
 use super::{Current, Daemon, LoginPending, LookupFor, LookupOutcome, OverlayPending, unix_now};
 use crate::net::Command;
@@ -24,7 +24,7 @@ impl Daemon {
             return;
         }
         let me = self.peer_id();
-        let candidates: Vec<PeerId> = self.candidates.ranked().collect();
+        let candidates: Vec<Ranked> = self.candidates.tiered().collect();
         self.attach
             .tick(candidates, me, tokio::time::Instant::now(), |n| {
                 rand::random_range(0..n)

@@ -45,14 +45,24 @@ const COMMAND_BUFFER: usize = 1024;
 /// closed at once.
 const RELAY_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// The request-response exchanges whose answers the network task routes back by token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Exchange {
+    Login,
+    Overlay,
+    Msg,
+}
+
 /// The task that owns the swarm. Build it with [`Network::new`], then `tokio::spawn` its
 /// [`Network::run`]; it ends when every [`NetHandle`] is dropped.
 pub(crate) struct Network {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
-    /// Our requests in flight, by libp2p's id, with the caller's token.
-    outbound: HashMap<OutboundRequestId, Token>,
+    /// Our requests in flight, by exchange and libp2p's id, with the caller's token. Each
+    /// request-response behaviour numbers its requests from 1 on its own, so the id alone
+    /// would let a login request and an attach take each other's answers.
+    outbound: HashMap<(Exchange, OutboundRequestId), Token>,
     queries: HashMap<kad::QueryId, Token>,
     /// Every open connection and whether it goes through a relay.
     conns: HashMap<ConnectionId, (PeerId, bool)>,
@@ -167,9 +177,9 @@ impl Network {
                 *self.busy.entry(peer).or_insert(0) += 1;
                 let b = swarm.behaviour_mut();
                 let id = match request {
-                    OutRequest::Login(r) => b.login.send_request(&peer, r),
-                    OutRequest::Overlay(r) => b.overlay.send_request(&peer, r),
-                    OutRequest::Msg(r) => b.msg.send_request(&peer, r),
+                    OutRequest::Login(r) => (Exchange::Login, b.login.send_request(&peer, r)),
+                    OutRequest::Overlay(r) => (Exchange::Overlay, b.overlay.send_request(&peer, r)),
+                    OutRequest::Msg(r) => (Exchange::Msg, b.msg.send_request(&peer, r)),
                 };
                 self.outbound.insert(id, token);
             }
@@ -365,30 +375,36 @@ impl Network {
                 reachable: result.is_ok(),
             }),
             SwarmEvent::Behaviour(B::Login(event)) => {
-                self.on_response_event(event, InResponse::Login, |_, _, _| None)
+                self.on_response_event(event, Exchange::Login, InResponse::Login, |_, _, _| None)
             }
             SwarmEvent::Behaviour(B::Introduce(event)) => {
                 self.on_introduce_event(event);
                 None
             }
-            SwarmEvent::Behaviour(B::Overlay(event)) => {
-                self.on_response_event(event, InResponse::Overlay, |peer, request, channel| {
+            SwarmEvent::Behaviour(B::Overlay(event)) => self.on_response_event(
+                event,
+                Exchange::Overlay,
+                InResponse::Overlay,
+                |peer, request, channel| {
                     Some(NetEvent::OverlayRequest {
                         peer,
                         request,
                         channel,
                     })
-                })
-            }
-            SwarmEvent::Behaviour(B::Msg(event)) => {
-                self.on_response_event(event, InResponse::Msg, |peer, request, channel| {
+                },
+            ),
+            SwarmEvent::Behaviour(B::Msg(event)) => self.on_response_event(
+                event,
+                Exchange::Msg,
+                InResponse::Msg,
+                |peer, request, channel| {
                     Some(NetEvent::MsgRequest {
                         peer,
                         request,
                         channel,
                     })
-                })
-            }
+                },
+            ),
             SwarmEvent::Behaviour(B::Kad(event)) => self.on_kad_event(event),
             SwarmEvent::Behaviour(B::Relay(relay::Event::ReservationReqAccepted {
                 src_peer_id,
@@ -486,6 +502,7 @@ impl Network {
     fn on_response_event<Req, Resp>(
         &mut self,
         event: request_response::Event<Req, Resp>,
+        exchange: Exchange,
         wrap: fn(Resp) -> InResponse,
         inbound: impl FnOnce(PeerId, Req, ResponseChannel<Resp>) -> Option<NetEvent>,
     ) -> Option<NetEvent> {
@@ -506,7 +523,7 @@ impl Network {
                     response,
                 } => {
                     self.done_with(peer);
-                    let token = self.outbound.remove(&request_id)?;
+                    let token = self.outbound.remove(&(exchange, request_id))?;
                     Some(NetEvent::Response {
                         token,
                         result: Ok(wrap(response)),
@@ -521,7 +538,7 @@ impl Network {
                 peer,
             } => {
                 self.done_with(peer);
-                let token = self.outbound.remove(&request_id)?;
+                let token = self.outbound.remove(&(exchange, request_id))?;
                 Some(NetEvent::Response {
                     token,
                     result: Err(error.to_string()),

@@ -325,7 +325,7 @@ impl NodeProcess {
                 std::env::var("NATTER_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(log_sink(home))
             .spawn()
             .expect("spawn natter up");
         let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -396,6 +396,26 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Where a daemon's log goes: the test's own stderr, or with `NATTER_TEST_LOG_DIR` set, a file
+/// there named after the daemon's home and the time it started (to read a failed run's logs
+/// one node at a time).
+fn log_sink(home: &Path) -> std::process::Stdio {
+    let Some(dir) = std::env::var_os("NATTER_TEST_LOG_DIR") else {
+        return std::process::Stdio::inherit();
+    };
+    let name = home
+        .file_name()
+        .map_or_else(|| "node".into(), |n| n.to_string_lossy().into_owned());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let path = Path::new(&dir).join(format!("{name}-{started}.log"));
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::File::create(&path)) {
+        Ok(file) => file.into(),
+        Err(e) => panic!("cannot write the log {}: {e}", path.display()),
     }
 }
 

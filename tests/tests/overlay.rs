@@ -274,3 +274,61 @@ fn a_failed_attach_does_not_swallow_the_login_answer() {
         alice.output().contains("logged in").then_some(())
     });
 }
+
+/// Two connections to a node at once (both sides dialling, a relayed one next to a direct
+/// one): the node introduces itself on one of them, and when that one closes before the
+/// answer, it says it again on the other. It did not: the peer held the node's answers as
+/// those of a peer without an account, then closed the connection (seen as a leaf attached
+/// to one superpeer instead of two for a whole minute).
+#[test]
+fn an_introduction_cut_off_with_its_connection_is_made_again_on_another() {
+    use futures::StreamExt as _;
+    use libp2p::request_response::{Event, Message};
+    use libp2p::swarm::SwarmEvent;
+    use natter_tests::hostile::{KadPeerEvent, kad_peer};
+
+    let net = net();
+    let sp = net.node("spa", &["--role", "superpeer"]);
+    sp.wait_role("superpeer", PROMOTE);
+    let (sp_peer, sp_addr) = sp.tcp_endpoint();
+    let heard = net.rt.block_on(async {
+        let mut swarm = kad_peer(libp2p::identity::Keypair::generate_ed25519()).unwrap();
+        let addr = sp_addr.with(libp2p::multiaddr::Protocol::P2p(sp_peer));
+        swarm.dial(addr.clone()).unwrap();
+        swarm.dial(addr).unwrap();
+        let (mut connections, mut first, mut heard) = (Vec::new(), None, 0);
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            let event = tokio::select! {
+                () = &mut deadline => break,
+                event = swarm.select_next_some() => event,
+            };
+            match event {
+                SwarmEvent::ConnectionEstablished { connection_id, .. } => {
+                    connections.push(connection_id);
+                }
+                SwarmEvent::Behaviour(KadPeerEvent::Introduce(Event::Message {
+                    connection_id,
+                    message: Message::Request { channel, .. },
+                    ..
+                })) => {
+                    heard += 1;
+                    if heard > 1 {
+                        break;
+                    }
+                    // Unanswered until both connections are up; then its own is closed.
+                    first = Some((connection_id, channel));
+                }
+                _ => {}
+            }
+            if connections.len() == 2
+                && let Some((connection, _unanswered)) = first.take()
+            {
+                swarm.close_connection(connection);
+            }
+        }
+        heard
+    });
+    assert_eq!(heard, 2, "the node did not introduce itself again");
+}

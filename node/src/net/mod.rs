@@ -492,6 +492,16 @@ impl Network {
                 tracing::warn!(%peer, %message, "peer refused this node's certificate");
             }
             request_response::Event::OutboundFailure { peer, error, .. } => {
+                if matches!(error, request_response::OutboundFailure::ConnectionClosed)
+                    && self.swarm.is_connected(&peer)
+                {
+                    // Its connection closed (one of two dialled at once, a retired relayed
+                    // one) while another stays: without saying it again there, the peer
+                    // would hold every answer for this node until it gives up on it.
+                    tracing::debug!(%peer, "introduction cut off with its connection; again on another");
+                    self.introduce(peer);
+                    return;
+                }
                 // Peers without accounts (the login server, AutoNAT probes) do not speak it.
                 tracing::debug!(%peer, %error, "introduction not heard");
             }

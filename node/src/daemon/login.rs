@@ -76,7 +76,11 @@ impl Daemon {
                     self.phase(&text);
                 }
                 self.renewed_once = true;
-                self.merge_candidates(superpeers, Source::LoginServer, None);
+                if self.merge_candidates(superpeers, Source::LoginServer, None) > 0 {
+                    // A superpeer meets new ones now rather than at the next round: the
+                    // first round may have passed before this answer, with nobody to meet.
+                    self.last_bootstrap = None;
+                }
                 for leaf in self.leaves.expired(&self.issuer, unix_now()) {
                     self.net.send(Command::Disconnect(leaf));
                 }

@@ -1,8 +1,8 @@
 //! Direct messages: `send` writes the outbox before any network I/O, and the outbox service
 //! ([`super::outbox`], a state machine) decides delivery; this file carries its actions out
 //! (store jobs, lookups, requests, answers). The receiver authenticates the sender,
-//! deduplicates by id and streams new messages to `inbox --follow`. Also `ping` probes and
-//! presence pushed to contacts.
+//! deduplicates by sender and id and streams new messages to `inbox --follow`. Also `ping`
+//! probes and presence pushed to contacts.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

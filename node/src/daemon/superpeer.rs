@@ -103,11 +103,11 @@ impl Daemon {
             return;
         }
         let now = Instant::now();
-        // Meet the other superpeers, so the directory has a routing table.
-        if self
-            .last_bootstrap
-            .is_none_or(|t| now - t > Duration::from_secs(30))
-        {
+        // Meet the other superpeers, so the directory has a routing table: every 30 s, every
+        // 5 s while none is met yet.
+        let lonely = self.superpeers_seen.is_empty();
+        let meet_every = Duration::from_secs(if lonely { 5 } else { 30 });
+        if self.last_bootstrap.is_none_or(|t| now - t > meet_every) {
             self.last_bootstrap = Some(now);
             let me = self.peer_id().to_string();
             let known: Vec<_> = self
@@ -134,7 +134,6 @@ impl Daemon {
         }
         // Announce every minute; every 5 s while no other superpeer is known, so that
         // superpeers starting together find each other quickly.
-        let lonely = self.superpeers_seen.is_empty();
         let announce_every = Duration::from_secs(if lonely { 5 } else { 60 });
         if self.last_announce.is_none_or(|t| now - t > announce_every) {
             let addrs: Vec<String> = self

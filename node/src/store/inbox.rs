@@ -1,6 +1,6 @@
 //! The inbox: received messages, stored before the ack is sent (the ack means "stored by the
-//! recipient's node"), deduplicated by message id because a sender retries until it sees an
-//! ack, and an ack can be lost.
+//! recipient's node"), deduplicated by sender and message id because a sender retries until it
+//! sees an ack, and an ack can be lost.
 //!
 //! Two orders are kept: arrival order ([`Store::inbox`], what `natter inbox --follow` pages
 //! through with a cursor), and conversation order ([`Store::conversation`], by the sender's
@@ -13,7 +13,7 @@ use super::{Store, StoreError, check_message_id, check_name, check_text, int, sq
 /// A message as it arrived from the network, validated by the protocol layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingMessage {
-    /// ULID, canonical text form; the dedup key.
+    /// ULID, canonical text form; with the sender, the dedup key (ids are the sender's choice).
     pub id: String,
     /// Sender user name (from its certificate), canonical.
     pub from: String,
@@ -90,7 +90,7 @@ impl Store {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO inbox (id, sender, text, sent_at_ms, conv_seq, received_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (id) DO NOTHING",
+                 ON CONFLICT (sender, id) DO NOTHING",
             )?;
             let mut receipts = Vec::with_capacity(rows.len());
             for (msg, sent_at, conv_seq, received_at) in &rows {
@@ -164,19 +164,33 @@ mod tests {
     use super::super::test_util::*;
     use super::*;
 
-    fn incoming(n: u32, from: &str, conv_seq: u64) -> IncomingMessage {
-        IncomingMessage {
-            id: ulid(n),
-            from: from.into(),
-            text: format!("hello {n}"),
-            sent_at_ms: 1_000 + u64::from(n),
-            conv_seq,
-            received_at_ms: 2_000 + u64::from(n),
-        }
-    }
-
     fn seqs(entries: &[InboxEntry]) -> Vec<u64> {
         entries.iter().map(|e| e.conv_seq).collect()
+    }
+
+    #[test]
+    fn one_senders_id_does_not_swallow_anothers_message() {
+        let (_dir, store) = fresh();
+        let from_alice = incoming(1, "alice", 1);
+        assert_eq!(store.receive(&from_alice).unwrap(), Receipt::Stored);
+        // Mallory sends with alice's id (ids are the sender's choice): stored, as hers.
+        let from_mallory = IncomingMessage {
+            from: "mallory".into(),
+            text: "mine".into(),
+            ..from_alice.clone()
+        };
+        assert_eq!(store.receive(&from_mallory).unwrap(), Receipt::Stored);
+        // And the other way round: alice's message after mallory's copy of its id.
+        let (_dir, store) = fresh();
+        assert_eq!(store.receive(&from_mallory).unwrap(), Receipt::Stored);
+        assert_eq!(store.receive(&from_alice).unwrap(), Receipt::Stored);
+        let senders: Vec<String> = store
+            .inbox(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.from)
+            .collect();
+        assert_eq!(senders, ["mallory", "alice"]);
     }
 
     #[test]

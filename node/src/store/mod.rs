@@ -8,7 +8,7 @@
 //! - the **outbox** and the **sent** log ([`Store::enqueue`], [`Store::mark_delivered`]): `send`
 //!   writes a message here *before* any network I/O, delivery retries until the recipient's node
 //!   acks, and the ack moves the message to `sent`;
-//! - the **inbox** ([`Store::receive`]): received messages, deduplicated by id, in arrival order
+//! - the **inbox** ([`Store::receive`]): received messages, deduplicated by sender and id, in arrival order
 //!   and per-conversation order;
 //! - **contacts** ([`Store::contacts`]).
 //!
@@ -351,6 +351,18 @@ pub(crate) mod test_util {
     pub(crate) fn reopen(dir: &tempfile::TempDir, store: Store) -> Store {
         drop(store);
         Store::open(dir.path()).unwrap()
+    }
+
+    /// Message `n` (id `ulid(n)`) from `from`, number `conv_seq` of the conversation.
+    pub(crate) fn incoming(n: u32, from: &str, conv_seq: u64) -> super::IncomingMessage {
+        super::IncomingMessage {
+            id: ulid(n),
+            from: from.into(),
+            text: format!("hello {n}"),
+            sent_at_ms: 1_000 + u64::from(n),
+            conv_seq,
+            received_at_ms: 2_000 + u64::from(n),
+        }
     }
 
     /// A distinct, valid ULID for test message `n`.

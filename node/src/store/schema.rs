@@ -14,7 +14,7 @@ use super::StoreError;
 /// The schema version this build writes.
 pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Version 1: host cache, outbox, sent, inbox, contacts.
 const V1: &str = "
@@ -97,6 +97,35 @@ DELETE FROM hosts WHERE peer_id NOT IN (
 );
 ";
 
+/// Version 3: the inbox deduplicates by sender and message id.
+///
+/// Version 2 deduplicated by the id alone, which the sender chooses: a sender that reused
+/// another sender's id made this node drop that other message as a duplicate (issue 12).
+/// SQLite cannot drop a column's UNIQUE, so the table is copied; arrival numbers and the
+/// AUTOINCREMENT high-water mark are kept, so `inbox --follow` cursors stay valid.
+const V3: &str = "
+CREATE TABLE inbox_v3 (
+    arrival        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             TEXT NOT NULL,         -- ULID chosen by the sender
+    sender         TEXT NOT NULL,
+    text           TEXT NOT NULL,
+    sent_at_ms     INTEGER NOT NULL,
+    conv_seq       INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    UNIQUE (sender, id)                   -- the dedup key
+) STRICT;
+INSERT INTO inbox_v3 (arrival, id, sender, text, sent_at_ms, conv_seq, received_at_ms)
+    SELECT arrival, id, sender, text, sent_at_ms, conv_seq, received_at_ms FROM inbox;
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'inbox_v3', 0 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'inbox_v3');
+UPDATE sqlite_sequence
+    SET seq = MAX(seq, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'inbox'), 0))
+    WHERE name = 'inbox_v3';
+DROP TABLE inbox;
+ALTER TABLE inbox_v3 RENAME TO inbox;
+CREATE INDEX inbox_conversation ON inbox (sender, conv_seq);
+";
+
 /// Brings `conn` up to [`VERSION`]; refuses a file from a newer build.
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     loop {
@@ -173,6 +202,36 @@ mod tests {
             .unwrap();
         assert_eq!(version, VERSION);
         assert_eq!(store.contacts().unwrap(), ["alice"]);
+    }
+
+    #[test]
+    fn a_version_2_inbox_keeps_its_messages_and_arrival_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(V1).unwrap();
+            tx.execute_batch(V2).unwrap();
+            tx.pragma_update(None, "user_version", 2).unwrap();
+            for (n, sender) in [(1, "bob"), (2, "carol"), (3, "bob")] {
+                tx.execute(
+                    "INSERT INTO inbox (id, sender, text, sent_at_ms, conv_seq, received_at_ms)
+                     VALUES (?1, ?2, 'hi', 1, ?3, 2)",
+                    rusqlite::params![ulid(n), sender, n],
+                )
+                .unwrap();
+            }
+            // The newest was deleted: its arrival number must not come back.
+            tx.execute("DELETE FROM inbox WHERE arrival = 3", [])
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let inbox = store.inbox(None, 10).unwrap();
+        let arrivals: Vec<i64> = inbox.iter().map(|e| e.rowid).collect();
+        assert_eq!(arrivals, [1, 2]);
+        store.receive(&incoming(9, "dave", 1)).unwrap();
+        assert_eq!(store.inbox(Some(2), 10).unwrap()[0].rowid, 4);
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub fn is_ulid(id: &str) -> bool {
         })
 }
 
+/// Largest sequence number and send time a message may carry (`i64::MAX`).
+pub const MAX_FIELD: u64 = i64::MAX as u64;
+
 /// Checks a message received from a sender already authenticated by its certificate.
 pub fn check_message(m: &DirectMessage, own_name: &str) -> Result<(), (MsgRefusal, String)> {
     if m.to != own_name {
@@ -127,6 +130,14 @@ pub fn check_message(m: &DirectMessage, own_name: &str) -> Result<(), (MsgRefusa
     }
     if m.conv_seq == 0 {
         return Err((MsgRefusal::BadMessage, "sequence starts at 1".into()));
+    }
+    // Beyond what any store keeps (SQLite integers): refused for good here, rather than
+    // failing the store and being answered "retry later" forever.
+    if m.conv_seq > MAX_FIELD || m.sent_at_ms > MAX_FIELD {
+        return Err((
+            MsgRefusal::BadMessage,
+            format!("sequence and send time are at most {MAX_FIELD}"),
+        ));
     }
     check_text(&m.text).map_err(|e| (MsgRefusal::BadMessage, e.to_string()))
 }

@@ -97,6 +97,22 @@ pub(crate) fn stored_answer(receipts: &Result<Vec<Receipt>, StoreError>) -> (Msg
             let duplicates = receipts.len() as u32 - stored;
             (MsgResponse::Stored { stored, duplicates }, stored)
         }
+        // Input the checks above let through but the store refuses: the same answer again
+        // would follow, so not "retry later".
+        Err(
+            e @ (StoreError::Invalid { .. }
+            | StoreError::TooLarge { .. }
+            | StoreError::BadName { .. }),
+        ) => {
+            tracing::warn!(error = %e, "a batch the store refuses");
+            (
+                MsgResponse::Refused {
+                    code: MsgRefusal::BadMessage,
+                    message: e.to_string(),
+                },
+                0,
+            )
+        }
         Err(e) => {
             tracing::error!(error = %e, "storing messages failed");
             (
@@ -175,6 +191,16 @@ mod tests {
             deliver(cert("alice", 2), vec![message("bob", 1); MAX_BATCH + 1]),
         );
         assert_eq!(refusal(&d), Some(MsgRefusal::BadMessage));
+        // Out of the store's range: refused for good, not "retry later" (issue 12).
+        for (conv_seq, sent_at_ms) in [(u64::MAX, 1), (1, u64::MAX)] {
+            let m = DirectMessage {
+                conv_seq,
+                sent_at_ms,
+                ..message("bob", 1)
+            };
+            let d = handle(alice, deliver(cert("alice", 2), vec![message("bob", 2), m]));
+            assert_eq!(refusal(&d), Some(MsgRefusal::BadMessage));
+        }
         let d = handle(alice, deliver(cert("alice", 2), vec![message("bob", 1)]));
         let MsgDecision::Store(batch) = d else {
             panic!("stored: {d:?}");
@@ -222,6 +248,17 @@ mod tests {
                 1
             )
         );
+        let (answer, _) = stored_answer(&Err(StoreError::Invalid {
+            what: "conversation sequence",
+            reason: "too large".into(),
+        }));
+        assert!(matches!(
+            answer,
+            MsgResponse::Refused {
+                code: MsgRefusal::BadMessage,
+                ..
+            }
+        ));
         let (answer, _) = stored_answer(&Err(StoreError::Closed));
         assert!(matches!(
             answer,

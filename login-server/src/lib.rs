@@ -120,6 +120,73 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Refuses settings the server cannot run with, naming the setting as the configuration
+    /// file spells it, with its range. [`Server::bind`] calls it first.
+    pub fn validate(&self) -> Result<(), String> {
+        fn within<T: PartialOrd + std::fmt::Display>(
+            name: &str,
+            value: T,
+            min: T,
+            max: T,
+        ) -> Result<(), String> {
+            if value < min || value > max {
+                return Err(format!("{name} must be from {min} to {max}, not {value}"));
+            }
+            Ok(())
+        }
+        let secs = |d: Duration| d.as_secs();
+        within(
+            "cert_lifetime_secs",
+            secs(self.cert_lifetime),
+            60,
+            30 * 24 * 3600,
+        )?;
+        within("renew_grace_secs", secs(self.renew_grace), 0, 7 * 24 * 3600)?;
+        within("ip_limit_burst", self.ip_limit.burst, 1, 1_000_000)?;
+        within(
+            "ip_limit_refill_secs",
+            secs(self.ip_limit.refill),
+            1,
+            24 * 3600,
+        )?;
+        within("name_limit_burst", self.name_limit.burst, 1, 1_000_000)?;
+        within(
+            "name_limit_refill_secs",
+            secs(self.name_limit.refill),
+            1,
+            24 * 3600,
+        )?;
+        within(
+            "max_rate_limit_keys",
+            self.max_rate_limit_keys,
+            1,
+            100_000_000,
+        )?;
+        within("max_superpeers", self.max_superpeers, 1, 10_000_000)?;
+        within("max_dial_backs", self.max_dial_backs, 1, 4096)?;
+        within("max_connections", self.max_connections, 1, 1_000_000)?;
+        within(
+            "max_connections_per_peer",
+            self.max_connections_per_peer,
+            1,
+            1024,
+        )?;
+        within(
+            "max_pending_incoming",
+            self.max_pending_incoming,
+            1,
+            1_000_000,
+        )?;
+        within("password_workers", self.password_workers, 1, 1024)?;
+        within("max_inflight", self.max_inflight, 1, 65_536)?;
+        if self.listen.is_empty() {
+            return Err("listen needs at least one address".into());
+        }
+        Ok(())
+    }
+}
+
 /// TCP and QUIC on all IPv4 interfaces.
 pub fn default_listen(port: u16) -> Vec<Multiaddr> {
     [
@@ -156,6 +223,9 @@ pub enum Error {
     Transport(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A setting out of its range ([`Config::validate`]).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl Error {

@@ -10,7 +10,15 @@ use natter_login_server::accounts::{self, Accounts};
 use natter_login_server::{Config, Registration, Server, config_file, keys};
 use natter_proto::UserName;
 use natter_proto::login::Password;
+use std::io::Write as _;
 use tokio_util::sync::CancellationToken;
+
+/// `println!` for command output, through [`print_line`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))
+    };
+}
 
 /// Natter login server: unique user names and signed identity certificates.
 #[derive(Debug, Parser)]
@@ -143,10 +151,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let server = Server::bind(config).await?;
         for addr in server.listen_addrs() {
-            println!("listening on {addr}");
+            // Read by whoever started it; a closed stdout does not stop the server.
+            let _ = writeln!(std::io::stdout(), "listening on {addr}");
         }
         if let Some(addr) = server.metrics_addr() {
-            println!("metrics on http://{addr}/metrics");
+            let _ = writeln!(std::io::stdout(), "metrics on http://{addr}/metrics");
         }
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -185,14 +194,14 @@ fn user(dir: &std::path::Path, cmd: UserCommand) -> anyhow::Result<()> {
             if !db.create(&name, &hash, natter_login_server::service::unix_now())? {
                 bail!("the name {name} is already taken");
             }
-            println!("added {name}");
+            outln!("added {name}");
         }
         UserCommand::Disable { name } => {
             let name = UserName::parse(&name)?;
             if !db.set_disabled(&name, true)? {
                 bail!("no user named {name}");
             }
-            println!(
+            outln!(
                 "disabled {name}: no more logins or renewals; current certificates expire within their lifetime"
             );
         }
@@ -209,16 +218,35 @@ fn user(dir: &std::path::Path, cmd: UserCommand) -> anyhow::Result<()> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 for a in list {
                     let state = if a.disabled { "disabled" } else { "active" };
-                    println!("{}\t{state}", a.name);
+                    outln!("{}\t{state}", a.name);
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Writes `args` and a newline to standard output, for a command's output. When the reader
+/// has gone (`natter-login user list | head`), the program ends quietly with status 0, where
+/// `println!` would panic; any other write error ends it with status 1.
+fn print_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn info(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
@@ -232,12 +260,12 @@ fn info(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             "issuer_key_id": issuer.key_id().to_string(),
             "data_dir": dir.display().to_string(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("peer id:       {peer_id}");
-        println!("issuer key:    {}", issuer.to_base64());
-        println!("issuer key id: {}", issuer.key_id());
-        println!("data dir:      {}", dir.display());
+        outln!("peer id:       {peer_id}");
+        outln!("issuer key:    {}", issuer.to_base64());
+        outln!("issuer key id: {}", issuer.key_id());
+        outln!("data dir:      {}", dir.display());
     }
     Ok(())
 }

@@ -66,6 +66,7 @@ impl Server {
     /// Loads (or creates) keys and accounts in `config.data_dir` and starts listening. Returns
     /// once every listen address is bound.
     pub async fn bind(config: Config) -> Result<Self, Error> {
+        config.validate().map_err(Error::Config)?;
         // Before anything else: libp2p would share a port that another process listens on
         // (SO_REUSEPORT) instead of failing.
         for addr in &config.listen {

@@ -43,7 +43,8 @@ impl Drop for Daemon {
 }
 
 fn say(text: impl AsRef<str>) {
-    println!("{}", text.as_ref());
+    // The narration; a closed stdout (nobody watching) is no reason to stop the demo.
+    let _ = std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{}\n", text.as_ref()));
 }
 
 /// Runs the demo until Ctrl-C. An error names the phase that failed.

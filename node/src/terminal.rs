@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 /// Whether `c` must not reach a terminal as is: C0 controls, DEL, C1 controls, the bidi
 /// embedding/override and isolate characters, and the Unicode line and paragraph separators.
@@ -51,6 +52,34 @@ pub fn stderr_color() -> bool {
         std::env::var_os("NO_COLOR").as_deref(),
         std::io::stderr().is_terminal(),
     )
+}
+
+/// Writes `args` and a newline to standard output, for a command's output. When the reader
+/// has gone (`natter inbox | head`), it has what it wanted: the program ends quietly with
+/// status 0, where `println!` would panic. Any other write error ends it with status 1.
+/// Long-running programs do not use it (a daemon's progress lines ignore a closed stdout).
+pub fn print_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `println!` for command output, through [`print_line`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::terminal::print_line(format_args!($($arg)*))
+    };
 }
 
 #[cfg(test)]

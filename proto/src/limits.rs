@@ -5,6 +5,8 @@
 pub const MIN_NAME_LEN: usize = 3;
 /// Longest accepted user name, in bytes.
 pub const MAX_NAME_LEN: usize = 32;
+/// Devices of one account a superpeer serves at once: one account cannot fill its leaf table.
+pub const MAX_LEAVES_PER_ACCOUNT: usize = 8;
 /// Shortest accepted password, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest accepted password, in bytes: bounds the work argon2 does for one request.

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use libp2p::PeerId;
+use natter_proto::limits::MAX_LEAVES_PER_ACCOUNT;
 use natter_proto::{CertError, Certificate, IssuerKey, PresenceRecord, UserName};
 
 /// One attached leaf.
@@ -22,6 +23,9 @@ pub enum Admission {
     /// Already attached: a repeated request is harmless.
     AlreadyAttached,
     Full,
+    /// This account already has [`MAX_LEAVES_PER_ACCOUNT`] devices attached here; the device
+    /// is sent elsewhere like a leaf finding the table full.
+    AccountFull,
     Refused(String),
 }
 
@@ -29,6 +33,8 @@ pub enum Admission {
 pub struct LeafTable {
     capacity: usize,
     leaves: HashMap<PeerId, Leaf>,
+    /// Leaves per account, for [`MAX_LEAVES_PER_ACCOUNT`].
+    per_account: HashMap<UserName, usize>,
 }
 
 impl LeafTable {
@@ -36,6 +42,7 @@ impl LeafTable {
         Self {
             capacity,
             leaves: HashMap::new(),
+            per_account: HashMap::new(),
         }
     }
 
@@ -70,13 +77,25 @@ impl LeafTable {
         if let Err(e) = check_cert(peer, cert, issuer, now) {
             return Admission::Refused(e);
         }
-        if let Some(leaf) = self.leaves.get_mut(&peer) {
-            leaf.cert = cert.clone();
-            return Admission::AlreadyAttached;
+        match self.leaves.get_mut(&peer) {
+            Some(leaf) if leaf.user == *cert.username() => {
+                leaf.cert = cert.clone();
+                return Admission::AlreadyAttached;
+            }
+            // The device now belongs to another account: admitted afresh, counted for it.
+            Some(_) => {
+                self.remove(&peer);
+            }
+            None => {}
         }
         if self.leaves.len() >= self.capacity {
             return Admission::Full;
         }
+        let devices = self.per_account.entry(cert.username().clone()).or_insert(0);
+        if *devices >= MAX_LEAVES_PER_ACCOUNT {
+            return Admission::AccountFull;
+        }
+        *devices += 1;
         self.leaves.insert(
             peer,
             Leaf {
@@ -103,7 +122,14 @@ impl LeafTable {
     }
 
     pub fn remove(&mut self, peer: &PeerId) -> Option<Leaf> {
-        self.leaves.remove(peer)
+        let leaf = self.leaves.remove(peer)?;
+        if let Some(devices) = self.per_account.get_mut(&leaf.user) {
+            *devices -= 1;
+            if *devices == 0 {
+                self.per_account.remove(&leaf.user);
+            }
+        }
+        Some(leaf)
     }
 
     pub fn peers(&self) -> impl Iterator<Item = &PeerId> {
@@ -169,6 +195,25 @@ mod tests {
         t.remove(&a);
         assert_eq!(t.admit(c, &cc, &public, NOW), Admission::Admitted);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn one_account_gets_at_most_its_share_of_the_table() {
+        let mut t = LeafTable::new(100);
+        let public = issuer().public();
+        let devices: Vec<_> = (0..=MAX_LEAVES_PER_ACCOUNT)
+            .map(|_| device("mallory"))
+            .collect();
+        for (p, c) in &devices[..MAX_LEAVES_PER_ACCOUNT] {
+            assert_eq!(t.admit(*p, c, &public, NOW), Admission::Admitted);
+        }
+        let (extra, cert) = &devices[MAX_LEAVES_PER_ACCOUNT];
+        assert_eq!(t.admit(*extra, cert, &public, NOW), Admission::AccountFull);
+        let (b, cb) = device("bob");
+        assert_eq!(t.admit(b, &cb, &public, NOW), Admission::Admitted);
+        // A device that leaves makes room for another of the account.
+        t.remove(&devices[0].0);
+        assert_eq!(t.admit(*extra, cert, &public, NOW), Admission::Admitted);
     }
 
     #[test]

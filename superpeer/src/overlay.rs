@@ -95,6 +95,12 @@ pub fn handle_request(
                     alternatives: (ctx.others)(peer),
                 })
             }
+            Admission::AccountFull => {
+                tracing::info!(%peer, user = %cert.username(), "account at its device limit here: leaf refused");
+                OverlayDecision::Answer(OverlayResponse::Full {
+                    alternatives: (ctx.others)(peer),
+                })
+            }
             Admission::Refused(reason) => refuse(OverlayRefusal::InvalidCertificate, &reason),
         },
         OverlayRequest::Publish { record } => {

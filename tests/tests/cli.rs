@@ -824,3 +824,76 @@ fn a_second_server_on_a_port_in_use_exits_with_a_clear_error() {
     // The first server was not disturbed.
     server.terminate();
 }
+
+/// A setting out of its range is refused at start, named as the file spells it, with its
+/// range. `max_inflight = 0` used to start the server and then panic in its event loop
+/// (issue 12).
+#[test]
+fn a_login_setting_out_of_range_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("login");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("natter-login.toml"), "max_inflight = 0\n").unwrap();
+    let out = run_expecting_exit(
+        "natter-login",
+        &[
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+        Duration::from_secs(20),
+    );
+    fails_with(out, "max_inflight must be from 1 to 65536, not 0");
+}
+
+/// `natter-login info | head -0`, `natter contacts list | head -0`: the reader is gone before
+/// the command writes. `println!` panicked ("failed printing to stdout: Broken pipe", status
+/// 101); the commands now end quietly (issue 12).
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    fn with_closed_stdout(program: &str, args: &[&str]) -> Output {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        Command::new(bin(program))
+            .args(args)
+            .env("NATTER_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("login");
+    let out = with_closed_stdout(
+        "natter-login",
+        &["--data-dir", data.to_str().unwrap(), "info"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.is_empty(),
+        "{}: {err}",
+        out.status
+    );
+
+    let server = LoginProcess::start(&data);
+    let alice = tmp.path().join("alice");
+    let home = alice.to_str().unwrap();
+    let registered = run(
+        "natter",
+        &["--home", home, "register", "alice", "--login", &server.addr],
+        "password1\n",
+    );
+    assert!(registered.status.success(), "{}", stderr(&registered));
+    let added = run("natter", &["--home", home, "contacts", "add", "bob"], "");
+    assert!(added.status.success(), "{}", stderr(&added));
+    let out = with_closed_stdout("natter", &["--home", home, "contacts", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.is_empty(),
+        "{}: {err}",
+        out.status
+    );
+}

@@ -1,5 +1,6 @@
 //! `natter register` and `natter login`: certify this device for an account.
 
+use natter_node::outln;
 use std::io::{BufRead as _, IsTerminal as _};
 
 use anyhow::{Context as _, bail};
@@ -131,7 +132,7 @@ fn save(
         cert: issued.cert,
     })?;
     let until = std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires);
-    println!(
+    outln!(
         "{verb} {user}; certificate valid until {}",
         humantime::format_rfc3339_seconds(until)
     );

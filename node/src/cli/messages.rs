@@ -7,6 +7,7 @@ use natter_node::Home;
 use natter_node::control::ControlError;
 use natter_node::daemon::api::{ControlRequest, ControlResponse, FollowEvent, InboxItem, SendView};
 use natter_node::offline::{LocalStore, OutboxItem};
+use natter_node::outln;
 use natter_node::terminal::escape;
 
 use super::{connect, format_ms, parse_name, print_done, unexpected};
@@ -45,24 +46,25 @@ pub(crate) async fn send(
 
 fn print_sent(view: &SendView, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(view)?);
+        outln!("{}", serde_json::to_string(view)?);
     } else if view.status == "delivered" {
-        println!(
+        outln!(
             "delivered to {} ({})",
             view.to,
             view.path.as_deref().unwrap_or("?")
         );
     } else {
-        println!(
+        outln!(
             "queued for {}: it will be delivered when {} is reachable",
-            view.to, view.to
+            view.to,
+            view.to
         );
     }
     Ok(())
 }
 
 fn print_item(item: &InboxItem) {
-    println!(
+    outln!(
         "[{}] {}: {}",
         format_ms(item.sent_at),
         escape(&item.from),
@@ -96,10 +98,10 @@ pub(crate) async fn inbox(home: &Home, json: bool, follow: bool) -> anyhow::Resu
     futures::pin_mut!(stream);
     while let Some(next) = stream.next().await {
         match next? {
-            ControlResponse::Event(event) if json => println!("{}", serde_json::to_string(&event)?),
+            ControlResponse::Event(event) if json => outln!("{}", serde_json::to_string(&event)?),
             ControlResponse::Event(FollowEvent::Message(item)) => print_item(&item),
             ControlResponse::Event(FollowEvent::Presence { user, status, .. }) => {
-                println!("* {} is now {}", escape(&user), escape(&status))
+                outln!("* {} is now {}", escape(&user), escape(&status))
             }
             other => return unexpected(other),
         }
@@ -112,7 +114,7 @@ pub(crate) async fn inbox(home: &Home, json: bool, follow: bool) -> anyhow::Resu
 
 fn print_inbox(items: &[InboxItem], json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(items)?);
+        outln!("{}", serde_json::to_string_pretty(items)?);
     } else {
         items.iter().for_each(print_item);
     }
@@ -123,18 +125,18 @@ fn print_inbox(items: &[InboxItem], json: bool) -> anyhow::Result<()> {
 pub(crate) fn outbox(home: &Home, json: bool) -> anyhow::Result<()> {
     let items = LocalStore::open(home)?.outbox()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        outln!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(());
     }
     if items.is_empty() {
-        println!("nothing is waiting for delivery");
+        outln!("nothing is waiting for delivery");
     }
     items.iter().for_each(print_queued);
     Ok(())
 }
 
 fn print_queued(item: &OutboxItem) {
-    println!(
+    outln!(
         "[{}] to {}: {}",
         format_ms(item.sent_at),
         escape(&item.to),
@@ -150,7 +152,7 @@ fn print_queued(item: &OutboxItem) {
         .as_deref()
         .map(|e| format!("; last error: {}", escape(e)))
         .unwrap_or_default();
-    println!(
+    outln!(
         "    {tries}; next attempt {}{error}",
         format_ms(item.next_attempt_at)
     );
@@ -175,8 +177,8 @@ pub(crate) async fn contacts(home: &Home, cmd: Contacts) -> anyhow::Result<()> {
     let Some(mut client) = connect(home).await? else {
         let local = LocalStore::open(home)?;
         match cmd {
-            Contacts::Add(name) => println!("{}", escape(&local.add_contact(&name)?)),
-            Contacts::Remove(name) => println!("{}", escape(&local.remove_contact(&name)?)),
+            Contacts::Add(name) => outln!("{}", escape(&local.add_contact(&name)?)),
+            Contacts::Remove(name) => outln!("{}", escape(&local.remove_contact(&name)?)),
             Contacts::List { json } => print_contacts(&local.contacts()?, json)?,
         }
         return Ok(());
@@ -204,9 +206,9 @@ pub(crate) async fn contacts(home: &Home, cmd: Contacts) -> anyhow::Result<()> {
 
 fn print_contacts(list: &[String], json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(list)?);
+        outln!("{}", serde_json::to_string_pretty(list)?);
     } else {
-        list.iter().for_each(|c| println!("{}", escape(c)));
+        list.iter().for_each(|c| outln!("{}", escape(c)));
     }
     Ok(())
 }

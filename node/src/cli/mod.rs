@@ -9,6 +9,7 @@ pub(crate) mod account;
 pub(crate) mod messages;
 pub(crate) mod presence;
 
+use natter_node::outln;
 use std::process::ExitCode;
 
 use anyhow::bail;
@@ -64,7 +65,7 @@ pub(crate) async fn call(home: &Home, request: ControlRequest) -> anyhow::Result
 pub(crate) fn print_done(response: ControlResponse) -> anyhow::Result<()> {
     match response {
         ControlResponse::Done { message } => {
-            println!("{}", escape(&message));
+            outln!("{}", escape(&message));
             Ok(())
         }
         other => unexpected(other),

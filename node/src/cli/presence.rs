@@ -6,6 +6,7 @@ use natter_node::control::ControlClient;
 use natter_node::daemon::api::{
     ControlRequest, ControlResponse, LookupView, NetcheckView, PingProbe, StatusView,
 };
+use natter_node::outln;
 use natter_node::terminal::escape;
 use natter_proto::Status;
 
@@ -17,26 +18,26 @@ pub(crate) async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
         other => return unexpected(other),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        outln!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
     }
-    println!("user:         {}", view.user);
-    println!("peer id:      {}", view.peer_id);
-    println!(
+    outln!("user:         {}", view.user);
+    outln!("peer id:      {}", view.peer_id);
+    outln!(
         "role:         {} ({})",
         view.role,
         escape(&view.role_reason)
     );
-    println!("reachability: {}", view.reachability);
-    println!("presence:     {}", view.presence);
+    outln!("reachability: {}", view.reachability);
+    outln!("presence:     {}", view.presence);
     if view.role == "superpeer" {
-        println!("leaves:       {} of {}", view.leaves, view.max_leaves);
+        outln!("leaves:       {} of {}", view.leaves, view.max_leaves);
     } else {
-        println!(
+        outln!(
             "primary:      {}",
             view.primary.as_deref().unwrap_or("none")
         );
-        println!(
+        outln!(
             "standby:      {}",
             view.standby.as_deref().unwrap_or("none")
         );
@@ -56,7 +57,7 @@ pub(crate) async fn lookup(home: &Home, name: &str, json: bool) -> anyhow::Resul
     };
     let unknown = view.status == "unknown";
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        outln!("{}", serde_json::to_string_pretty(&view)?);
     } else if !unknown {
         let seen = view
             .last_seen
@@ -70,7 +71,7 @@ pub(crate) async fn lookup(home: &Home, name: &str, json: bool) -> anyhow::Resul
                 )
             })
             .unwrap_or_default();
-        println!("{}: {}{seen}", escape(&view.user), escape(&view.status));
+        outln!("{}: {}{seen}", escape(&view.user), escape(&view.status));
     }
     if unknown {
         bail!("unknown user {name}: nobody by that name was found");
@@ -84,16 +85,16 @@ pub(crate) async fn netcheck(home: &Home, json: bool) -> anyhow::Result<()> {
         other => return unexpected(other),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        outln!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
     }
-    println!("reachability: {}", view.reachability);
-    println!("NAT:          {}", view.nat);
+    outln!("reachability: {}", view.reachability);
+    outln!("NAT:          {}", view.nat);
     for a in &view.external_addrs {
-        println!("public:       {a}");
+        outln!("public:       {a}");
     }
     for o in &view.observed_addrs {
-        println!("observed:     {} (by {})", o.observed, o.observer);
+        outln!("observed:     {} (by {})", o.observed, o.observer);
     }
     Ok(())
 }
@@ -145,9 +146,9 @@ pub(crate) async fn ping(
         if !json {
             match (&probe.rtt_ms, &probe.path) {
                 (Some(rtt), Some(path)) => {
-                    println!("{name}: seq={} rtt={rtt:.2} ms via {path}", probe.seq)
+                    outln!("{name}: seq={} rtt={rtt:.2} ms via {path}", probe.seq)
                 }
-                _ => println!(
+                _ => outln!(
                     "{name}: seq={} failed: {}",
                     probe.seq,
                     escape(probe.error.as_deref().unwrap_or("no answer"))
@@ -157,7 +158,7 @@ pub(crate) async fn ping(
         probes.push(probe);
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&probes)?);
+        outln!("{}", serde_json::to_string_pretty(&probes)?);
     }
     ping_verdict(name.as_str(), &probes)
 }

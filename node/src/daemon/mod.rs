@@ -454,7 +454,8 @@ impl Daemon {
 
     /// A progress line for the person who ran `natter up`, and the same in the log.
     fn phase(&self, text: &str) {
-        println!("{text}");
+        // Progress for the person watching; nobody watching (a closed stdout) is no error.
+        let _ = std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{text}\n"));
         tracing::info!(phase = text);
     }
 

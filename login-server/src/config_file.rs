@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub ip_limit_refill_secs: Option<u64>,
     pub name_limit_burst: Option<u32>,
     pub name_limit_refill_secs: Option<u64>,
+    pub request_limit_burst: Option<u32>,
+    pub request_limit_refill_ms: Option<u64>,
     pub max_connections: Option<u32>,
     pub max_connections_per_peer: Option<u32>,
     pub max_inflight: Option<usize>,
@@ -89,6 +91,15 @@ impl FileConfig {
                 .name_limit_refill_secs
                 .map(secs)
                 .unwrap_or(config.name_limit.refill),
+        };
+        config.request_limit = Limit {
+            burst: self
+                .request_limit_burst
+                .unwrap_or(config.request_limit.burst),
+            refill: self
+                .request_limit_refill_ms
+                .map(Duration::from_millis)
+                .unwrap_or(config.request_limit.refill),
         };
         config.max_connections = self.max_connections.unwrap_or(config.max_connections);
         config.max_connections_per_peer = self

@@ -51,8 +51,12 @@ pub struct Config {
     pub renew_grace: Duration,
     /// Register and login attempts per source IP (burst 20, then one per 3 s).
     pub ip_limit: Limit,
-    /// Failed logins per user name (burst 5, then one per 60 s).
+    /// Failed logins per user name and source address (burst 5, then one per 60 s): guesses
+    /// from elsewhere do not lock the owner out.
     pub name_limit: Limit,
+    /// Every other request (renew, exists, announce) per source address (burst 300, then 20
+    /// per second). Addresses are IPv4 addresses and IPv6 /64 prefixes, for every limit.
+    pub request_limit: Limit,
     /// Bound on the keys each rate limiter tracks.
     pub max_rate_limit_keys: usize,
     /// A superpeer not heard from for this long leaves bootstrap lists (150 s).
@@ -99,6 +103,10 @@ impl Config {
             name_limit: Limit {
                 burst: 5,
                 refill: Duration::from_secs(60),
+            },
+            request_limit: Limit {
+                burst: 300,
+                refill: Duration::from_millis(50),
             },
             max_rate_limit_keys: 100_000,
             announce_ttl: Duration::from_secs(150),
@@ -156,6 +164,18 @@ impl Config {
             secs(self.name_limit.refill),
             1,
             24 * 3600,
+        )?;
+        within(
+            "request_limit_burst",
+            self.request_limit.burst,
+            1,
+            1_000_000,
+        )?;
+        within(
+            "request_limit_refill_ms",
+            self.request_limit.refill.as_millis(),
+            1,
+            3_600_000,
         )?;
         within(
             "max_rate_limit_keys",

@@ -86,6 +86,18 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         Ok(())
     }
 
+    /// Gives back an attempt taken with [`RateLimiter::acquire`] that turned out not to
+    /// count (a correct password): taking first and giving back after keeps concurrent
+    /// attempts from all passing one check before any of them is recorded.
+    pub fn refund(&mut self, key: &K, now: Instant) {
+        let burst = f64::from(self.limit.burst);
+        if let Some(b) = self.buckets.get(key).copied() {
+            let tokens = (self.refilled(b, now) + 1.0).min(burst);
+            self.buckets
+                .insert(key.clone(), Bucket { tokens, last: now });
+        }
+    }
+
     fn make_room(&mut self, now: Instant) {
         if self.buckets.len() < self.max_keys {
             return;
@@ -143,6 +155,25 @@ mod tests {
             assert_eq!(rl.acquire(&"ip", later), Ok(()));
         }
         assert!(rl.acquire(&"ip", later).is_err());
+    }
+
+    #[test]
+    fn a_refund_gives_back_one_attempt_never_more_than_the_burst() {
+        let t0 = Instant::now();
+        let mut rl = RateLimiter::new(LIMIT, 100);
+        for _ in 0..3 {
+            assert_eq!(rl.acquire(&"ip", t0), Ok(()));
+        }
+        assert!(rl.acquire(&"ip", t0).is_err());
+        rl.refund(&"ip", t0);
+        assert_eq!(rl.acquire(&"ip", t0), Ok(()));
+        for _ in 0..10 {
+            rl.refund(&"ip", t0);
+        }
+        for _ in 0..3 {
+            assert_eq!(rl.acquire(&"ip", t0), Ok(()));
+        }
+        assert!(rl.acquire(&"ip", t0).is_err());
     }
 
     #[test]

@@ -34,8 +34,15 @@ pub struct Service {
     accounts: Accounts,
     issuer: IssuerSigningKey,
     config: Config,
+    /// Register and login attempts per source address ([`address_key`]).
     by_ip: Mutex<RateLimiter<IpAddr>>,
-    by_name: Mutex<RateLimiter<UserName>>,
+    /// Failed logins per user name and source address.
+    by_name: Mutex<RateLimiter<(UserName, Option<IpAddr>)>>,
+    /// Every other request per source address.
+    by_ip_other: Mutex<RateLimiter<IpAddr>>,
+    /// A hash that no password matches, verified for names without an account so that the
+    /// answer takes as long as for a real user's wrong password.
+    decoy_hash: std::sync::OnceLock<String>,
     registry: Mutex<Registry>,
     /// Requests by kind and outcome ("ok" or the refusal code), for the metrics endpoint.
     requests: Family<Vec<(String, String)>, Counter>,
@@ -70,6 +77,11 @@ impl Service {
                 config.name_limit,
                 config.max_rate_limit_keys,
             )),
+            by_ip_other: Mutex::new(RateLimiter::new(
+                config.request_limit,
+                config.max_rate_limit_keys,
+            )),
+            decoy_hash: std::sync::OnceLock::new(),
             registry: Mutex::new(Registry::new(
                 config.announce_ttl,
                 config.max_superpeers,
@@ -110,7 +122,9 @@ impl Service {
     ) -> (LoginResponse, Option<DialBack>) {
         let kind = request.kind();
         let mut dial_back = None;
+        let cheap = !Self::is_expensive(&request);
         let outcome = match request {
+            _ if cheap && let Err(refusal) = self.limit_other(caller) => Err(refusal),
             LoginRequest::Register { name, password } => self.register(&name, &password, caller),
             LoginRequest::Login { name, password } => self.login(&name, &password, caller),
             LoginRequest::Renew { cert } => self.renew(&cert, caller),
@@ -159,11 +173,20 @@ impl Service {
         UserName::parse(name).map_err(|e| Refusal::new(RefusalCode::InvalidName, e.to_string()))
     }
 
-    /// Per-IP limit: every register or login attempt counts.
+    /// Per-address limit: every register or login attempt counts.
     fn limit_ip(&self, caller: Caller) -> Result<(), Refusal> {
+        Self::limit(&self.by_ip, caller)
+    }
+
+    /// Per-address limit of the other requests (renew, exists, announce).
+    fn limit_other(&self, caller: Caller) -> Result<(), Refusal> {
+        Self::limit(&self.by_ip_other, caller)
+    }
+
+    fn limit(limiter: &Mutex<RateLimiter<IpAddr>>, caller: Caller) -> Result<(), Refusal> {
         match caller.ip {
-            Some(ip) => lock(&self.by_ip)
-                .acquire(&ip, Instant::now())
+            Some(ip) => lock(limiter)
+                .acquire(&address_key(ip), Instant::now())
                 .map_err(|secs| Refusal::retry_after(RefusalCode::RateLimited, secs)),
             None => Ok(()),
         }
@@ -205,21 +228,27 @@ impl Service {
                 "password is too long",
             ));
         }
+        // The attempt is taken before the password is checked and given back when it was
+        // right: concurrent guesses cannot all pass the check before one is recorded.
+        let guess = (name.clone(), caller.ip.map(address_key));
         lock(&self.by_name)
-            .check(&name, Instant::now())
+            .acquire(&guess, Instant::now())
             .map_err(|secs| Refusal::retry_after(RefusalCode::RateLimited, secs))?;
-        let account = self
-            .accounts
-            .get(&name)
-            .map_err(|e| self.internal(e))?
-            .ok_or_else(|| unknown_user(&name))?;
+        let Some(account) = self.accounts.get(&name).map_err(|e| self.internal(e))? else {
+            // As much work as a wrong password: the time does not tell which names exist.
+            let decoy = self.decoy_hash.get_or_init(|| {
+                accounts::hash_password(&Password::new("natter decoy")).unwrap_or_default()
+            });
+            let _ = accounts::verify_password(password, decoy);
+            return Err(unknown_user(&name));
+        };
         if !accounts::verify_password(password, &account.password_hash) {
-            lock(&self.by_name).record(&name, Instant::now());
             return Err(Refusal::new(
                 RefusalCode::WrongPassword,
                 format!("wrong password for {name}"),
             ));
         }
+        lock(&self.by_name).refund(&guess, Instant::now());
         if account.disabled {
             return Err(disabled(&name));
         }
@@ -452,6 +481,22 @@ impl Service {
     }
 }
 
+/// The key source addresses are limited by: an IPv4 address, or the /64 prefix of an IPv6
+/// one (a host usually has a whole /64, so its single addresses would walk around a limit).
+/// IPv4-mapped IPv6 addresses count as the IPv4 address.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
 /// The raw ed25519 key behind a PeerId. Ed25519 PeerIds inline the public key (identity
 /// multihash), so the key is recovered without any extra exchange.
 pub fn device_key_of(peer: &PeerId) -> Option<[u8; 32]> {
@@ -485,8 +530,130 @@ fn disabled(name: &UserName) -> Refusal {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::Limit;
+
+    fn service(dir: &tempfile::TempDir, tune: impl FnOnce(&mut Config)) -> Service {
+        let mut config = Config::new(dir.path());
+        tune(&mut config);
+        let accounts = Accounts::open(dir.path()).unwrap();
+        Service::new(accounts, IssuerSigningKey::from_bytes(&[7; 32]), config)
+    }
+
+    fn from(ip: &str) -> Caller {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        Caller {
+            peer: key.public().to_peer_id(),
+            ip: Some(ip.parse().unwrap()),
+        }
+    }
+
+    fn login(s: &Service, name: &str, password: &str, caller: Caller) -> LoginResponse {
+        let request = LoginRequest::Login {
+            name: name.into(),
+            password: Password::new(password),
+        };
+        s.handle(request, caller).0
+    }
+
+    fn code(r: &LoginResponse) -> Option<RefusalCode> {
+        match r {
+            LoginResponse::Refused(refusal) => Some(refusal.code),
+            _ => None,
+        }
+    }
+
+    fn register(s: &Service, name: &str, caller: Caller) {
+        let request = LoginRequest::Register {
+            name: name.into(),
+            password: Password::new("password1"),
+        };
+        assert_eq!(code(&s.handle(request, caller).0), None);
+    }
+
+    #[test]
+    fn guesses_from_elsewhere_do_not_lock_the_owner_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(&dir, |_| {});
+        register(&s, "alice", from("192.0.2.1"));
+        let burst = s.config.name_limit.burst;
+        for _ in 0..burst {
+            let r = login(&s, "alice", "guess", from("198.51.100.7"));
+            assert_eq!(code(&r), Some(RefusalCode::WrongPassword));
+        }
+        let r = login(&s, "alice", "guess", from("198.51.100.7"));
+        assert_eq!(code(&r), Some(RefusalCode::RateLimited));
+        // The owner, from her own address, with her password.
+        let r = login(&s, "alice", "password1", from("192.0.2.1"));
+        assert_eq!(code(&r), None, "{r:?}");
+    }
+
+    #[test]
+    fn one_ipv6_64_is_one_address_for_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(&dir, |c| {
+            c.ip_limit = Limit {
+                burst: 2,
+                refill: std::time::Duration::from_secs(3600),
+            }
+        });
+        for ip in ["2001:db8::1", "2001:db8::2:3"] {
+            let r = login(&s, "nobody", "x", from(ip));
+            assert_eq!(code(&r), Some(RefusalCode::UnknownUser));
+        }
+        let r = login(&s, "nobody", "x", from("2001:db8::ffff:1"));
+        assert_eq!(code(&r), Some(RefusalCode::RateLimited));
+        // The next /64 is another address.
+        let r = login(&s, "nobody", "x", from("2001:db8:0:1::1"));
+        assert_eq!(code(&r), Some(RefusalCode::UnknownUser));
+        assert_eq!(
+            address_key("::ffff:192.0.2.9".parse().unwrap()),
+            "192.0.2.9".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn every_request_kind_is_throttled_per_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(&dir, |c| {
+            c.request_limit = Limit {
+                burst: 3,
+                refill: std::time::Duration::from_secs(3600),
+            }
+        });
+        let exists = || LoginRequest::Exists {
+            name: "alice".into(),
+        };
+        for _ in 0..3 {
+            let (r, _) = s.handle(exists(), from("203.0.113.5"));
+            assert_eq!(code(&r), None, "{r:?}");
+        }
+        let (r, _) = s.handle(exists(), from("203.0.113.5"));
+        assert_eq!(code(&r), Some(RefusalCode::RateLimited));
+        let (r, _) = s.handle(exists(), from("203.0.113.6"));
+        assert_eq!(code(&r), None, "{r:?}");
+    }
+
+    #[test]
+    fn concurrent_wrong_guesses_get_exactly_the_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(&dir, |_| {});
+        register(&s, "alice", from("192.0.2.1"));
+        let caller = from("198.51.100.7");
+        let answers: Vec<Option<RefusalCode>> = std::thread::scope(|scope| {
+            let guesses: Vec<_> = (0..16)
+                .map(|_| scope.spawn(|| code(&login(&s, "alice", "guess", caller))))
+                .collect();
+            guesses.into_iter().map(|g| g.join().unwrap()).collect()
+        });
+        let wrong = answers
+            .iter()
+            .filter(|c| **c == Some(RefusalCode::WrongPassword))
+            .count();
+        assert_eq!(wrong, s.config.name_limit.burst as usize, "{answers:?}");
+    }
 
     #[test]
     fn device_key_is_recovered_from_ed25519_peer_id() {

@@ -12,6 +12,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+/// How long an answer may take to write before the scraper is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A bound metrics endpoint; [`MetricsServer::run`] serves it.
 #[derive(Debug)]
 pub struct MetricsServer {
@@ -61,10 +64,74 @@ impl MetricsServer {
                     "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(body.as_bytes()).await;
-                let _ = stream.shutdown().await;
+                // A scraper that stops reading gives its slot up after WRITE_TIMEOUT: eight of
+                // them would otherwise hold every slot for good.
+                let answer = async {
+                    stream.write_all(head.as_bytes()).await?;
+                    stream.write_all(body.as_bytes()).await?;
+                    stream.shutdown().await
+                };
+                if tokio::time::timeout(WRITE_TIMEOUT, answer).await.is_err() {
+                    tracing::debug!("metrics scraper stopped reading: connection dropped");
+                }
             });
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+
+    use super::*;
+
+    /// Eight scrapers that ask and never read hold every slot while the answer is being
+    /// written; with a write timeout, a ninth is served once it runs out.
+    #[tokio::test]
+    async fn scrapers_that_stop_reading_do_not_hold_the_endpoint() {
+        // An answer of several MiB: writing it blocks when nobody reads.
+        let mut registry = Registry::default();
+        let big: Family<Vec<(String, String)>, Counter> = Family::default();
+        for i in 0..40_000 {
+            big.get_or_create(&vec![("label".into(), format!("{i:0>120}"))])
+                .inc();
+        }
+        registry.register("big", "A large family", big);
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(server.run(Arc::new(registry), shutdown.clone()));
+
+        let mut stalled = Vec::new();
+        for _ in 0..8 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(1024).unwrap();
+            let mut stream = socket.connect(addr).await.unwrap();
+            stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            stalled.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let served = tokio::time::timeout(WRITE_TIMEOUT * 3, async {
+            loop {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+                let mut head = [0u8; 12];
+                if stream.read_exact(&mut head).await.is_ok() && head.starts_with(b"HTTP/1.1 200") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        assert!(
+            served.is_ok(),
+            "no scrape served while eight scrapers stall"
+        );
+        shutdown.cancel();
+        drop(stalled);
     }
 }

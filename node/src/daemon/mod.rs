@@ -43,6 +43,9 @@ use crate::store::{Host, Store, StoreError, StoreHandle};
 use api::{ControlRequest, ControlResponse};
 use metrics::NodeMetrics;
 
+/// Most identify-observed addresses a node keeps (`Daemon::observed`).
+const MAX_OBSERVED: usize = 256;
+
 /// How a node daemon runs. [`DaemonConfig::default`] gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -214,6 +217,8 @@ pub(crate) struct Daemon {
     seq: u64,
     /// Addresses AutoNAT v2 confirmed (never relayed ones).
     confirmed: BTreeSet<Multiaddr>,
+    /// The address each connected peer says it sees this node at (identify), at most
+    /// [`MAX_OBSERVED`]: what `netcheck` infers the NAT's behaviour from.
     observed: HashMap<PeerId, Multiaddr>,
     probes: VecDeque<api::Probe>,
     /// Superpeers known from bootstrap lists, the host cache and superpeers' answers, ranked
@@ -629,7 +634,11 @@ impl Daemon {
                 self.on_peer_gone(peer);
             }
             NetEvent::Identified { peer, info } => {
-                self.observed.insert(peer, info.observed_addr.clone());
+                // Peers connected now (forgotten when they go), and a bounded number of them:
+                // anyone can connect and tell this node an address.
+                if self.observed.len() < MAX_OBSERVED || self.observed.contains_key(&peer) {
+                    self.observed.insert(peer, info.observed_addr.clone());
+                }
                 let is_superpeer = info
                     .protocols
                     .iter()
@@ -726,6 +735,7 @@ impl Daemon {
         }
     }
     fn on_peer_gone(&mut self, peer: PeerId) {
+        self.observed.remove(&peer);
         if self.leaves.remove(&peer).is_some() {
             tracing::info!(%peer, "leaf detached");
         }

@@ -78,6 +78,8 @@ pub struct Config {
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
     pub max_pending_incoming: u32,
+    /// Pending inbound connections (in their handshake) per source address (16).
+    pub max_pending_per_address: u32,
     /// Password hashes computed at once (default: the number of cores).
     pub password_workers: usize,
     /// Requests being processed at once; more are refused as busy (256).
@@ -118,6 +120,7 @@ impl Config {
             max_connections: 4096,
             max_connections_per_peer: 4,
             max_pending_incoming: 256,
+            max_pending_per_address: 16,
             password_workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -197,6 +200,12 @@ impl Config {
             self.max_pending_incoming,
             1,
             1_000_000,
+        )?;
+        within(
+            "max_pending_per_address",
+            self.max_pending_per_address,
+            1,
+            self.max_pending_incoming.max(1),
         )?;
         within("password_workers", self.password_workers, 1, 1024)?;
         within("max_inflight", self.max_inflight, 1, 65_536)?;

@@ -34,6 +34,8 @@ type Done = (Responder, LoginResponse, Option<DialBack>);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Before the total cap on pending connections: one address cannot take all of it.
+    pending: natter_net::PendingPerAddress,
     limits: connection_limits::Behaviour,
     login: request_response::Behaviour<LoginCodec>,
     identify: identify::Behaviour,
@@ -326,6 +328,7 @@ fn build_swarm(
         ..Default::default()
     };
     natter_net::build_swarm(identity, &transport_config, |key| Behaviour {
+        pending: natter_net::PendingPerAddress::new(config.max_pending_per_address),
         limits: connection_limits::Behaviour::new(limits),
         login: request_response::Behaviour::with_codec(
             codec,

@@ -20,6 +20,7 @@ use crate::dialback::{self, Outcome as DialBackOutcome};
 use crate::ratelimit::RateLimiter;
 use crate::registry::{DialBack, Recheck, Registry};
 use crate::{Config, Registration};
+use natter_net::address_key;
 
 /// Who sent a request: the Noise-authenticated peer and, when known, its source IP.
 #[derive(Debug, Clone, Copy)]
@@ -478,22 +479,6 @@ impl Service {
     /// Does a bootstrap list drawn now include `peer`?
     pub fn lists(&self, peer: &PeerId) -> bool {
         lock(&self.registry).is_listed(peer, Instant::now())
-    }
-}
-
-/// The key source addresses are limited by: an IPv4 address, or the /64 prefix of an IPv6
-/// one (a host usually has a whole /64, so its single addresses would walk around a limit).
-/// IPv4-mapped IPv6 addresses count as the IPv4 address.
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
-            }
-        },
     }
 }
 

@@ -7,9 +7,11 @@
 //! [`build_swarm_with_relay_client`], so what the tests and the bench measure is the
 //! transport users run.
 
+mod pending;
 mod port;
 mod swarm;
 
+pub use pending::{PendingPerAddress, TooManyPending, address_key, remote_address};
 pub use port::{PortUnavailable, ensure_port_free};
 pub use swarm::{
     BuildError, QuicConfig, TransportConfig, build_swarm, build_swarm_with_relay_client,

@@ -420,3 +420,38 @@ async fn superpeers_announce_and_appear_in_bootstrap_lists() {
         }
     }
 }
+
+/// 260 idle TCP sockets from one address (they connect and never start the handshake) used
+/// to hold all 256 of the server's pending-connection slots, and nobody else could log in
+/// until they timed out. One source address now gets at most 16 of them (issue 12).
+#[tokio::test]
+async fn idle_sockets_from_one_address_do_not_lock_others_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LoginServer::start(loopback_config(dir.path())).await;
+    let port = server
+        .addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    // The attacker's source address is another loopback address than the user's.
+    let mut idle = Vec::new();
+    for _ in 0..260 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(socket.connect(([127, 0, 0, 1], port).into()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let registered = tokio::time::timeout(
+        Duration::from_secs(20),
+        client(&server).register(&name("ivy"), pw("password1")),
+    )
+    .await;
+    assert!(
+        matches!(registered, Ok(Ok(_))),
+        "with 260 idle sockets held: {registered:?}"
+    );
+    drop(idle);
+}

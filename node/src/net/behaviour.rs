@@ -33,10 +33,16 @@ pub(crate) type OverlayCodec =
 pub(crate) type IntroduceCodec =
     request_response::json::codec::Codec<Introduction, IntroductionResponse>;
 
+/// Inbound connections one source address may have in their handshake at once (of 256 in
+/// all).
+const MAX_PENDING_PER_ADDRESS: u32 = 16;
+
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     /// First: a refused connection is refused before any other behaviour sets up for it.
     pub(crate) gate: super::gate::ConnectionGate,
+    /// Before the total cap on pending connections: one address cannot take all of it.
+    pub(crate) pending: natter_net::PendingPerAddress,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) addresses: AddressBook,
     pub(crate) relay_client: relay::client::Behaviour,
@@ -118,6 +124,7 @@ pub(crate) fn build(
                 .set_response_size_maximum(MAX_OVERLAY_MESSAGE_BYTES);
             Behaviour {
                 gate: super::gate::ConnectionGate::new(settings.max_per_ip),
+                pending: natter_net::PendingPerAddress::new(MAX_PENDING_PER_ADDRESS),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_established(Some(settings.max_connections))

@@ -146,66 +146,52 @@ impl Config {
             }
             Ok(())
         }
+        fn positive(name: &str, value: Duration) -> Result<(), String> {
+            if value.is_zero() {
+                return Err(format!("{name} must be more than 0"));
+            }
+            Ok(())
+        }
         let secs = |d: Duration| d.as_secs();
         within(
             "cert_lifetime_secs",
             secs(self.cert_lifetime),
-            60,
+            10,
             30 * 24 * 3600,
         )?;
         within("renew_grace_secs", secs(self.renew_grace), 0, 7 * 24 * 3600)?;
-        within("ip_limit_burst", self.ip_limit.burst, 1, 1_000_000)?;
-        within(
-            "ip_limit_refill_secs",
-            secs(self.ip_limit.refill),
-            1,
-            24 * 3600,
-        )?;
-        within("name_limit_burst", self.name_limit.burst, 1, 1_000_000)?;
-        within(
-            "name_limit_refill_secs",
-            secs(self.name_limit.refill),
-            1,
-            24 * 3600,
-        )?;
-        within(
-            "request_limit_burst",
-            self.request_limit.burst,
-            1,
-            1_000_000,
-        )?;
-        within(
-            "request_limit_refill_ms",
-            self.request_limit.refill.as_millis(),
-            1,
-            3_600_000,
-        )?;
+        within("ip_limit_burst", self.ip_limit.burst, 1, u32::MAX)?;
+        positive("ip_limit_refill_secs", self.ip_limit.refill)?;
+        within("name_limit_burst", self.name_limit.burst, 1, u32::MAX)?;
+        positive("name_limit_refill_secs", self.name_limit.refill)?;
+        within("request_limit_burst", self.request_limit.burst, 1, u32::MAX)?;
+        positive("request_limit_refill_ms", self.request_limit.refill)?;
         within(
             "max_rate_limit_keys",
             self.max_rate_limit_keys,
             1,
-            100_000_000,
+            usize::MAX,
         )?;
-        within("max_superpeers", self.max_superpeers, 1, 10_000_000)?;
+        within("max_superpeers", self.max_superpeers, 1, usize::MAX)?;
         within("max_dial_backs", self.max_dial_backs, 1, 4096)?;
-        within("max_connections", self.max_connections, 1, 1_000_000)?;
+        within("max_connections", self.max_connections, 1, u32::MAX)?;
         within(
             "max_connections_per_peer",
             self.max_connections_per_peer,
             1,
-            1024,
+            u32::MAX,
         )?;
         within(
             "max_pending_incoming",
             self.max_pending_incoming,
             1,
-            1_000_000,
+            u32::MAX,
         )?;
         within(
             "max_pending_per_address",
             self.max_pending_per_address,
             1,
-            self.max_pending_incoming.max(1),
+            u32::MAX,
         )?;
         within("password_workers", self.password_workers, 1, 1024)?;
         within("max_inflight", self.max_inflight, 1, 65_536)?;

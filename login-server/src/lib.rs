@@ -135,17 +135,7 @@ impl Config {
     /// Refuses settings the server cannot run with, naming the setting as the configuration
     /// file spells it, with its range. [`Server::bind`] calls it first.
     pub fn validate(&self) -> Result<(), String> {
-        fn within<T: PartialOrd + std::fmt::Display>(
-            name: &str,
-            value: T,
-            min: T,
-            max: T,
-        ) -> Result<(), String> {
-            if value < min || value > max {
-                return Err(format!("{name} must be from {min} to {max}, not {value}"));
-            }
-            Ok(())
-        }
+        use natter_proto::limits::within;
         fn positive(name: &str, value: Duration) -> Result<(), String> {
             if value.is_zero() {
                 return Err(format!("{name} must be more than 0"));

@@ -276,6 +276,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or(t.min_free_memory_mib);
             config.metrics = metrics.or(file.metrics);
             config.publish_direct = !no_direct && file.publish_direct_addrs.unwrap_or(true);
+            config
+                .validate()
+                .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
             // libp2p would share a port that another process listens on (SO_REUSEPORT)
             // instead of failing: refuse it before the daemon starts.
             for addr in &config.listen {

@@ -33,3 +33,18 @@ pub const MAX_RECORD_DIRECT_ADDRS: usize = 8;
 pub const MAX_RECORD_LEASE_SECS: u64 = 120;
 /// Largest overlay request or response (JSON bytes).
 pub const MAX_OVERLAY_MESSAGE_BYTES: u64 = 16 * 1024;
+
+/// A configured value checked against its range, for the error an operator reads:
+/// "max_inflight must be from 1 to 65536, not 0". `name` is the setting as the
+/// configuration file spells it.
+pub fn within<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!("{name} must be from {min} to {max}, not {value}"));
+    }
+    Ok(())
+}

@@ -897,3 +897,25 @@ fn a_closed_stdout_ends_a_command_quietly() {
         out.status
     );
 }
+
+/// A setting out of its range is refused at start, named as `natter.toml` spells it, rather
+/// than taken as it is (`--max-leaves 2000000` was announced as a capacity no superpeer has).
+#[test]
+fn a_node_setting_out_of_range_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let out = run_expecting_exit(
+        "natter",
+        &[
+            "--home",
+            home.to_str().unwrap(),
+            "up",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--max-leaves",
+            "2000000",
+        ],
+        Duration::from_secs(20),
+    );
+    fails_with(out, "max_leaves must be from 0 to 1000000, not 2000000");
+}

@@ -97,6 +97,33 @@ impl Default for DaemonConfig {
     }
 }
 
+impl DaemonConfig {
+    /// Refuses settings the daemon cannot run with, named as `natter.toml` spells them, with
+    /// their range.
+    pub fn validate(&self) -> Result<(), String> {
+        use natter_proto::limits::within;
+        // 0: a superpeer that keeps the directory and serves no leaves (always "full").
+        within("max_leaves", self.max_leaves, 0, 1_000_000)?;
+        within("min_cores", self.thresholds.min_cores, 0, 4096)?;
+        within(
+            "min_free_memory_mib",
+            self.thresholds.min_free_memory_mib,
+            0,
+            1 << 30,
+        )?;
+        within(
+            "min_uptime_secs",
+            self.thresholds.min_uptime.as_secs(),
+            0,
+            30 * 24 * 3600,
+        )?;
+        if self.listen.is_empty() {
+            return Err("listen needs at least one address".into());
+        }
+        Ok(())
+    }
+}
+
 /// The role the node has right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Current {

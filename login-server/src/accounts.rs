@@ -59,6 +59,9 @@ pub struct Accounts {
     serials: Mutex<(u64, u64)>,
 }
 
+/// How old a device's last-seen time may get before a certificate for it writes it again.
+const FRESH_DEVICE_SECS: u64 = 3600;
+
 /// Serials are reserved on disk this many at a time, so issuing a certificate costs no disk
 /// write of its own. A crash skips the rest of a block; serials never repeat.
 const SERIAL_BLOCK: u64 = 1024;
@@ -83,7 +86,15 @@ impl Accounts {
                  key TEXT PRIMARY KEY NOT NULL,
                  value INTEGER NOT NULL
              ) STRICT;
-             INSERT OR IGNORE INTO counters (key, value) VALUES ('cert_serial', 0);",
+             INSERT OR IGNORE INTO counters (key, value) VALUES ('cert_serial', 0);
+             -- Devices certified for an account, and when last: what the cap on devices
+             -- per account counts.
+             CREATE TABLE IF NOT EXISTS devices (
+                 account   TEXT NOT NULL,
+                 device    TEXT NOT NULL,  -- the device's ed25519 key, hex
+                 last_seen INTEGER NOT NULL,
+                 PRIMARY KEY (account, device)
+             ) STRICT;",
         )
         .map_err(|e| Error::db(&path, e))?;
         Ok(Self {
@@ -179,6 +190,68 @@ impl Accounts {
             });
         }
         Ok(out)
+    }
+
+    /// Notes that `device` is certified for `name` now, unless it is a new device and the
+    /// account already has `max` devices certified since `since` (unix seconds): then
+    /// `Ok(false)` and nothing changes. Devices not certified since `since` are forgotten.
+    pub fn admit_device(
+        &self,
+        name: &UserName,
+        device: &str,
+        now: u64,
+        since: u64,
+        max: usize,
+    ) -> Result<bool, Error> {
+        let mut conn = self.conn();
+        // A known device seen within the hour: nothing to write (renewals stay free of a
+        // disk sync).
+        let last_seen: Option<i64> = conn
+            .query_row(
+                "SELECT last_seen FROM devices WHERE account = ?1 AND device = ?2",
+                params![name.as_str(), device],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(Error::sql)?;
+        if last_seen.is_some_and(|t| t as u64 >= since.max(now.saturating_sub(FRESH_DEVICE_SECS))) {
+            return Ok(true);
+        }
+        let tx = conn.transaction().map_err(Error::sql)?;
+        tx.execute(
+            "DELETE FROM devices WHERE account = ?1 AND last_seen < ?2",
+            params![name.as_str(), since as i64],
+        )
+        .map_err(Error::sql)?;
+        let known: bool = tx
+            .query_row(
+                "SELECT 1 FROM devices WHERE account = ?1 AND device = ?2",
+                params![name.as_str(), device],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(Error::sql)?
+            .is_some();
+        if !known {
+            let count: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM devices WHERE account = ?1",
+                    params![name.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(Error::sql)?;
+            if usize::try_from(count).unwrap_or(usize::MAX) >= max {
+                return Ok(false);
+            }
+        }
+        tx.execute(
+            "INSERT INTO devices (account, device, last_seen) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account, device) DO UPDATE SET last_seen = excluded.last_seen",
+            params![name.as_str(), device, now as i64],
+        )
+        .map_err(Error::sql)?;
+        tx.commit().map_err(Error::sql)?;
+        Ok(true)
     }
 
     /// Allocates the next certificate serial: serials never repeat, even across crashes.

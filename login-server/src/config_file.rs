@@ -33,6 +33,7 @@ pub struct FileConfig {
     pub max_connections: Option<u32>,
     pub max_connections_per_peer: Option<u32>,
     pub max_inflight: Option<usize>,
+    pub max_devices_per_account: Option<usize>,
     pub metrics: Option<std::net::SocketAddr>,
 }
 
@@ -106,6 +107,9 @@ impl FileConfig {
             .max_connections_per_peer
             .unwrap_or(config.max_connections_per_peer);
         config.max_inflight = self.max_inflight.unwrap_or(config.max_inflight);
+        config.max_devices_per_account = self
+            .max_devices_per_account
+            .unwrap_or(config.max_devices_per_account);
         config.metrics = self.metrics.or(config.metrics);
         Ok(())
     }

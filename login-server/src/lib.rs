@@ -82,6 +82,9 @@ pub struct Config {
     pub max_pending_per_address: u32,
     /// Password hashes computed at once (default: the number of cores).
     pub password_workers: usize,
+    /// Devices one account may have certified within a certificate's lifetime and renewal
+    /// grace (16): a new device beyond them is refused until one of them lapses.
+    pub max_devices_per_account: usize,
     /// Requests being processed at once; more are refused as busy (256).
     pub max_inflight: usize,
     /// Close connections idle this long (30 s).
@@ -124,6 +127,7 @@ impl Config {
             password_workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            max_devices_per_account: 16,
             max_inflight: 256,
             idle_timeout: Duration::from_secs(30),
             metrics: None,
@@ -185,6 +189,12 @@ impl Config {
         )?;
         within("password_workers", self.password_workers, 1, 1024)?;
         within("max_inflight", self.max_inflight, 1, 65_536)?;
+        within(
+            "max_devices_per_account",
+            self.max_devices_per_account,
+            1,
+            10_000,
+        )?;
         if self.listen.is_empty() {
             return Err("listen needs at least one address".into());
         }

@@ -416,6 +416,31 @@ impl Service {
                 "device identity must be an ed25519 key",
             )
         })?;
+        // Only so many devices per account: a device certified within a certificate's
+        // lifetime and grace counts; a known one always renews.
+        let now = unix_now();
+        let window = self.config.cert_lifetime + self.config.renew_grace;
+        let device: String = device_key.iter().map(|b| format!("{b:02x}")).collect();
+        let admitted = self
+            .accounts
+            .admit_device(
+                &name,
+                &device,
+                now,
+                now.saturating_sub(window.as_secs()),
+                self.config.max_devices_per_account,
+            )
+            .map_err(|e| self.internal(e))?;
+        if !admitted {
+            return Err(Refusal::new(
+                RefusalCode::NotAuthorized,
+                format!(
+                    "{name} already has {} devices signed in; a new one can sign in once one of them has been off for {} h",
+                    self.config.max_devices_per_account,
+                    window.as_secs().div_ceil(3600)
+                ),
+            ));
+        }
         let serial = self.accounts.next_serial().map_err(|e| self.internal(e))?;
         let cert = self
             .issuer
@@ -423,7 +448,7 @@ impl Service {
                 name,
                 device_key,
                 serial,
-                unix_now(),
+                now,
                 self.config.cert_lifetime.as_secs(),
             )
             .map_err(|e| self.internal(crate::Error::Internal(e.to_string())))?;
@@ -619,6 +644,24 @@ mod tests {
         assert_eq!(code(&r), Some(RefusalCode::RateLimited));
         let (r, _) = s.handle(exists(), from("203.0.113.6"));
         assert_eq!(code(&r), None, "{r:?}");
+    }
+
+    #[test]
+    fn an_account_has_at_most_its_share_of_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(&dir, |c| c.max_devices_per_account = 2);
+        register(&s, "alice", from("192.0.2.1"));
+        let second = from("192.0.2.1");
+        assert_eq!(code(&login(&s, "alice", "password1", second)), None);
+        let third = login(&s, "alice", "password1", from("192.0.2.1"));
+        let LoginResponse::Refused(refusal) = third else {
+            panic!("a third device was certified: {third:?}");
+        };
+        assert_eq!(refusal.code, RefusalCode::NotAuthorized);
+        assert!(refusal.message.contains("2 devices"), "{}", refusal.message);
+        // A device already counted still signs in; another account is not affected.
+        assert_eq!(code(&login(&s, "alice", "password1", second)), None);
+        register(&s, "bob", from("192.0.2.1"));
     }
 
     #[test]

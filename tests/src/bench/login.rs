@@ -100,6 +100,7 @@ async fn login_suite(mode: Mode) -> anyhow::Result<Report> {
     };
     config.ip_limit = generous;
     config.name_limit = generous;
+    config.request_limit = generous;
     config.max_inflight = 4096;
     let server = LoginServer::start(config).await;
 

@@ -77,6 +77,7 @@ impl Cluster {
         };
         config.ip_limit = generous;
         config.name_limit = generous;
+        config.request_limit = generous;
         config.max_inflight = 4096;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -59,7 +59,7 @@ pub struct Accounts {
     serials: Mutex<(u64, u64)>,
 }
 
-/// How old a device's last-seen time may get before a certificate for it writes it again.
+/// How old a device's certification time may get before a certificate for it writes it again.
 const FRESH_DEVICE_SECS: u64 = 3600;
 
 /// Serials are reserved on disk this many at a time, so issuing a certificate costs no disk
@@ -92,7 +92,7 @@ impl Accounts {
              CREATE TABLE IF NOT EXISTS devices (
                  account   TEXT NOT NULL,
                  device    TEXT NOT NULL,  -- the device's ed25519 key, hex
-                 last_seen INTEGER NOT NULL,
+                 certified_at INTEGER NOT NULL,  -- when it was last certified (written at most hourly)
                  PRIMARY KEY (account, device)
              ) STRICT;",
         )
@@ -206,20 +206,22 @@ impl Accounts {
         let mut conn = self.conn();
         // A known device seen within the hour: nothing to write (renewals stay free of a
         // disk sync).
-        let last_seen: Option<i64> = conn
+        let certified_at: Option<i64> = conn
             .query_row(
-                "SELECT last_seen FROM devices WHERE account = ?1 AND device = ?2",
+                "SELECT certified_at FROM devices WHERE account = ?1 AND device = ?2",
                 params![name.as_str(), device],
                 |r| r.get(0),
             )
             .optional()
             .map_err(Error::sql)?;
-        if last_seen.is_some_and(|t| t as u64 >= since.max(now.saturating_sub(FRESH_DEVICE_SECS))) {
+        if certified_at
+            .is_some_and(|t| t as u64 >= since.max(now.saturating_sub(FRESH_DEVICE_SECS)))
+        {
             return Ok(true);
         }
         let tx = conn.transaction().map_err(Error::sql)?;
         tx.execute(
-            "DELETE FROM devices WHERE account = ?1 AND last_seen < ?2",
+            "DELETE FROM devices WHERE account = ?1 AND certified_at < ?2",
             params![name.as_str(), since as i64],
         )
         .map_err(Error::sql)?;
@@ -245,8 +247,8 @@ impl Accounts {
             }
         }
         tx.execute(
-            "INSERT INTO devices (account, device, last_seen) VALUES (?1, ?2, ?3)
-             ON CONFLICT (account, device) DO UPDATE SET last_seen = excluded.last_seen",
+            "INSERT INTO devices (account, device, certified_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account, device) DO UPDATE SET certified_at = excluded.certified_at",
             params![name.as_str(), device, now as i64],
         )
         .map_err(Error::sql)?;

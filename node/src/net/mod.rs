@@ -45,6 +45,10 @@ const COMMAND_BUFFER: usize = 1024;
 /// closed at once.
 const RELAY_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How many times an introduction is sent again to a peer that stays connected, after its
+/// connection closed or its answer timed out.
+const MAX_REINTRODUCTIONS: u8 = 3;
+
 /// The request-response exchanges whose answers the network task routes back by token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Exchange {
@@ -80,6 +84,8 @@ pub(crate) struct Network {
     issuer: IssuerKey,
     /// This node's certificate, sent on every new connection.
     cert: Certificate,
+    /// Introductions sent again to a connected peer ([`MAX_REINTRODUCTIONS`] at most).
+    reintroduced: HashMap<PeerId, u8>,
 }
 
 impl std::fmt::Debug for Network {
@@ -116,6 +122,7 @@ impl Network {
             admissions,
             issuer,
             cert,
+            reintroduced: HashMap::new(),
         };
         (network, NetHandle::new(command_tx), event_rx)
     }
@@ -348,6 +355,7 @@ impl Network {
                 self.conns.remove(&connection_id);
                 if num_established == 0 {
                     self.admissions.forget(&peer_id);
+                    self.reintroduced.remove(&peer_id);
                 }
                 (num_established == 0).then(|| NetEvent::Disconnected {
                     peer: peer_id,
@@ -492,15 +500,23 @@ impl Network {
                 tracing::warn!(%peer, %message, "peer refused this node's certificate");
             }
             request_response::Event::OutboundFailure { peer, error, .. } => {
-                if matches!(error, request_response::OutboundFailure::ConnectionClosed)
-                    && self.swarm.is_connected(&peer)
-                {
+                let again = matches!(
+                    error,
+                    request_response::OutboundFailure::ConnectionClosed
+                        | request_response::OutboundFailure::Timeout
+                );
+                if again && self.swarm.is_connected(&peer) {
                     // Its connection closed (one of two dialled at once, a retired relayed
-                    // one) while another stays: without saying it again there, the peer
-                    // would hold every answer for this node until it gives up on it.
-                    tracing::debug!(%peer, "introduction cut off with its connection; again on another");
-                    self.introduce(peer);
-                    return;
+                    // one) while another stays, or the answer did not come in time: without
+                    // saying it again, the peer would hold every answer for this node until
+                    // it gives up on it. A few times per peer, not forever.
+                    let tries = self.reintroduced.entry(peer).or_insert(0);
+                    if *tries < MAX_REINTRODUCTIONS {
+                        *tries += 1;
+                        tracing::debug!(%peer, %error, "introduction not answered; again");
+                        self.introduce(peer);
+                        return;
+                    }
                 }
                 // Peers without accounts (the login server, AutoNAT probes) do not speak it.
                 tracing::debug!(%peer, %error, "introduction not heard");

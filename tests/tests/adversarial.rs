@@ -13,18 +13,18 @@ use natter_tests::{NodeProcess, TestNet, natter, natter_json, wait_for};
 
 const ATTACH: Duration = Duration::from_secs(60);
 
+/// Does `status` (of `natter status --json`) list `peer` among the node's superpeers?
+fn holds(status: &serde_json::Value, peer: &str) -> bool {
+    status["superpeers"]
+        .as_array()
+        .is_some_and(|sps| sps.iter().any(|p| p.as_str() == Some(peer)))
+}
+
 fn attached_to(node: &NodeProcess, peer: &str) {
     wait_for(
         &format!("{} attached to {peer}", node.home.display()),
         ATTACH,
-        || {
-            let s = node.status()?;
-            s["superpeers"]
-                .as_array()?
-                .iter()
-                .any(|p| p.as_str() == Some(peer))
-                .then_some(())
-        },
+        || node.status().filter(|s| holds(s, peer)).map(drop),
     );
 }
 
@@ -298,10 +298,7 @@ fn a_superpeer_listing_fake_superpeers_does_not_keep_a_leaf_from_attaching() {
     let restarted = std::time::Instant::now();
     loop {
         let status = alice.status();
-        let attached = status
-            .as_ref()
-            .and_then(|s| s["superpeers"].as_array())
-            .is_some_and(|sps| sps.iter().any(|p| p.as_str() == Some(seed_id.as_str())));
+        let attached = status.as_ref().is_some_and(|s| holds(s, &seed_id));
         if attached {
             break;
         }

@@ -94,6 +94,14 @@ impl Accounts {
                  device    TEXT NOT NULL,  -- the device's ed25519 key, hex
                  certified_at INTEGER NOT NULL,  -- when it was last certified (written at most hourly)
                  PRIMARY KEY (account, device)
+             ) STRICT;
+             -- Revoked accounts (device NULL) and devices: certificates issued at or before
+             -- revoked_at no longer count. Kept one certificate lifetime, then pruned.
+             CREATE TABLE IF NOT EXISTS revocations (
+                 account    TEXT NOT NULL,
+                 device     TEXT NOT NULL DEFAULT '',  -- the device key, hex; '' for all
+                 revoked_at INTEGER NOT NULL,
+                 PRIMARY KEY (account, device)
              ) STRICT;",
         )
         .map_err(|e| Error::db(&path, e))?;
@@ -150,16 +158,80 @@ impl Accounts {
             .map_err(Error::sql)
     }
 
-    /// Sets the disabled flag; `Ok(false)` if there is no such account.
-    pub fn set_disabled(&self, name: &UserName, disabled: bool) -> Result<bool, Error> {
-        let n = self
-            .conn()
+    /// Sets the disabled flag; `Ok(false)` if there is no such account. Disabling also
+    /// revokes every certificate of the account issued until `now`.
+    pub fn set_disabled(&self, name: &UserName, disabled: bool, now: u64) -> Result<bool, Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(Error::sql)?;
+        let n = tx
             .execute(
                 "UPDATE accounts SET disabled = ?2 WHERE name = ?1",
                 params![name.as_str(), disabled as i64],
             )
             .map_err(Error::sql)?;
+        if n == 1 && disabled {
+            revoke(&tx, name, "", now)?;
+        }
+        tx.commit().map_err(Error::sql)?;
         Ok(n == 1)
+    }
+
+    /// Revokes the certificates of one device of an account issued until `now`, and forgets
+    /// the device (it no longer counts against the device cap). `Ok(false)` if there is no
+    /// such account.
+    pub fn revoke_device(&self, name: &UserName, device: &str, now: u64) -> Result<bool, Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(Error::sql)?;
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM accounts WHERE name = ?1",
+                params![name.as_str()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(Error::sql)?
+            .is_some();
+        if exists {
+            revoke(&tx, name, device, now)?;
+            tx.execute(
+                "DELETE FROM devices WHERE account = ?1 AND device = ?2",
+                params![name.as_str(), device],
+            )
+            .map_err(Error::sql)?;
+        }
+        tx.commit().map_err(Error::sql)?;
+        Ok(exists)
+    }
+
+    /// The revocations made after `since` (unix seconds), oldest first, at most `max`; older
+    /// ones are deleted (they revoke no certificate that is still valid).
+    pub fn revocations(
+        &self,
+        since: u64,
+        max: usize,
+    ) -> Result<Vec<natter_proto::revocation::Revoked>, Error> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM revocations WHERE revoked_at < ?1",
+            params![since as i64],
+        )
+        .map_err(Error::sql)?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT account, device, revoked_at FROM revocations
+                 ORDER BY revoked_at, account, device LIMIT ?1",
+            )
+            .map_err(Error::sql)?;
+        let rows = stmt
+            .query_map(params![max as i64], |row| {
+                Ok(natter_proto::revocation::Revoked {
+                    name: row.get(0)?,
+                    device: Some(row.get::<_, String>(1)?).filter(|d| !d.is_empty()),
+                    revoked_at: row.get::<_, i64>(2)? as u64,
+                })
+            })
+            .map_err(Error::sql)?;
+        rows.collect::<Result<_, _>>().map_err(Error::sql)
     }
 
     pub fn list(&self) -> Result<Vec<Account>, Error> {
@@ -276,6 +348,22 @@ impl Accounts {
     }
 }
 
+/// Records a revocation (a later one of the same account or device replaces it).
+fn revoke(
+    tx: &rusqlite::Transaction<'_>,
+    name: &UserName,
+    device: &str,
+    now: u64,
+) -> Result<(), Error> {
+    tx.execute(
+        "INSERT INTO revocations (account, device, revoked_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (account, device) DO UPDATE SET revoked_at = excluded.revoked_at",
+        params![name.as_str(), device, now as i64],
+    )
+    .map_err(Error::sql)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,8 +383,8 @@ mod tests {
                 "duplicate refused"
             );
             assert!(db.create(&name("bob"), "h3", 12).unwrap());
-            assert!(db.set_disabled(&name("bob"), true).unwrap());
-            assert!(!db.set_disabled(&name("carol"), true).unwrap());
+            assert!(db.set_disabled(&name("bob"), true, 1).unwrap());
+            assert!(!db.set_disabled(&name("carol"), true, 1).unwrap());
             assert_eq!(db.next_serial().unwrap(), 1);
             assert_eq!(db.next_serial().unwrap(), 2);
         }

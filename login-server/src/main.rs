@@ -70,8 +70,13 @@ enum Command {
 enum UserCommand {
     /// Create an account; the password is read from stdin (first line) or prompted.
     Add { name: String },
-    /// Disable an account: no more logins or renewals.
+    /// Disable an account: no more logins or renewals, and its certificates are revoked
+    /// (superpeers and peers refuse them within a minute).
     Disable { name: String },
+    /// Revoke one device of an account (its peer id, as `natter status` shows it, or its
+    /// key in hex): its certificates stop working within a minute and it cannot renew; the
+    /// owner can log in on it again with the password.
+    RevokeDevice { name: String, device: String },
     /// List accounts.
     List {
         /// Print JSON instead of text.
@@ -198,12 +203,22 @@ fn user(dir: &std::path::Path, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Disable { name } => {
             let name = UserName::parse(&name)?;
-            if !db.set_disabled(&name, true)? {
+            let now = natter_login_server::service::unix_now();
+            if !db.set_disabled(&name, true, now)? {
                 bail!("no user named {name}");
             }
             outln!(
-                "disabled {name}: no more logins or renewals; current certificates expire within their lifetime"
+                "disabled {name}: no more logins or renewals; its certificates are revoked (refused everywhere within a minute)"
             );
+        }
+        UserCommand::RevokeDevice { name, device } => {
+            let name = UserName::parse(&name)?;
+            let key = device_key(&device)?;
+            let now = natter_login_server::service::unix_now();
+            if !db.revoke_device(&name, &key, now)? {
+                bail!("no user named {name}");
+            }
+            outln!("revoked device {device} of {name} (refused everywhere within a minute)");
         }
         UserCommand::List { json } => {
             let list = db.list()?;
@@ -228,6 +243,22 @@ fn user(dir: &std::path::Path, cmd: UserCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A device as the operator names it: a peer id (`12D3KooW…`) or 64 hex digits of its
+/// ed25519 key; the key in lower-case hex, as the database keeps it.
+fn device_key(device: &str) -> anyhow::Result<String> {
+    let hex = device.trim().to_ascii_lowercase();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(hex);
+    }
+    let peer: libp2p::PeerId = device
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{device:?} is neither a peer id nor 64 hex digits"))?;
+    let key = natter_login_server::service::device_key_of(&peer)
+        .ok_or_else(|| anyhow::anyhow!("{device} is not an ed25519 peer id"))?;
+    Ok(natter_proto::revocation::device_hex(&key))
 }
 
 /// Writes `args` and a newline to standard output, for a command's output. When the reader

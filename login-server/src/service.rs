@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use libp2p::{Multiaddr, PeerId};
 use natter_proto::limits::{MAX_ADDR_LEN, MAX_ANNOUNCED_ADDRS, MAX_PASSWORD_BYTES};
 use natter_proto::login::{LoginRequest, LoginResponse, Password, Refusal, RefusalCode};
+use natter_proto::revocation::{MAX_REVOKED, RevocationList, Revocations};
 use natter_proto::{Certificate, IssuerSigningKey, UserName};
 
 use prometheus_client::metrics::counter::Counter;
@@ -45,6 +46,8 @@ pub struct Service {
     /// answer takes as long as for a real user's wrong password.
     decoy_hash: std::sync::OnceLock<String>,
     registry: Mutex<Registry>,
+    /// The signed revocation list, and when it was last read from the database.
+    revocations: Mutex<Option<(Instant, Revocations)>>,
     /// Requests by kind and outcome ("ok" or the refusal code), for the metrics endpoint.
     requests: Family<Vec<(String, String)>, Counter>,
     /// Dial-backs by outcome ("reached", "unreached", "dropped").
@@ -64,6 +67,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 type Outcome = Result<LoginResponse, Refusal>;
+
+/// How long the revocation list is served before the database is read again.
+const REVOCATIONS_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Service {
     pub fn new(accounts: Accounts, issuer: IssuerSigningKey, config: Config) -> Self {
@@ -92,6 +98,7 @@ impl Service {
                     stale: config.dial_back_timeout.saturating_mul(3),
                 },
             )),
+            revocations: Mutex::new(None),
             requests: Family::default(),
             dial_backs: Family::default(),
             config,
@@ -130,6 +137,12 @@ impl Service {
             LoginRequest::Login { name, password } => self.login(&name, &password, caller),
             LoginRequest::Renew { cert } => self.renew(&cert, caller),
             LoginRequest::Exists { name } => self.exists(&name),
+            LoginRequest::Revocations { since } => {
+                self.revocation_list()
+                    .map(|revocations| LoginResponse::Revocations {
+                        list: revocations.list().filter(|l| l.issued_at > since).cloned(),
+                    })
+            }
             LoginRequest::Announce {
                 cert,
                 addrs,
@@ -165,7 +178,7 @@ impl Service {
         (response, dial_back)
     }
 
-    fn internal(&self, e: crate::Error) -> Refusal {
+    fn internal(&self, e: impl std::fmt::Display) -> Refusal {
         tracing::error!(error = %e, "internal error");
         Refusal::new(RefusalCode::Internal, "internal error on the login server")
     }
@@ -288,7 +301,47 @@ impl Service {
         if account.disabled {
             return Err(disabled(&name));
         }
+        if self.revocation_list()?.revokes(cert) {
+            return Err(Refusal::new(
+                RefusalCode::NotAuthorized,
+                "this device's certificate was revoked: log in again with the password",
+            ));
+        }
         Ok(name)
+    }
+
+    /// The signed revocation list, read from the database again when older than
+    /// [`REVOCATIONS_FRESH`] (a `natter-login user disable` in another process shows within
+    /// that time), and signed again only when its entries changed, so that holders of the
+    /// current list are told "nothing new".
+    pub fn revocation_list(&self) -> Result<Revocations, Refusal> {
+        let mut cache = lock(&self.revocations);
+        if let Some((read, revocations)) = &*cache
+            && read.elapsed() < REVOCATIONS_FRESH
+        {
+            return Ok(revocations.clone());
+        }
+        let now = unix_now();
+        // An entry older than a certificate's lifetime and renewal grace revokes nothing
+        // that is still valid or renewable.
+        let keep = self.config.cert_lifetime + self.config.renew_grace;
+        let since = now.saturating_sub(keep.as_secs() + natter_proto::cert::CLOCK_SKEW_SECS);
+        let revoked = self
+            .accounts
+            .revocations(since, MAX_REVOKED)
+            .map_err(|e| self.internal(e))?;
+        let held = cache.take().map(|(_, r)| r).unwrap_or_default();
+        let revocations = match held.list() {
+            Some(list) if list.revoked == revoked => held,
+            _ => {
+                let issued_at = now.max(held.issued_at() + 1);
+                RevocationList::sign(&self.issuer, issued_at, revoked)
+                    .and_then(|list| list.verify(&self.issuer.public()))
+                    .map_err(|e| self.internal(e))?
+            }
+        };
+        *cache = Some((Instant::now(), revocations.clone()));
+        Ok(revocations)
     }
 
     fn exists(&self, name: &str) -> Outcome {
@@ -420,7 +473,7 @@ impl Service {
         // lifetime and grace counts; a known one always renews.
         let now = unix_now();
         let window = self.config.cert_lifetime + self.config.renew_grace;
-        let device: String = device_key.iter().map(|b| format!("{b:02x}")).collect();
+        let device = natter_proto::revocation::device_hex(&device_key);
         let admitted = self
             .accounts
             .admit_device(
@@ -581,6 +634,67 @@ mod tests {
             password: Password::new("password1"),
         };
         assert_eq!(code(&s.handle(request, caller).0), None);
+    }
+
+    fn issued(r: LoginResponse) -> Certificate {
+        match r {
+            LoginResponse::Issued { cert, .. } => cert,
+            other => panic!("not issued: {other:?}"),
+        }
+    }
+
+    fn revocations(s: &Service, since: u64) -> Option<Revocations> {
+        match s
+            .handle(LoginRequest::Revocations { since }, from("192.0.2.9"))
+            .0
+        {
+            LoginResponse::Revocations { list } => list.map(|l| l.verify(&s.issuer_key()).unwrap()),
+            other => panic!("not a list: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_disabled_account_and_a_revoked_device_are_in_the_signed_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(&dir, |_| {});
+        let (alice, mallory) = (from("192.0.2.1"), from("192.0.2.2"));
+        register(&s, "alice", alice);
+        register(&s, "mallory", mallory);
+        let alice_cert = issued(login(&s, "alice", "password1", alice));
+        let mallory_cert = issued(login(&s, "mallory", "password1", mallory));
+        let first = revocations(&s, 0).expect("a list");
+        assert!(first.is_empty());
+        // Nothing new for whoever holds it.
+        assert!(revocations(&s, first.issued_at()).is_none());
+
+        // The operator, in another process, while the server runs.
+        let db = Accounts::open(dir.path()).unwrap();
+        let now = unix_now();
+        let name = |n| UserName::parse(n).unwrap();
+        assert!(db.set_disabled(&name("mallory"), true, now).unwrap());
+        let device = natter_proto::revocation::device_hex(&alice_cert.device_key());
+        assert!(db.revoke_device(&name("alice"), &device, now).unwrap());
+        // Served from the cache for a moment, then read again.
+        if let Some((read, _)) = lock(&s.revocations).as_mut() {
+            *read -= REVOCATIONS_FRESH;
+        }
+        let list = revocations(&s, first.issued_at()).expect("a newer list");
+        assert!(list.issued_at() > first.issued_at());
+        assert!(list.revokes(&mallory_cert));
+        assert!(list.revokes(&alice_cert));
+
+        // A revoked device cannot renew its way out of the list.
+        let renew = LoginRequest::Renew { cert: alice_cert };
+        assert_eq!(
+            code(&s.handle(renew, alice).0),
+            Some(RefusalCode::NotAuthorized)
+        );
+        // Its owner can log in on it again: the new certificate is not revoked.
+        let fresh = {
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            issued(login(&s, "alice", "password1", alice))
+        };
+        assert!(!list.revokes(&fresh));
     }
 
     #[test]

@@ -83,6 +83,10 @@ impl IssuerKey {
         self.0.to_bytes()
     }
 
+    pub(crate) fn verifying(&self) -> &ed25519_dalek::VerifyingKey {
+        &self.0
+    }
+
     /// First eight bytes of a domain-separated SHA-512 of the key.
     pub fn key_id(&self) -> KeyId {
         let mut h = Sha512::new();
@@ -144,6 +148,11 @@ impl IssuerSigningKey {
 
     pub fn public(&self) -> IssuerKey {
         IssuerKey(self.0.verifying_key())
+    }
+
+    /// The key itself, for the other statements the issuer signs (revocation lists).
+    pub(crate) fn signing(&self) -> &ed25519_dalek::SigningKey {
+        &self.0
     }
 
     /// Issues a certificate binding `username` to the ed25519 `device_key`, valid from

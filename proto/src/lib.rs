@@ -12,7 +12,9 @@ pub mod name;
 pub mod overlay;
 pub mod presence;
 pub mod protocol;
+pub mod revocation;
 
 pub use cert::{CertError, Certificate, IssuerKey, IssuerSigningKey, KeyId};
 pub use name::{NameError, UserName};
 pub use presence::{PresenceBody, PresenceRecord, RecordError, Status};
+pub use revocation::{RevocationList, Revocations};

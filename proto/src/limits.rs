@@ -13,8 +13,12 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// Largest login request accepted by the server (JSON bytes on the stream).
 pub const MAX_LOGIN_REQUEST_BYTES: u64 = 16 * 1024;
-/// Largest login response accepted by a client (JSON bytes on the stream).
-pub const MAX_LOGIN_RESPONSE_BYTES: u64 = 64 * 1024;
+/// Largest revocation list (JSON bytes): [`crate::revocation::MAX_REVOKED`] entries of the
+/// longest names with a device each fit.
+pub const MAX_REVOCATION_LIST_BYTES: u64 = 1024 * 1024;
+/// Largest login response accepted by a client (JSON bytes on the stream): a revocation list
+/// and its envelope.
+pub const MAX_LOGIN_RESPONSE_BYTES: u64 = MAX_REVOCATION_LIST_BYTES + 64 * 1024;
 /// Most superpeers the login server returns in a bootstrap list.
 pub const MAX_BOOTSTRAP_SUPERPEERS: usize = 20;
 /// Most addresses a superpeer may announce.
@@ -31,8 +35,11 @@ pub const MAX_RECORD_RELAY_ADDRS: usize = 8;
 pub const MAX_RECORD_DIRECT_ADDRS: usize = 8;
 /// Longest lease a presence record may claim: `expires_at - last_seen`.
 pub const MAX_RECORD_LEASE_SECS: u64 = 120;
-/// Largest overlay request or response (JSON bytes).
+/// Largest overlay request or response (JSON bytes), but for a revocation list.
 pub const MAX_OVERLAY_MESSAGE_BYTES: u64 = 16 * 1024;
+/// Largest overlay response a leaf reads: a revocation list and its envelope. Only answers
+/// to its own requests, from the superpeers it chose.
+pub const MAX_OVERLAY_RESPONSE_BYTES: u64 = MAX_REVOCATION_LIST_BYTES + 16 * 1024;
 
 /// A configured value checked against its range, for the error an operator reads:
 /// "max_inflight must be from 1 to 65536, not 0". `name` is the setting as the

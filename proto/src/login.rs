@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cert::{Certificate, IssuerKey};
 use crate::limits::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
+use crate::revocation::RevocationList;
 
 /// A password in transit. Its `Debug` never shows the secret, so it cannot end up in a log.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +68,8 @@ pub enum LoginRequest {
         /// Leaves it accepts at most.
         capacity: u32,
     },
+    /// The revocation list, if newer than the one issued at `since` (superpeers ask often).
+    Revocations { since: u64 },
 }
 
 impl LoginRequest {
@@ -78,6 +81,7 @@ impl LoginRequest {
             LoginRequest::Renew { .. } => "renew",
             LoginRequest::Exists { .. } => "exists",
             LoginRequest::Announce { .. } => "announce",
+            LoginRequest::Revocations { .. } => "revocations",
         }
     }
 }
@@ -113,6 +117,10 @@ pub enum LoginResponse {
         refresh_secs: u64,
         #[serde(default)]
         superpeers: Vec<SuperpeerInfo>,
+    },
+    /// The signed revocation list; none if the one the asker holds is current.
+    Revocations {
+        list: Option<RevocationList>,
     },
     Refused(Refusal),
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::cert::Certificate;
 use crate::login::SuperpeerInfo;
 use crate::presence::PresenceRecord;
+use crate::revocation::RevocationList;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -22,6 +23,9 @@ pub enum OverlayRequest {
     Detach,
     /// A superpeer asks a record's home superpeer whether the user's device is still attached.
     IsAttached { peer_id: String },
+    /// An attached leaf asks for the login server's revocation list, if newer than the one
+    /// issued at `since`. The list is signed: the superpeer can only withhold it.
+    Revocations { since: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +52,10 @@ pub enum OverlayResponse {
     Detached,
     Attachment {
         attached: bool,
+    },
+    /// The newest revocation list the superpeer holds; none if the asker's is as new.
+    Revocations {
+        list: Option<RevocationList>,
     },
     Refused {
         code: OverlayRefusal,

@@ -136,6 +136,21 @@ impl LeafTable {
         self.leaves.keys()
     }
 
+    /// Removes the leaves whose certificate `revocations` revokes, and names them: they are
+    /// to be disconnected.
+    pub fn revoked(&mut self, revocations: &natter_proto::Revocations) -> Vec<PeerId> {
+        let revoked: Vec<PeerId> = self
+            .leaves
+            .iter()
+            .filter(|(_, l)| revocations.revokes(&l.cert))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in &revoked {
+            self.remove(peer);
+        }
+        revoked
+    }
+
     /// Leaves whose certificate expired since they attached: they must renew and re-attach.
     pub fn expired(&self, issuer: &IssuerKey, now: u64) -> Vec<PeerId> {
         self.leaves

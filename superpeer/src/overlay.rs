@@ -7,7 +7,7 @@ use libp2p::PeerId;
 use natter_proto::login::SuperpeerInfo;
 use natter_proto::overlay::{OverlayRefusal, OverlayRequest, OverlayResponse};
 use natter_proto::presence::directory_key;
-use natter_proto::{IssuerKey, PresenceRecord, UserName};
+use natter_proto::{IssuerKey, PresenceRecord, Revocations, UserName};
 
 use crate::directory::DirectoryStats;
 use crate::leaves::{Admission, LeafTable};
@@ -19,6 +19,8 @@ pub struct OverlayContext<'a> {
     /// Whether this node is a superpeer now (a leaf answers only `IsAttached`).
     pub is_superpeer: bool,
     pub issuer: &'a IssuerKey,
+    /// The login server's newest revocation list this node holds.
+    pub revocations: &'a Revocations,
     /// Unix seconds.
     pub now: u64,
     /// How long a leaf's record vouches for it, told to attaching leaves.
@@ -81,6 +83,13 @@ pub fn handle_request(
         return refuse(OverlayRefusal::NotSuperpeer, "this node is not a superpeer");
     }
     match request {
+        OverlayRequest::Attach { cert } if ctx.revocations.revokes(&cert) => {
+            tracing::info!(%peer, user = %cert.username(), "revoked certificate: leaf refused");
+            refuse(
+                OverlayRefusal::InvalidCertificate,
+                "the certificate was revoked by the login server",
+            )
+        }
         OverlayRequest::Attach { cert } => match leaves.admit(peer, &cert, ctx.issuer, ctx.now) {
             Admission::Admitted | Admission::AlreadyAttached => {
                 tracing::info!(%peer, user = %cert.username(), leaves = leaves.len(), "leaf attached");
@@ -114,6 +123,13 @@ pub fn handle_request(
                     "record is not this leaf's own",
                 );
             }
+            if ctx.revocations.revokes(&record.body.cert) {
+                stats.records_refused += 1;
+                return refuse(
+                    OverlayRefusal::InvalidRecord,
+                    "the record's certificate was revoked by the login server",
+                );
+            }
             let key = directory_key(record.username());
             let stored = (ctx.stored)(&key).and_then(|s| PresenceRecord::from_json(&s).ok());
             match record.validate_for_store(&key, ctx.issuer, ctx.now, stored.as_ref()) {
@@ -144,6 +160,18 @@ pub fn handle_request(
             leaves.remove(&peer);
             OverlayDecision::Answer(OverlayResponse::Detached)
         }
+        OverlayRequest::Revocations { since } => {
+            if !leaves.contains(&peer) && !ctx.asker_is_superpeer {
+                return refuse(OverlayRefusal::NotAttached, "attach before asking");
+            }
+            OverlayDecision::Answer(OverlayResponse::Revocations {
+                list: ctx
+                    .revocations
+                    .list()
+                    .filter(|l| l.issued_at > since)
+                    .cloned(),
+            })
+        }
         OverlayRequest::IsAttached { .. } => unreachable!("answered above"),
     }
 }
@@ -170,6 +198,7 @@ mod tests {
         issuer: IssuerKey,
         stored: Option<Vec<u8>>,
         is_superpeer: bool,
+        revocations: Revocations,
     }
 
     impl Server {
@@ -180,6 +209,7 @@ mod tests {
                 issuer: issuer().public(),
                 stored: None,
                 is_superpeer: true,
+                revocations: Revocations::default(),
             }
         }
 
@@ -191,6 +221,7 @@ mod tests {
                 me: device(99).public().to_peer_id(),
                 is_superpeer: self.is_superpeer,
                 issuer: &self.issuer,
+                revocations: &self.revocations,
                 now: NOW,
                 lease_secs: 90,
                 asker_is_superpeer: false,
@@ -287,6 +318,63 @@ mod tests {
         let d = s.ask(alice, publish(record("alice", 2, 4)));
         assert_eq!(refusal(&d), Some(OverlayRefusal::InvalidRecord));
         assert_eq!((s.stats.records_stored, s.stats.records_refused), (1, 2));
+    }
+
+    #[test]
+    fn a_revoked_account_neither_attaches_nor_publishes_and_leaves_get_the_list() {
+        use natter_proto::revocation::{RevocationList, Revoked};
+        let mut s = Server::new();
+        let (alice, mallory) = (
+            device(2).public().to_peer_id(),
+            device(5).public().to_peer_id(),
+        );
+        let attach = |name, seed| OverlayRequest::Attach {
+            cert: cert(name, seed),
+        };
+        s.ask(alice, attach("alice", 2));
+        s.ask(mallory, attach("mallory", 5));
+        let ask_list = OverlayRequest::Revocations { since: 0 };
+        assert!(matches!(
+            s.ask(alice, ask_list.clone()),
+            OverlayDecision::Answer(OverlayResponse::Revocations { list: None })
+        ));
+        let list = RevocationList::sign(
+            &issuer(),
+            NOW,
+            vec![Revoked {
+                name: "mallory".into(),
+                device: None,
+                revoked_at: NOW,
+            }],
+        )
+        .unwrap();
+        s.revocations = list.verify(&s.issuer).unwrap();
+        // The node evicts attached leaves it revokes; a revoked one cannot come back.
+        assert_eq!(s.leaves.revoked(&s.revocations), vec![mallory]);
+        assert_eq!(
+            refusal(&s.ask(mallory, attach("mallory", 5))),
+            Some(OverlayRefusal::InvalidCertificate)
+        );
+        let d = s.ask(
+            alice,
+            OverlayRequest::Publish {
+                record: record("mallory", 2, 1),
+            },
+        );
+        assert_eq!(refusal(&d), Some(OverlayRefusal::InvalidRecord));
+        assert!(matches!(
+            s.ask(alice, ask_list),
+            OverlayDecision::Answer(OverlayResponse::Revocations { list: Some(l) }) if l == list
+        ));
+        let current = OverlayRequest::Revocations { since: NOW };
+        assert!(matches!(
+            s.ask(alice, current.clone()),
+            OverlayDecision::Answer(OverlayResponse::Revocations { list: None })
+        ));
+        assert_eq!(
+            refusal(&s.ask(device(7).public().to_peer_id(), current)),
+            Some(OverlayRefusal::NotAttached)
+        );
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub fn plain_superpeer(_: &Attacker, _: PeerId, request: OverlayRequest) -> Over
         OverlayRequest::Lookup { .. } => OverlayResponse::NotFound,
         OverlayRequest::Detach => OverlayResponse::Detached,
         OverlayRequest::IsAttached { .. } => OverlayResponse::Attachment { attached: true },
+        // Withholds every revocation.
+        OverlayRequest::Revocations { .. } => OverlayResponse::Revocations { list: None },
     }
 }
 

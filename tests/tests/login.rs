@@ -90,7 +90,7 @@ async fn disabled_account_can_neither_log_in_nor_renew() {
     assert!(
         Accounts::open(dir.path())
             .unwrap()
-            .set_disabled(&name("bob"), true)
+            .set_disabled(&name("bob"), true, natter_login_server::service::unix_now())
             .unwrap()
     );
 

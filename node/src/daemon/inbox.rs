@@ -4,7 +4,7 @@
 
 use libp2p::PeerId;
 use natter_proto::msg::{self, MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
-use natter_proto::{IssuerKey, PresenceRecord, UserName};
+use natter_proto::{IssuerKey, PresenceRecord, Revocations, UserName};
 
 use crate::store::{IncomingMessage, Receipt, StoreError};
 
@@ -33,10 +33,24 @@ pub(crate) fn handle_request(
     peer: PeerId,
     request: MsgRequest,
     issuer: &IssuerKey,
+    revocations: &Revocations,
     own: &UserName,
     now: u64,
     now_ms: u64,
 ) -> MsgDecision {
+    let revoked = match &request {
+        MsgRequest::Deliver { cert, .. } | MsgRequest::Ping { cert, .. } => {
+            revocations.revokes(cert)
+        }
+        MsgRequest::Presence { record } => revocations.revokes(&record.body.cert),
+    };
+    if revoked {
+        tracing::info!(%peer, "request under a revoked certificate refused");
+        return refuse((
+            MsgRefusal::NotAuthenticated,
+            "the certificate was revoked by the login server".into(),
+        ));
+    }
     match request {
         MsgRequest::Deliver { cert, messages } => {
             if let Err(refusal) = msg::authenticate(&cert, issuer, &peer, now) {
@@ -162,9 +176,63 @@ mod tests {
         }
     }
 
+    /// The login server revoked mallory's account.
+    fn revoked() -> Revocations {
+        natter_proto::RevocationList::sign(
+            &issuer(),
+            NOW,
+            vec![natter_proto::revocation::Revoked {
+                name: "mallory".into(),
+                device: None,
+                revoked_at: NOW,
+            }],
+        )
+        .unwrap()
+        .verify(&issuer().public())
+        .unwrap()
+    }
+
+    #[test]
+    fn nothing_is_taken_under_a_revoked_certificate() {
+        let mallory = device(5).public().to_peer_id();
+        let d = handle(
+            mallory,
+            MsgRequest::Deliver {
+                cert: cert("mallory", 5),
+                messages: vec![message("bob", 1)],
+            },
+        );
+        assert_eq!(refusal(&d), Some(MsgRefusal::NotAuthenticated));
+        let d = handle(
+            mallory,
+            MsgRequest::Ping {
+                cert: cert("mallory", 5),
+                nonce: 1,
+            },
+        );
+        assert_eq!(refusal(&d), Some(MsgRefusal::NotAuthenticated));
+        let alice = device(2).public().to_peer_id();
+        let d = handle(
+            alice,
+            MsgRequest::Deliver {
+                cert: cert("alice", 2),
+                messages: vec![message("bob", 1)],
+            },
+        );
+        assert!(matches!(d, MsgDecision::Store(_)));
+    }
+
     fn handle(peer: PeerId, request: MsgRequest) -> MsgDecision {
         let own = UserName::parse("bob").unwrap();
-        handle_request(peer, request, &issuer().public(), &own, NOW, 7)
+        handle_request(
+            peer,
+            request,
+            &issuer().public(),
+            &self::revoked(),
+            &own,
+            NOW,
+            7,
+        )
     }
 
     fn refusal(d: &MsgDecision) -> Option<MsgRefusal> {

@@ -295,6 +295,13 @@ impl Daemon {
         answer: Result<OverlayResponse, String>,
     ) {
         let outcome = match answer {
+            Ok(OverlayResponse::Found { record, .. })
+                if self.revocations.revokes(&record.body.cert) =>
+            {
+                LookupOutcome::Failed(format!(
+                    "{name}'s certificate was revoked by the login server"
+                ))
+            }
             Ok(OverlayResponse::Found { record, confirmed }) => {
                 match check_answer(&record, &name, &self.issuer, unix_now()) {
                     Ok(()) => LookupOutcome::Found { record, confirmed },
@@ -368,6 +375,12 @@ impl Daemon {
                 self.on_liveness(lookup, Some(attached));
             }
             OverlayPending::Detach => {}
+            OverlayPending::Revocations(peer) => match answer {
+                Ok(OverlayResponse::Revocations { list }) => {
+                    self.on_revocation_list(&peer.to_string(), list);
+                }
+                other => tracing::debug!(%peer, ?other, "revocation list not had"),
+            },
         }
     }
 }

@@ -110,6 +110,9 @@ impl Daemon {
             (LoginPending::Announce, other) => {
                 tracing::warn!(?other, "announcement to the login server failed");
             }
+            (LoginPending::Revocations, Ok(LoginResponse::Revocations { list })) => {
+                self.on_revocation_list("login server", list);
+            }
             (LoginPending::Exists { name, purpose }, response) => {
                 let exists = match response {
                     Ok(LoginResponse::Exists { exists, .. }) => Some(exists),

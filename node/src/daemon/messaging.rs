@@ -450,7 +450,15 @@ impl Daemon {
         channel: ResponseChannel<MsgResponse>,
     ) {
         let own = self.identity.user.clone();
-        match inbox::handle_request(peer, request, &self.issuer, &own, unix_now(), now_ms()) {
+        match inbox::handle_request(
+            peer,
+            request,
+            &self.issuer,
+            &self.revocations,
+            &own,
+            unix_now(),
+            now_ms(),
+        ) {
             MsgDecision::Answer(response) => {
                 self.net.send(Command::RespondMsg { channel, response });
             }

@@ -20,6 +20,7 @@ mod metrics;
 mod netcheck;
 mod outbox;
 mod ping;
+mod revocation;
 mod superpeer;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -150,6 +151,8 @@ enum OverlayPending {
         lookup: LookupId,
     },
     Detach,
+    /// The revocation list, asked of this leaf's superpeer.
+    Revocations(PeerId),
 }
 
 /// Why this node looks a user up, which decides what happens with the answer.
@@ -186,6 +189,8 @@ pub(crate) enum LookupOutcome {
 enum LoginPending {
     Renew,
     Announce,
+    /// The revocation list, asked by a superpeer.
+    Revocations,
     /// A lookup found no record: does the name exist at all?
     Exists {
         name: UserName,
@@ -279,6 +284,9 @@ pub(crate) struct Daemon {
     queries: HashMap<Token, LookupId>,
     renew_failed_at: Option<Instant>,
     renewed_once: bool,
+    /// The login server's newest signed revocation list, and when it was last asked for.
+    revocations: natter_proto::Revocations,
+    last_revocations: Option<Instant>,
     going_down: Option<(Instant, Option<Replier<ControlResponse>>)>,
     msg: messaging::Messaging,
     metrics: Option<NodeMetrics>,
@@ -433,6 +441,8 @@ impl Daemon {
             login_pending: HashMap::new(),
             renew_failed_at: None,
             renewed_once: false,
+            revocations: natter_proto::Revocations::default(),
+            last_revocations: None,
             going_down: None,
             msg: messaging::Messaging::default(),
             metrics: None,
@@ -555,6 +565,7 @@ impl Daemon {
             Current::Leaf => self.leaf_tick(),
             Current::Superpeer => self.superpeer_tick(),
         }
+        self.revocation_tick();
         self.messaging_tick();
         if let Some(m) = &self.metrics {
             m.superpeer.set(i64::from(self.role == Current::Superpeer));

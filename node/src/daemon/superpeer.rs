@@ -220,6 +220,7 @@ impl Daemon {
             me,
             is_superpeer: self.role == Current::Superpeer,
             issuer: &self.issuer,
+            revocations: &self.revocations,
             now: unix_now(),
             lease_secs: self.config.lease.as_secs(),
             asker_is_superpeer: self.superpeers_seen.contains(&peer),
@@ -375,6 +376,8 @@ impl Daemon {
         record: Option<PresenceRecord>,
         confirmed: bool,
     ) {
+        // A revoked user's last record may still be in the directory: nobody is told of it.
+        let record = record.filter(|r| !self.revocations.revokes(&r.body.cert));
         let response = match record {
             Some(record) => OverlayResponse::Found { record, confirmed },
             None => OverlayResponse::NotFound,

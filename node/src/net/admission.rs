@@ -33,6 +33,7 @@ use libp2p::swarm::{
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
+use natter_proto::{Certificate, Revocations};
 
 use crate::daemon::unix_now;
 
@@ -42,18 +43,33 @@ pub(crate) const HOLD_FOR: Duration = Duration::from_secs(10);
 pub(crate) const MAX_HELD_PER_PEER: usize = 32;
 pub(crate) const MAX_HELD: usize = 2048;
 
-/// The peers admitted on their current connections: until when (unix seconds, their
-/// certificate's expiry). Shared by the network task, which admits, and the wrappers, which
-/// ask. Bounded by the connections: a peer is forgotten when its last connection closes.
+/// The peers admitted on their current connections, with the certificate each proved (valid
+/// until its expiry, unless revoked). Shared by the network task, which admits, and the
+/// wrappers, which ask. Bounded by the connections: a peer is forgotten when its last
+/// connection closes.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Admissions(Arc<RwLock<HashMap<PeerId, u64>>>);
+pub(crate) struct Admissions(Arc<RwLock<HashMap<PeerId, Certificate>>>);
 
 impl Admissions {
-    pub(crate) fn admit(&self, peer: PeerId, until: u64) {
+    pub(crate) fn admit(&self, peer: PeerId, cert: &Certificate) {
         self.0
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(peer, until);
+            .insert(peer, cert.clone());
+    }
+
+    /// Forgets the peers whose certificate `revocations` revokes, and names them.
+    pub(crate) fn revoked(&self, revocations: &Revocations) -> Vec<PeerId> {
+        let mut admitted = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let revoked: Vec<PeerId> = admitted
+            .iter()
+            .filter(|(_, cert)| revocations.revokes(cert))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in &revoked {
+            admitted.remove(peer);
+        }
+        revoked
     }
 
     pub(crate) fn forget(&self, peer: &PeerId) {
@@ -69,7 +85,7 @@ impl Admissions {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(peer)
-            .is_some_and(|until| now < *until)
+            .is_some_and(|cert| now < cert.expires_at())
     }
 }
 

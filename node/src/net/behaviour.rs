@@ -17,7 +17,7 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, kad,
     ping, relay,
 };
-use natter_proto::limits::MAX_OVERLAY_MESSAGE_BYTES;
+use natter_proto::limits::{MAX_OVERLAY_MESSAGE_BYTES, MAX_OVERLAY_RESPONSE_BYTES};
 use natter_proto::msg::{MAX_MSG_WIRE_BYTES, MsgRequest, MsgResponse};
 use natter_proto::overlay::{Introduction, IntroductionResponse, OverlayRequest, OverlayResponse};
 use natter_proto::protocol;
@@ -121,7 +121,7 @@ pub(crate) fn build(
             relay.set_status(Some(relay::Status::Disable));
             let overlay_codec = OverlayCodec::default()
                 .set_request_size_maximum(MAX_OVERLAY_MESSAGE_BYTES)
-                .set_response_size_maximum(MAX_OVERLAY_MESSAGE_BYTES);
+                .set_response_size_maximum(MAX_OVERLAY_RESPONSE_BYTES);
             Behaviour {
                 gate: super::gate::ConnectionGate::new(settings.max_per_ip),
                 pending: natter_net::PendingPerAddress::new(MAX_PENDING_PER_ADDRESS),

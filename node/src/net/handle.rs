@@ -71,6 +71,9 @@ pub(crate) enum Command {
     Disconnect(PeerId),
     /// This node's certificate was renewed: introduce it to every peer.
     SetCertificate(Box<natter_proto::Certificate>),
+    /// A newer revocation list: revoked certificates are refused from now on, and peers
+    /// admitted with one are disconnected.
+    SetRevocations(natter_proto::Revocations),
     /// Refuses `peer`'s connections for a while and closes the open ones.
     Ban(PeerId, std::time::Duration),
     AddExternalAddress(Multiaddr),

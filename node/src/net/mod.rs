@@ -84,6 +84,8 @@ pub(crate) struct Network {
     issuer: IssuerKey,
     /// This node's certificate, sent on every new connection.
     cert: Certificate,
+    /// The login server's newest revocation list: certificates it names are refused.
+    revocations: natter_proto::Revocations,
     /// Introductions sent again to a connected peer ([`MAX_REINTRODUCTIONS`] at most).
     reintroduced: HashMap<PeerId, u8>,
 }
@@ -122,6 +124,7 @@ impl Network {
             admissions,
             issuer,
             cert,
+            revocations: natter_proto::Revocations::default(),
             reintroduced: HashMap::new(),
         };
         (network, NetHandle::new(command_tx), event_rx)
@@ -216,6 +219,13 @@ impl Network {
             }
             Command::Disconnect(peer) => {
                 let _ = swarm.disconnect_peer_id(peer);
+            }
+            Command::SetRevocations(revocations) => {
+                self.revocations = revocations;
+                for peer in self.admissions.revoked(&self.revocations) {
+                    tracing::info!(%peer, "peer's certificate revoked: disconnected");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
             }
             Command::SetCertificate(cert) => {
                 // Renewed: peers hear of the new one (the old one may expire before them).
@@ -467,6 +477,8 @@ impl Network {
                 let cert = request.cert;
                 let verdict = if cert.peer_id() != peer {
                     Err("the certificate names another device key".to_owned())
+                } else if self.revocations.revokes(&cert) {
+                    Err("the certificate was revoked by the login server".to_owned())
                 } else {
                     cert.verify(&self.issuer, unix_now())
                         .map_err(|e| e.to_string())
@@ -474,7 +486,7 @@ impl Network {
                 let response = match verdict {
                     Ok(()) => {
                         tracing::debug!(%peer, user = %cert.username(), "peer admitted");
-                        self.admissions.admit(peer, cert.expires_at());
+                        self.admissions.admit(peer, &cert);
                         IntroductionResponse::Admitted
                     }
                     Err(message) => {

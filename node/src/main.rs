@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
 use natter_node::Home;
 use natter_node::config::FileConfig;
+use natter_node::daemon::api::InboxEdit;
 use natter_node::daemon::{self, DaemonConfig};
 use natter_superpeer::Role;
 use tokio_util::sync::CancellationToken;
@@ -131,7 +132,8 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Show received messages (from the local store when the daemon is down).
+    /// Show received messages, oldest first (read from the local store, page by page), or
+    /// delete them.
     Inbox {
         /// Print JSON (with --follow: one object per line).
         #[arg(long)]
@@ -139,6 +141,8 @@ enum Command {
         /// Keep streaming new messages and contacts' presence changes (needs the daemon).
         #[arg(long)]
         follow: bool,
+        #[command(subcommand)]
+        edit: Option<InboxCommand>,
     },
     /// Show the messages still waiting for delivery: to whom, attempts, next attempt and the
     /// last error.
@@ -174,9 +178,27 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum InboxCommand {
+    /// Delete messages by id (as `inbox --json` shows them).
+    Delete {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Delete every message, or every message from one user.
+    Clear {
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ContactsCommand {
-    /// Add a contact.
+    /// Add a contact: their messages are taken without the contact-request quota.
     Add { name: String },
+    /// Accept a contact request (add the sender as a contact; unblocks a blocked one).
+    Accept { name: String },
+    /// Refuse a user's messages from now on (and remove them from the contacts).
+    Block { name: String },
     /// Remove a contact.
     Remove { name: String },
     /// List contacts.
@@ -317,13 +339,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             no_wait,
         } => rt.block_on(cli::messages::send(&home, &name, text, json, !no_wait)),
-        Command::Inbox { json, follow } => rt.block_on(cli::messages::inbox(&home, json, follow)),
+        Command::Inbox {
+            edit: Some(edit), ..
+        } => {
+            let edit = match edit {
+                InboxCommand::Delete { ids } => InboxEdit::Delete { ids },
+                InboxCommand::Clear { from } => InboxEdit::Clear { from },
+            };
+            rt.block_on(cli::messages::edit(&home, edit))
+        }
+        Command::Inbox { json, follow, .. } => {
+            rt.block_on(cli::messages::inbox(&home, json, follow))
+        }
         Command::Outbox { json } => cli::messages::outbox(&home, json),
         Command::Contacts(cmd) => {
             let cmd = match cmd {
                 ContactsCommand::Add { name } => cli::messages::Contacts::Add(name),
                 ContactsCommand::Remove { name } => cli::messages::Contacts::Remove(name),
                 ContactsCommand::List { json } => cli::messages::Contacts::List { json },
+                ContactsCommand::Accept { name } => {
+                    return rt.block_on(cli::messages::edit(&home, InboxEdit::Accept { name }));
+                }
+                ContactsCommand::Block { name } => {
+                    return rt.block_on(cli::messages::edit(&home, InboxEdit::Block { name }));
+                }
             };
             rt.block_on(cli::messages::contacts(&home, cmd))
         }

@@ -9,13 +9,81 @@
 use natter_proto::{UserName, msg};
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::api::{InboxItem, SendView};
+use crate::daemon::api::{InboxEdit, InboxItem, SendView};
 use crate::home::{Home, HomeError, Identity};
 use crate::store::{OutgoingMessage, QueuedMessage, Store, StoreError};
 use crate::ulid::UlidGenerator;
 
-/// Most inbox messages shown at once (the daemon's own limit).
-const MAX_INBOX: usize = 100_000;
+/// Messages read from the store at a time by `natter inbox`.
+pub const INBOX_PAGE: usize = 500;
+
+/// Most ids one `inbox delete` takes.
+pub const MAX_DELETE_IDS: usize = 1000;
+
+impl InboxEdit {
+    /// Carries the edit out on `store`, of `me`'s home.
+    pub fn apply(&self, store: &Store, me: &UserName) -> Result<String, OfflineError> {
+        match self {
+            InboxEdit::Delete { ids } => {
+                if ids.is_empty() || ids.len() > MAX_DELETE_IDS {
+                    return Err(OfflineError::Refused(format!(
+                        "give 1 to {MAX_DELETE_IDS} message ids"
+                    )));
+                }
+                let n = store.delete_messages(ids)?;
+                if n == 0 {
+                    return Err(OfflineError::Refused(
+                        "no message with that id is in the inbox".into(),
+                    ));
+                }
+                Ok(format!("deleted {n} message(s)"))
+            }
+            InboxEdit::Clear { from } => {
+                let from = from.as_deref().map(parse).transpose()?;
+                let n = store.clear_inbox(from.as_ref().map(UserName::as_str))?;
+                Ok(match from {
+                    Some(from) => format!("deleted {n} message(s) from {from}"),
+                    None => format!("deleted {n} message(s)"),
+                })
+            }
+            InboxEdit::Accept { name } => {
+                let name = parse(name)?;
+                if name == *me {
+                    return Err(OfflineError::Refused(
+                        "you cannot add yourself to your contacts".into(),
+                    ));
+                }
+                store.unblock(name.as_str())?;
+                store.add_contact(name.as_str())?;
+                Ok(format!(
+                    "{name} accepted: a contact, whose messages the inbox takes"
+                ))
+            }
+            InboxEdit::Block { name } => {
+                let name = parse(name)?;
+                if name == *me {
+                    return Err(OfflineError::Refused("you cannot block yourself".into()));
+                }
+                store.block(name.as_str())?;
+                Ok(format!(
+                    "{name} blocked: their messages are refused (`contacts accept {name}` undoes it)"
+                ))
+            }
+        }
+    }
+}
+
+impl From<crate::store::InboxEntry> for InboxItem {
+    fn from(m: crate::store::InboxEntry) -> Self {
+        Self {
+            id: m.id,
+            from: m.from,
+            text: m.text,
+            sent_at: m.sent_at_ms,
+            received_at: m.received_at_ms,
+        }
+    }
+}
 
 /// Why an offline command failed; each displays as one sentence for the user.
 #[derive(Debug, thiserror::Error)]
@@ -117,23 +185,26 @@ impl LocalStore {
             status: "queued".into(),
             path: None,
             to: to.to_string(),
+            reason: None,
         })
     }
 
-    /// Every received message, in arrival order.
-    pub fn inbox(&self) -> Result<Vec<InboxItem>, OfflineError> {
-        Ok(self
-            .store
-            .inbox(None, MAX_INBOX)?
-            .into_iter()
-            .map(|m| InboxItem {
-                id: m.id,
-                from: m.from,
-                text: m.text,
-                sent_at: m.sent_at_ms,
-                received_at: m.received_at_ms,
-            })
-            .collect())
+    /// Up to [`INBOX_PAGE`] received messages after the one that arrived `after` (from the
+    /// first for `None`), in arrival order, with the cursor of the last: `natter inbox` reads
+    /// the store page by page, however large the inbox (the store is local; the daemon need
+    /// not run, nor hold the whole inbox in memory).
+    pub fn inbox_page(
+        &self,
+        after: Option<i64>,
+    ) -> Result<(Vec<InboxItem>, Option<i64>), OfflineError> {
+        let page = self.store.inbox(after, INBOX_PAGE)?;
+        let last = page.last().map(|m| m.rowid);
+        Ok((page.into_iter().map(InboxItem::from).collect(), last))
+    }
+
+    /// `inbox delete`, `inbox clear`, `contacts accept|block`: the daemon's sentence.
+    pub fn edit(&self, edit: &InboxEdit) -> Result<String, OfflineError> {
+        edit.apply(&self.store, &self.identity.user)
     }
 
     /// Every message still waiting for delivery, by recipient then conversation order.
@@ -272,7 +343,7 @@ mod tests {
             "carol is not a contact"
         );
         assert!(local.add_contact("c d").is_err());
-        assert!(local.inbox().unwrap().is_empty());
+        assert!(local.inbox_page(None).unwrap().0.is_empty());
         let store = Store::open(home.dir()).unwrap();
         store
             .receive(&crate::store::IncomingMessage {
@@ -284,7 +355,7 @@ mod tests {
                 received_at_ms: 6,
             })
             .unwrap();
-        let inbox = local.inbox().unwrap();
+        let inbox = local.inbox_page(None).unwrap().0;
         assert_eq!(inbox.len(), 1);
         assert_eq!(
             (inbox[0].from.as_str(), inbox[0].text.as_str()),

@@ -56,6 +56,15 @@ pub enum MsgResponse {
         stored: u32,
         duplicates: u32,
     },
+    /// The first `accepted` messages of the batch are stored (`duplicates` of them were
+    /// already); the rest are refused for `message` (`code` says why, e.g. the recipient's
+    /// inbox quota): the sender keeps them queued and tries again later.
+    Partial {
+        accepted: u32,
+        duplicates: u32,
+        code: MsgRefusal,
+        message: String,
+    },
     Pong {
         nonce: u64,
     },
@@ -77,6 +86,9 @@ pub enum MsgRefusal {
     BadMessage,
     /// The recipient cannot store it now (disk); retry later.
     Unavailable,
+    /// Over a quota of the recipient's inbox (a contact request's, the sender's share, the
+    /// whole inbox) or blocked; retry later, after the recipient accepts or deletes.
+    InboxFull,
 }
 
 /// Why a message text is refused before it is queued.

@@ -265,6 +265,9 @@ fn a_burst_of_1000_arrives_complete_and_in_order() {
     let alice = net.leaf("alice");
     let bob = net.leaf("bob");
     wait_online(&alice, "bob");
+    // A contact: more than a contact request's 20 messages are taken.
+    let out = natter(&bob.home, &["contacts", "add", "alice"], "");
+    assert!(out.status.success());
     net.rt.block_on(async {
         for i in 0..1000 {
             let mut client = ControlClient::connect(&alice.home).await.unwrap();
@@ -285,6 +288,81 @@ fn a_burst_of_1000_arrives_complete_and_in_order() {
     });
     let expected: Vec<String> = (0..1000).map(|i| format!("burst {i:04}")).collect();
     assert_eq!(got, expected);
+}
+
+/// A stranger floods bob (before: 80 MiB stored in 3.6 s, after which `natter inbox --json`
+/// failed for good). The flood stops at the contact-request quota (20 messages), the sender
+/// is told why and keeps the rest queued, bob's inbox keeps working, and once bob accepts
+/// the sender, the rest arrives, in order: nothing is lost.
+#[test]
+fn a_strangers_flood_stops_at_the_request_quota_and_nothing_is_lost() {
+    let net = net();
+    let _sps = net.superpeers(&["spa"]);
+    let mallory = net.leaf("mallory");
+    let bob = net.leaf("bob");
+    wait_online(&mallory, "bob");
+    let flood: Vec<String> = (0..60)
+        .map(|i| format!("flood {i:03} {}", "x".repeat(1024)))
+        .collect();
+    net.rt.block_on(async {
+        for text in &flood {
+            let mut client = ControlClient::connect(&mallory.home).await.unwrap();
+            let request = ControlRequest::Send {
+                to: "bob".into(),
+                text: text.clone(),
+                wait: false,
+            };
+            match client.call::<_, ControlResponse>(&request).await.unwrap() {
+                ControlResponse::Sent(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    // The sender hears why the rest waits.
+    let queued = wait_for("40 refused and queued", Duration::from_secs(60), || {
+        let out = natter(&mallory.home, &["outbox", "--json"], "");
+        let items: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+        let refused = items.iter().all(|m| {
+            m["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not in the recipient's contacts"))
+        });
+        (items.len() == 40 && refused).then_some(items)
+    });
+    assert_eq!(queued[0]["text"], flood[20]);
+    let got = texts(&bob);
+    assert_eq!(got, flood[..20]);
+    let answer = send(&mallory, "bob", "one more");
+    assert_eq!(answer["status"], "queued", "{answer}");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("until they accept you")),
+        "{answer}"
+    );
+    // Bob's inbox works as before: read, delete, read.
+    let first = inbox(&bob)[0]["id"].as_str().unwrap().to_owned();
+    let out = natter(&bob.home, &["inbox", "delete", &first], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(texts(&bob), flood[1..20]);
+
+    let out = natter(&bob.home, &["contacts", "accept", "mallory"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = wait_for("the rest after accept", Duration::from_secs(90), || {
+        let t = texts(&bob);
+        (t.len() >= 60).then_some(t)
+    });
+    let mut expected = flood[1..].to_vec();
+    expected.push("one more".into());
+    assert_eq!(all, expected);
 }
 
 type MsgCodec = request_response::json::codec::Codec<MsgRequest, MsgResponse>;

@@ -5,7 +5,9 @@
 use anyhow::bail;
 use natter_node::Home;
 use natter_node::control::ControlError;
-use natter_node::daemon::api::{ControlRequest, ControlResponse, FollowEvent, InboxItem, SendView};
+use natter_node::daemon::api::{
+    ControlRequest, ControlResponse, FollowEvent, InboxEdit, InboxItem, SendView,
+};
 use natter_node::offline::{LocalStore, OutboxItem};
 use natter_node::outln;
 use natter_node::terminal::escape;
@@ -53,6 +55,12 @@ fn print_sent(view: &SendView, json: bool) -> anyhow::Result<()> {
             view.to,
             view.path.as_deref().unwrap_or("?")
         );
+    } else if let Some(reason) = &view.reason {
+        outln!(
+            "queued for {}, not delivered yet: {}; it is tried again later (`natter outbox`)",
+            view.to,
+            escape(reason)
+        );
     } else {
         outln!(
             "queued for {}: it will be delivered when {} is reachable",
@@ -72,27 +80,19 @@ fn print_item(item: &InboxItem) {
     );
 }
 
-/// `inbox`: from the daemon, or from the store when it is down. `--follow` needs the daemon
-/// and ends with an error when the daemon stops.
+/// `inbox`: from the store, page by page, whether the daemon runs or not (it is local).
+/// `--follow` needs the daemon and ends with an error when the daemon stops.
 pub(crate) async fn inbox(home: &Home, json: bool, follow: bool) -> anyhow::Result<()> {
-    let Some(mut client) = connect(home).await? else {
-        if follow {
-            let not_running = ControlError::NotRunning {
-                home: home.dir().to_owned(),
-            };
-            bail!("`inbox --follow` needs the daemon: {not_running}");
-        }
-        let items = LocalStore::open(home)?.inbox()?;
-        return print_inbox(&items, json);
+    if !follow {
+        return print_inbox(&LocalStore::open(home)?, json);
+    }
+    let Some(client) = connect(home).await? else {
+        let not_running = ControlError::NotRunning {
+            home: home.dir().to_owned(),
+        };
+        bail!("`inbox --follow` needs the daemon: {not_running}");
     };
     let request = ControlRequest::Inbox { follow };
-    if !follow {
-        let items = match client.call(&request).await? {
-            ControlResponse::Inbox(items) => items,
-            other => return unexpected(other),
-        };
-        return print_inbox(&items, json);
-    }
     use futures::StreamExt as _;
     let stream = client.stream::<_, ControlResponse>(&request).await?;
     futures::pin_mut!(stream);
@@ -112,13 +112,41 @@ pub(crate) async fn inbox(home: &Home, json: bool, follow: bool) -> anyhow::Resu
     )
 }
 
-fn print_inbox(items: &[InboxItem], json: bool) -> anyhow::Result<()> {
+/// Every message of the inbox, oldest first, read and printed a page at a time (the JSON is
+/// one array, written as it goes).
+fn print_inbox(store: &LocalStore, json: bool) -> anyhow::Result<()> {
+    let mut after = None;
+    let mut first = true;
+    loop {
+        let (page, last) = store.inbox_page(after)?;
+        if page.is_empty() {
+            break;
+        }
+        for item in &page {
+            if json {
+                let open = if first { "[" } else { "," };
+                outln!("{open}\n  {}", serde_json::to_string(item)?);
+            } else {
+                print_item(item);
+            }
+            first = false;
+        }
+        after = last;
+    }
     if json {
-        outln!("{}", serde_json::to_string_pretty(items)?);
-    } else {
-        items.iter().for_each(print_item);
+        outln!("{}", if first { "[]" } else { "]" });
     }
     Ok(())
+}
+
+/// `inbox delete|clear`, `contacts accept|block`: through the daemon, or in the store when
+/// it is down.
+pub(crate) async fn edit(home: &Home, edit: InboxEdit) -> anyhow::Result<()> {
+    let Some(mut client) = connect(home).await? else {
+        outln!("{}", escape(&LocalStore::open(home)?.edit(&edit)?));
+        return Ok(());
+    };
+    print_done(client.call(&ControlRequest::Edit { edit }).await?)
 }
 
 /// `outbox`: read from the store, whether the daemon runs or not.

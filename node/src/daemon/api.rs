@@ -40,6 +40,26 @@ pub enum ControlRequest {
         name: String,
     },
     ContactsList,
+    /// Deletes messages, or changes whom the inbox takes messages from.
+    Edit {
+        #[serde(flatten)]
+        edit: InboxEdit,
+    },
+}
+
+/// A change to the inbox or to whom it takes messages from, done by the daemon when it runs
+/// and by the CLI on the store when it does not, with the same checks and sentences.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "edit", rename_all = "snake_case")]
+pub enum InboxEdit {
+    /// Deletes these messages (ids as `inbox --json` shows them).
+    Delete { ids: Vec<String> },
+    /// Deletes every message, or every message of `from`.
+    Clear { from: Option<String> },
+    /// Takes `name`'s messages without the contact-request quota: a contact (unblocked).
+    Accept { name: String },
+    /// Refuses `name`'s messages from now on.
+    Block { name: String },
 }
 
 fn yes() -> bool {
@@ -72,6 +92,9 @@ pub struct SendView {
     /// "direct" or "relayed" when delivered.
     pub path: Option<String>,
     pub to: String,
+    /// Why a queued message was not delivered yet, when the recipient said (its inbox quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One message of `natter inbox --json`. Times are milliseconds since the epoch.

@@ -60,6 +60,20 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
         ControlRequest::ContactsAdd { name } => d.cmd_contacts(Some(name), None, reply),
         ControlRequest::ContactsRemove { name } => d.cmd_contacts(None, Some(name), reply),
         ControlRequest::ContactsList => d.cmd_contacts(None, None, reply),
+        ControlRequest::Edit { edit } => {
+            let me = d.identity.user.clone();
+            d.store_then(
+                move |s| Ok(edit.apply(s, &me)),
+                move |_, done| {
+                    let answer = match done {
+                        Ok(Ok(message)) => Ok(ControlResponse::Done { message }),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = reply.try_send(answer);
+                },
+            );
+        }
         ControlRequest::Down => {
             d.phase("signing off");
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);

@@ -108,8 +108,35 @@ pub(crate) fn stored_answer(receipts: &Result<Vec<Receipt>, StoreError>) -> (Msg
     match receipts {
         Ok(receipts) => {
             let stored = receipts.iter().filter(|r| **r == Receipt::Stored).count() as u32;
-            let duplicates = receipts.len() as u32 - stored;
-            (MsgResponse::Stored { stored, duplicates }, stored)
+            let duplicates = receipts
+                .iter()
+                .filter(|r| **r == Receipt::Duplicate)
+                .count() as u32;
+            let refused = receipts
+                .iter()
+                .position(|r| matches!(r, Receipt::Refused(_)));
+            match refused.map(|at| (at, receipts[at])) {
+                Some((0, Receipt::Refused(quota))) => (
+                    MsgResponse::Refused {
+                        code: MsgRefusal::InboxFull,
+                        message: quota.to_string(),
+                    },
+                    stored,
+                ),
+                Some((at, Receipt::Refused(quota))) => (
+                    MsgResponse::Partial {
+                        accepted: at as u32,
+                        duplicates: receipts[..at]
+                            .iter()
+                            .filter(|r| **r == Receipt::Duplicate)
+                            .count() as u32,
+                        code: MsgRefusal::InboxFull,
+                        message: quota.to_string(),
+                    },
+                    stored,
+                ),
+                _ => (MsgResponse::Stored { stored, duplicates }, stored),
+            }
         }
         // Input the checks above let through but the store refuses: the same answer again
         // would follow, so not "retry later".

@@ -11,7 +11,7 @@ use tokio::time::Instant as TokioInstant;
 
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
-use natter_proto::msg::{self, MAX_BATCH, MsgRequest, MsgResponse};
+use natter_proto::msg::{self, MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
 use natter_proto::{PresenceRecord, UserName};
 
 use super::api::{ControlResponse, FollowEvent, InboxItem, SendView};
@@ -81,6 +81,9 @@ impl Messaging {
 
 /// Recipients an outbox pass sends to at most; the next pass takes the others.
 const MAX_RECIPIENTS_PER_PASS: usize = 64;
+/// Messages `inbox` answers over the control API at most (the newest): 100 of the largest
+/// fit the reply limit even escaped.
+const CONTROL_INBOX: usize = 100;
 
 /// On the store thread: for every recipient with due messages and nothing in flight (`busy`),
 /// the run of due messages from the head of its queue, in conversation order (a message
@@ -208,6 +211,7 @@ impl Daemon {
                 status: "queued".into(),
                 path: None,
                 to: to.to_string(),
+                reason: None,
             })));
             None
         };
@@ -284,12 +288,21 @@ impl Daemon {
                             status: "delivered".into(),
                             path: Some(path.into()),
                             to: to.to_string(),
+                            reason: None,
                         })),
                         SendOutcome::Queued => Ok(ControlResponse::Sent(SendView {
                             id,
                             status: "queued".into(),
                             path: None,
                             to: to.to_string(),
+                            reason: None,
+                        })),
+                        SendOutcome::Refused(reason) => Ok(ControlResponse::Sent(SendView {
+                            id,
+                            status: "queued".into(),
+                            path: None,
+                            to: to.to_string(),
+                            reason: Some(reason),
                         })),
                         SendOutcome::UnknownUser => {
                             Err(format!("no user named {to}; nothing was queued"))
@@ -425,6 +438,29 @@ impl Daemon {
             MsgPending::Deliver { to } => {
                 match answer {
                     Ok((MsgResponse::Stored { .. }, path)) => self.msg.outbox.delivered(&to, path),
+                    Ok((
+                        MsgResponse::Partial {
+                            accepted, message, ..
+                        },
+                        path,
+                    )) => {
+                        tracing::info!(%to, accepted, reason = %message, "part of a batch refused; will retry");
+                        let now = TokioInstant::now();
+                        self.msg
+                            .outbox
+                            .refused(to, accepted as usize, path, message, now);
+                    }
+                    Ok((
+                        MsgResponse::Refused {
+                            code: MsgRefusal::InboxFull,
+                            message,
+                        },
+                        path,
+                    )) => {
+                        tracing::info!(%to, reason = %message, "batch refused; will retry");
+                        let now = TokioInstant::now();
+                        self.msg.outbox.refused(to, 0, path, message, now);
+                    }
                     other => {
                         let why = match other {
                             Ok((MsgResponse::Refused { message, .. }, _)) => message,
@@ -526,9 +562,13 @@ impl Daemon {
         );
     }
 
+    /// `inbox` over the control API: the newest [`CONTROL_INBOX`] messages (the CLI reads
+    /// the whole inbox from the store itself, page by page); with `follow`, the last 16, then
+    /// new ones as they come.
     pub(super) fn cmd_inbox(&mut self, follow: bool, reply: Replier<ControlResponse>) {
+        let last = if follow { 16 } else { CONTROL_INBOX };
         self.store_then(
-            |s| s.inbox(None, 100_000),
+            move |s| s.inbox_tail(last),
             move |d, all| d.answer_inbox(follow, reply, all),
         );
     }
@@ -550,10 +590,10 @@ impl Daemon {
             let _ = reply.try_send(Ok(ControlResponse::Inbox(all.iter().map(item).collect())));
             return;
         }
-        // History first (the last ones that fit the reply buffer), then new messages as they
-        // come; a slow follower is dropped rather than blocking the daemon.
+        // History first (the last ones, which fit the reply buffer), then new messages as
+        // they come; a slow follower is dropped rather than blocking the daemon.
         let last = all.last().map(|m| m.rowid).unwrap_or(0);
-        for m in all.iter().rev().take(16).rev() {
+        for m in &all {
             let _ = reply.try_send(Ok(ControlResponse::Event(FollowEvent::Message(item(m)))));
         }
         if self.msg.followers.len() < 16 {

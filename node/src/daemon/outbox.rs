@@ -56,6 +56,8 @@ pub(crate) enum SendOutcome {
     Queued,
     /// No such user: the message was taken out of the outbox again.
     UnknownUser,
+    /// The recipient's node refused it for this reason (its inbox quota); still queued.
+    Refused(String),
 }
 
 /// What the outbox asks of the daemon. `W` is whoever waits for a `send`'s outcome.
@@ -350,6 +352,31 @@ impl<W> Outbox<W> {
         self.answer_waiters(&ids, SendOutcome::Delivered(path));
         // Before the next read, so that read no longer sees them.
         self.actions.push_back(Action::MarkDelivered { ids, path });
+        self.pump();
+    }
+
+    /// `to`'s node stored the first `accepted` messages of the batch in flight and refused the
+    /// rest (its inbox quota, `why`): those stay queued, and the recipient is held back as
+    /// after a failure (its route stays: it answered).
+    pub(crate) fn refused(
+        &mut self,
+        to: UserName,
+        accepted: usize,
+        path: &'static str,
+        why: String,
+        now: Instant,
+    ) {
+        let mut ids = self.in_flight.remove(&to).unwrap_or_default();
+        let rest = ids.split_off(accepted.min(ids.len()));
+        self.answer_waiters(&rest, SendOutcome::Refused(why.clone()));
+        if !ids.is_empty() {
+            self.answer_waiters(&ids, SendOutcome::Delivered(path));
+            self.actions.push_back(Action::MarkDelivered { ids, path });
+        }
+        let failures = self.held.get(&to).map_or(0, |(_, n)| *n);
+        let wait = Duration::from_millis(backoff_ms(failures));
+        self.held.insert(to.clone(), (now + wait, failures + 1));
+        self.actions.push_back(Action::Postpone { to, why });
         self.pump();
     }
 

@@ -38,6 +38,33 @@ impl Store {
         })
     }
 
+    /// Refuses `name`'s messages from now on (and drops it from the contacts). `Ok(false)` if
+    /// it was blocked already.
+    pub fn block(&self, name: &str) -> Result<bool, StoreError> {
+        check_name(name)?;
+        self.write(|tx| {
+            tx.run("DELETE FROM contacts WHERE name = ?1", params![name])?;
+            let n = tx.run(
+                "INSERT INTO blocked (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+                params![name],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Takes `name`'s messages again. `Ok(false)` if it was not blocked.
+    pub fn unblock(&self, name: &str) -> Result<bool, StoreError> {
+        self.write(|tx| Ok(tx.run("DELETE FROM blocked WHERE name = ?1", params![name])? == 1))
+    }
+
+    /// Blocked senders, sorted by name.
+    pub fn blocked(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT name FROM blocked ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// All contacts, sorted by name (bounded by [`MAX_CONTACTS`]).
     pub fn contacts(&self) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();

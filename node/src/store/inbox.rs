@@ -26,13 +26,145 @@ pub struct IncomingMessage {
     pub received_at_ms: u64,
 }
 
-/// What [`Store::receive`] did. Both mean "now stored": ack either way.
+/// What [`Store::receive`] did. `Stored` and `Duplicate` mean "now stored": ack either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Receipt {
     /// First time this id arrived; it was stored.
     Stored,
     /// This id was already stored (the sender retried); nothing changed.
     Duplicate,
+    /// Not stored: over a quota. The sender keeps it queued and tries again later.
+    Refused(OverQuota),
+}
+
+/// How much the inbox takes: from a contact (or someone this user wrote to), from anyone
+/// else (a contact request), and in all. Counted in messages and text bytes while stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxLimits {
+    pub request_messages: u64,
+    pub request_bytes: u64,
+    pub sender_messages: u64,
+    pub sender_bytes: u64,
+    pub total_messages: u64,
+    pub total_bytes: u64,
+}
+
+impl Default for InboxLimits {
+    fn default() -> Self {
+        Self {
+            request_messages: 20,
+            // One message of the largest size fits.
+            request_bytes: 64 * 1024,
+            sender_messages: 10_000,
+            sender_bytes: 32 * 1024 * 1024,
+            total_messages: 100_000,
+            total_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Which quota a message is over, with its bounds, for the sender's error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverQuota {
+    /// The user blocked the sender.
+    Blocked,
+    /// The sender is not a contact, and has sent as much as a request may hold.
+    Request { messages: u64, bytes: u64 },
+    /// A contact has filled its share of the inbox.
+    Sender { messages: u64, bytes: u64 },
+    /// The inbox is full.
+    Total { messages: u64, bytes: u64 },
+}
+
+impl std::fmt::Display for OverQuota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OverQuota::Blocked => write!(f, "the recipient does not accept messages from you"),
+            OverQuota::Request { messages, bytes } => write!(
+                f,
+                "you are not in the recipient's contacts: at most {messages} messages ({} KiB) \
+                 wait for them until they accept you",
+                bytes / 1024
+            ),
+            OverQuota::Sender { messages, bytes } => write!(
+                f,
+                "the recipient's inbox holds as much from you as it takes ({messages} messages, \
+                 {} MiB) until they delete some",
+                bytes / (1024 * 1024)
+            ),
+            OverQuota::Total { messages, bytes } => write!(
+                f,
+                "the recipient's inbox is full ({messages} messages, {} MiB)",
+                bytes / (1024 * 1024)
+            ),
+        }
+    }
+}
+
+/// A sender's (or, for `''`, the whole inbox's) messages and text bytes.
+fn usage(tx: &rusqlite::Connection, sender: &str) -> rusqlite::Result<(u64, u64)> {
+    use rusqlite::OptionalExtension as _;
+    Ok(tx
+        .prepare_cached("SELECT messages, bytes FROM inbox_usage WHERE sender = ?1")?
+        .query_row(params![sender], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, 0)))
+}
+
+fn exists(
+    tx: &rusqlite::Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> rusqlite::Result<bool> {
+    use rusqlite::OptionalExtension as _;
+    Ok(tx
+        .prepare_cached(sql)?
+        .query_row(args, |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// The quota `sender`'s next message of `bytes` would go over, if any.
+fn over_quota(
+    tx: &rusqlite::Connection,
+    limits: &InboxLimits,
+    sender: &str,
+    bytes: u64,
+) -> rusqlite::Result<Option<OverQuota>> {
+    if exists(tx, "SELECT 1 FROM blocked WHERE name = ?1", params![sender])? {
+        return Ok(Some(OverQuota::Blocked));
+    }
+    let over = |(messages, stored): (u64, u64), max_messages: u64, max_bytes: u64| {
+        messages >= max_messages || stored.saturating_add(bytes) > max_bytes
+    };
+    if over(usage(tx, "")?, limits.total_messages, limits.total_bytes) {
+        return Ok(Some(OverQuota::Total {
+            messages: limits.total_messages,
+            bytes: limits.total_bytes,
+        }));
+    }
+    // Accepted: a contact, or someone this user wrote to.
+    let accepted = exists(
+        tx,
+        "SELECT 1 FROM contacts WHERE name = ?1",
+        params![sender],
+    )? || exists(
+        tx,
+        "SELECT 1 FROM conversations WHERE peer = ?1",
+        params![sender],
+    )?;
+    let from = usage(tx, sender)?;
+    Ok(if accepted {
+        over(from, limits.sender_messages, limits.sender_bytes).then_some(OverQuota::Sender {
+            messages: limits.sender_messages,
+            bytes: limits.sender_bytes,
+        })
+    } else {
+        over(from, limits.request_messages, limits.request_bytes).then_some(OverQuota::Request {
+            messages: limits.request_messages,
+            bytes: limits.request_bytes,
+        })
+    })
 }
 
 /// A stored received message.
@@ -72,7 +204,9 @@ impl Store {
     }
 
     /// Stores a batch in arrival order, in one transaction (one disk sync for the batch),
-    /// with a receipt per message. Nothing is stored if any message is invalid.
+    /// with a receipt per message. Nothing is stored if any message is invalid. From the
+    /// first message over a quota ([`InboxLimits`]) on, the rest of the batch is refused, so
+    /// that what is stored stays in the sender's order.
     pub fn receive_all(&self, msgs: &[IncomingMessage]) -> Result<Vec<Receipt>, StoreError> {
         let mut rows = Vec::with_capacity(msgs.len());
         for msg in msgs {
@@ -86,6 +220,7 @@ impl Store {
                 int("received-at time", msg.received_at_ms)?,
             ));
         }
+        let limits = self.inbox_limits;
         self.write(|tx| {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO inbox (id, sender, text, sent_at_ms, conv_seq, received_at_ms)
@@ -93,7 +228,20 @@ impl Store {
                  ON CONFLICT (sender, id) DO NOTHING",
             )?;
             let mut receipts = Vec::with_capacity(rows.len());
+            let mut refused = None;
             for (msg, sent_at, conv_seq, received_at) in &rows {
+                let known = "SELECT 1 FROM inbox WHERE sender = ?1 AND id = ?2";
+                if exists(tx, known, params![msg.from, msg.id])? {
+                    receipts.push(Receipt::Duplicate);
+                    continue;
+                }
+                if refused.is_none() {
+                    refused = over_quota(tx, &limits, &msg.from, msg.text.len() as u64)?;
+                }
+                if let Some(quota) = refused {
+                    receipts.push(Receipt::Refused(quota));
+                    continue;
+                }
                 let n = stmt.execute(params![
                     msg.id,
                     msg.from,
@@ -130,6 +278,55 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The last `limit` messages, in arrival order.
+    pub fn inbox_tail(&self, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT * FROM (SELECT {ENTRY_COLUMNS} FROM inbox ORDER BY arrival DESC LIMIT ?1)
+             ORDER BY arrival"
+        ))?;
+        let rows = stmt.query_map(params![sql_limit(limit)], InboxEntry::from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes the messages with these ids (from any sender); how many there were.
+    pub fn delete_messages(&self, ids: &[String]) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached("DELETE FROM inbox WHERE id = ?1")?;
+            let mut deleted = 0;
+            for id in ids {
+                deleted += stmt.execute(params![id])?;
+            }
+            Ok(deleted)
+        })
+    }
+
+    /// Deletes every message, or every message of `from`; how many there were.
+    pub fn clear_inbox(&self, from: Option<&str>) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            Ok(match from {
+                Some(from) => tx.execute("DELETE FROM inbox WHERE sender = ?1", params![from])?,
+                None => tx.execute("DELETE FROM inbox", [])?,
+            })
+        })
+    }
+
+    /// Deletes the messages received before `before_ms` (unix milliseconds): retention.
+    pub fn prune_inbox(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let before = int("retention time", before_ms)?;
+        self.write(|tx| {
+            Ok(tx.execute(
+                "DELETE FROM inbox WHERE received_at_ms < ?1",
+                params![before],
+            )?)
+        })
+    }
+
+    /// Messages and text bytes stored from `from`, or in all for `None`.
+    pub fn inbox_usage(&self, from: Option<&str>) -> Result<(u64, u64), StoreError> {
+        Ok(usage(&self.conn(), from.unwrap_or(""))?)
+    }
+
     /// Up to `limit` messages from `from` with a sequence number above `after_seq` (from the
     /// first when `None`), in conversation order: by the sender's sequence number, then
     /// arrival.
@@ -163,6 +360,89 @@ mod tests {
 
     use super::super::test_util::*;
     use super::*;
+
+    fn batch(from: &str, first: u32, n: u32) -> Vec<IncomingMessage> {
+        (first..first + n)
+            .map(|i| incoming(i, from, u64::from(i)))
+            .collect()
+    }
+
+    fn stored(receipts: &[Receipt]) -> usize {
+        receipts.iter().filter(|r| **r == Receipt::Stored).count()
+    }
+
+    #[test]
+    fn a_stranger_gets_a_requests_quota_a_contact_more_and_a_blocked_sender_nothing() {
+        let (dir, mut store) = fresh();
+        let limits = InboxLimits {
+            request_messages: 3,
+            request_bytes: 1024,
+            sender_messages: 5,
+            sender_bytes: 1024,
+            total_messages: 9,
+            total_bytes: 1024 * 1024,
+        };
+        store.set_inbox_limits(limits);
+        // A stranger's flood stops at the request quota, in order; the rest is refused.
+        let r = store.receive_all(&batch("mallory", 1, 5)).unwrap();
+        assert_eq!(&r[..3], [Receipt::Stored; 3]);
+        let request = OverQuota::Request {
+            messages: 3,
+            bytes: 1024,
+        };
+        assert_eq!(&r[3..], [Receipt::Refused(request); 2]);
+        // A retry of what was stored is still acknowledged.
+        let r = store.receive_all(&batch("mallory", 1, 1)).unwrap();
+        assert_eq!(r, [Receipt::Duplicate]);
+        // A contact gets its larger share; someone this user wrote to counts as accepted.
+        store.add_contact("alice").unwrap();
+        let r = store.receive_all(&batch("alice", 100, 6)).unwrap();
+        assert_eq!(stored(&r), 5);
+        assert!(matches!(r[5], Receipt::Refused(OverQuota::Sender { .. })));
+        store
+            .enqueue(&crate::store::OutgoingMessage {
+                id: ulid(900),
+                to: "carol".into(),
+                text: "hi".into(),
+                sent_at_ms: 1,
+            })
+            .unwrap();
+        // 8 of 9 are stored: carol's second is over the whole inbox's bound.
+        let r = store.receive_all(&batch("carol", 200, 2)).unwrap();
+        assert_eq!(r[0], Receipt::Stored);
+        assert!(matches!(r[1], Receipt::Refused(OverQuota::Total { .. })));
+        assert_eq!(store.inbox_usage(None).unwrap().0, 9);
+        // Deleting makes room again, and the usage survives a restart.
+        assert_eq!(store.clear_inbox(Some("alice")).unwrap(), 5);
+        let mut store = reopen(&dir, store);
+        store.set_inbox_limits(limits);
+        assert_eq!(store.inbox_usage(None).unwrap().0, 4);
+        assert_eq!(store.inbox_usage(Some("mallory")).unwrap().0, 3);
+        assert_eq!(store.inbox_usage(Some("alice")).unwrap(), (0, 0));
+        let r = store.receive_all(&batch("carol", 201, 1)).unwrap();
+        assert_eq!(r, [Receipt::Stored]);
+        // Blocked: nothing more, whatever the quota.
+        store.block("carol").unwrap();
+        let r = store.receive_all(&batch("carol", 300, 1)).unwrap();
+        assert_eq!(r, [Receipt::Refused(OverQuota::Blocked)]);
+        assert!(store.unblock("carol").unwrap());
+        assert_eq!(store.blocked().unwrap(), Vec::<String>::new());
+        // One message by id, and retention by age.
+        assert_eq!(store.delete_messages(&[ulid(1)]).unwrap(), 1);
+        assert_eq!(store.delete_messages(&[ulid(1)]).unwrap(), 0);
+        assert_eq!(store.prune_inbox(u64::MAX / 2).unwrap(), 4);
+        assert_eq!(store.inbox_usage(None).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn the_usage_counts_text_bytes() {
+        let (_dir, store) = fresh();
+        let mut m = incoming(1, "alice", 1);
+        m.text = "héllo".into();
+        store.receive(&m).unwrap();
+        assert_eq!(store.inbox_usage(Some("alice")).unwrap(), (1, 6));
+        assert_eq!(store.inbox_usage(None).unwrap(), (1, 6));
+    }
 
     fn seqs(entries: &[InboxEntry]) -> Vec<u64> {
         entries.iter().map(|e| e.conv_seq).collect()
@@ -268,6 +548,7 @@ mod tests {
     #[test]
     fn inbox_pages_with_a_cursor() {
         let (_dir, store) = fresh();
+        store.add_contact("alice").unwrap();
         for n in 0..25 {
             store
                 .receive(&incoming(n, "alice", u64::from(n) + 1))

@@ -55,7 +55,7 @@ pub use contacts::MAX_CONTACTS;
 pub use hosts::{
     FAILING_AFTER, Host, MAX_HOST_ADDRS, MAX_HOSTS, MAX_UNVERIFIED_HOSTS, UNVERIFIED_DROP_AFTER,
 };
-pub use inbox::{InboxEntry, IncomingMessage, Receipt};
+pub use inbox::{InboxEntry, InboxLimits, IncomingMessage, OverQuota, Receipt};
 pub use outbox::{MAX_OUTBOX, OutgoingMessage, QueuedMessage, SentMessage};
 
 /// The store's file name inside the home directory.
@@ -149,6 +149,8 @@ pub struct Store {
     max_outbox: usize,
     /// [`MAX_CONTACTS`], lowered by tests.
     max_contacts: usize,
+    /// The inbox quotas.
+    inbox_limits: InboxLimits,
 }
 
 impl Store {
@@ -187,7 +189,13 @@ impl Store {
             group_ended: Condvar::new(),
             max_outbox: MAX_OUTBOX,
             max_contacts: MAX_CONTACTS,
+            inbox_limits: InboxLimits::default(),
         })
+    }
+
+    /// Sets the inbox quotas (the defaults are [`InboxLimits::default`]).
+    pub fn set_inbox_limits(&mut self, limits: InboxLimits) {
+        self.inbox_limits = limits;
     }
 
     /// The database file.

@@ -132,6 +132,13 @@ async fn suite(mode: Mode) -> anyhow::Result<Report> {
     })
     .await?;
     alice.wait_online("bob", attach).await?;
+    // Everyone takes everyone's messages as a contact's: the bench measures delivery, not
+    // the contact-request quota.
+    let everyone = [&alice, &bob, &sps[0], &sps[1]];
+    let names: Vec<&str> = everyone.iter().map(|d| d.name.as_str()).collect();
+    for d in everyone {
+        d.accept(&names).await?;
+    }
 
     progress("msg: round trips");
     // The control API alone: what every CLI command pays before the daemon does anything.

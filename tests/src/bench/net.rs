@@ -207,6 +207,21 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Takes the messages of `names` as a contact's (not as contact requests, whose quota is
+    /// small).
+    pub async fn accept(&self, names: &[&str]) -> anyhow::Result<()> {
+        for name in names.iter().filter(|n| **n != self.name) {
+            let edit = natter_node::daemon::api::InboxEdit::Accept {
+                name: (*name).to_owned(),
+            };
+            match self.call(&ControlRequest::Edit { edit }).await? {
+                ControlResponse::Done { .. } => {}
+                other => anyhow::bail!("accept {name} on {}: {other:?}", self.name),
+            }
+        }
+        Ok(())
+    }
+
     /// One control request, one reply.
     pub async fn call(&self, request: &ControlRequest) -> anyhow::Result<ControlResponse> {
         let mut client = ControlClient::connect(&self.home).await?;

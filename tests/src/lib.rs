@@ -379,6 +379,11 @@ impl NodeProcess {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -601,9 +601,18 @@ fn messages_are_shown_escaped_and_the_store_works_while_the_daemon_is_down() {
     let out = natter(&bob.home, &["send", "alice", forged, "--json"], "");
     assert!(out.status.success(), "{}", stderr(&out));
 
-    // Human output: one line, no escape character; JSON: the exact text.
-    let out = natter(&alice.home, &["inbox"], "");
-    let shown = stdout(&out);
+    // Human output: one line, no escape character; JSON: the exact text. (Under load the
+    // send may have answered "queued": wait for the message.)
+    let shown = wait_for(
+        "the message in alice's inbox",
+        Duration::from_secs(30),
+        || {
+            let out = natter(&alice.home, &["inbox"], "");
+            assert!(out.status.success(), "inbox: {}", stderr(&out));
+            let shown = stdout(&out);
+            (!shown.is_empty()).then_some(shown)
+        },
+    );
     assert_eq!(shown.lines().count(), 1, "{shown:?}");
     assert!(
         !shown.contains('\u{1b}') && !shown.contains('\u{202e}'),

@@ -27,7 +27,10 @@ use super::admission::{Admissions, Admitted};
 use super::records::DirectoryRecords;
 use crate::login_client::{self, LoginCodec};
 
-pub(crate) type MsgCodec = request_response::json::codec::Codec<MsgRequest, MsgResponse>;
+/// Msg requests read at once on one connection.
+pub(crate) const MSG_STREAMS_PER_CONNECTION: usize = 8;
+
+pub(crate) type MsgCodec = super::codec::BudgetedJson<MsgRequest, MsgResponse>;
 pub(crate) type OverlayCodec =
     request_response::json::codec::Codec<OverlayRequest, OverlayResponse>;
 pub(crate) type IntroduceCodec =
@@ -176,14 +179,19 @@ pub(crate) fn build(
                     "overlay",
                     true,
                 ),
+                // Requests are read within one budget for all peers (a request is read whole
+                // before its certificate is checked), and 8 at a time per connection: a
+                // sender has one batch in flight per recipient, besides pings and presence.
                 msg: request_response::Behaviour::with_codec(
-                    MsgCodec::default()
-                        .set_request_size_maximum(MAX_MSG_WIRE_BYTES)
-                        .set_response_size_maximum(64 * 1024),
+                    MsgCodec::new(
+                        super::codec::ReadBudget::new(super::codec::MSG_READ_BUDGET),
+                        MAX_MSG_WIRE_BYTES,
+                        64 * 1024,
+                    ),
                     [(StreamProtocol::new(protocol::MSG), ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(20))
-                        .with_max_concurrent_streams(128),
+                        .with_max_concurrent_streams(MSG_STREAMS_PER_CONNECTION),
                 ),
             }
         })?;

@@ -13,6 +13,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod behaviour;
+pub(crate) mod codec;
 pub(crate) mod gate;
 mod handle;
 pub(crate) mod records;

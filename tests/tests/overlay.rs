@@ -102,10 +102,10 @@ fn nodes_promote_themselves_leaves_attach_and_users_find_each_other() {
     let last_seen = gone["last_seen"].as_u64().expect("last_seen");
     assert!(last_seen + 120 > natter_login_server::service::unix_now());
 
-    // The login server holds accounts, counters and which devices it certified (for the cap
-    // on devices per account, written at most hourly), never presence.
+    // The login server holds accounts, counters, which devices it certified (for the cap
+    // on devices per account, written at most hourly) and revocations, never presence.
     let db = rusqlite_tables(&net.dir.path().join("login"));
-    assert_eq!(db, ["accounts", "counters", "devices"]);
+    assert_eq!(db, ["accounts", "counters", "devices", "revocations"]);
 }
 
 fn rusqlite_tables(data_dir: &std::path::Path) -> Vec<String> {

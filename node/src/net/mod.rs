@@ -71,6 +71,8 @@ pub(crate) struct Network {
     queries: HashMap<kad::QueryId, Token>,
     /// Every open connection and whether it goes through a relay.
     conns: HashMap<ConnectionId, (PeerId, bool)>,
+    /// The relayed connections a peer opened to this node (not those this node opened).
+    accepted_relayed: std::collections::HashSet<ConnectionId>,
     metrics: Option<libp2p::metrics::Metrics>,
     /// Events produced by one swarm event, sent before the next is polled (at most two).
     ready: std::collections::VecDeque<NetEvent>,
@@ -121,6 +123,7 @@ impl Network {
             metrics,
             ready: Default::default(),
             retiring: Default::default(),
+            accepted_relayed: Default::default(),
             busy: HashMap::new(),
             admissions,
             issuer,
@@ -333,6 +336,9 @@ impl Network {
                     self.introduce(peer_id);
                 }
                 let relayed = endpoint.is_relayed();
+                if relayed && endpoint.is_listener() {
+                    self.accepted_relayed.insert(connection_id);
+                }
                 if relayed {
                     if self.has_direct(peer_id) {
                         // Already connected directly: the relay is not needed.
@@ -342,9 +348,13 @@ impl Network {
                     // A direct path exists (e.g. after hole punching): retire relayed ones
                     // after a grace period, so messages take the direct path without
                     // failing the requests already on the relayed one.
+                    // Only the side that opened a relayed connection closes it at once when it
+                    // has nothing in flight: the other side cannot see a request the peer has
+                    // begun to send until it is read whole, and would cut it off.
                     let at = tokio::time::Instant::now() + RELAY_GRACE;
                     let idle = !self.busy.contains_key(&peer_id);
                     for old in self.relayed_to(peer_id) {
+                        let idle = idle && !self.accepted_relayed.contains(&old);
                         tracing::info!(peer = %peer_id, idle, "direct connection established; retiring the relayed one");
                         if idle {
                             self.swarm.close_connection(old);
@@ -364,6 +374,7 @@ impl Network {
                 ..
             } => {
                 self.conns.remove(&connection_id);
+                self.accepted_relayed.remove(&connection_id);
                 if num_established == 0 {
                     self.admissions.forget(&peer_id);
                     self.reintroduced.remove(&peer_id);
@@ -644,7 +655,8 @@ impl Network {
         }
     }
 
-    /// One request with `peer` is over; with none left, its retired relayed connections go.
+    /// One request with `peer` is over; with none left, the retired relayed connections this
+    /// node opened go (those the peer opened wait for their grace, see `ConnectionEstablished`).
     fn done_with(&mut self, peer: PeerId) {
         let Some(n) = self.busy.get_mut(&peer) else {
             return;
@@ -658,6 +670,7 @@ impl Network {
             let retired: Vec<ConnectionId> = self
                 .retiring
                 .iter()
+                .filter(|(_, id)| !self.accepted_relayed.contains(id))
                 .filter(|(_, id)| self.conns.get(id).is_some_and(|(p, _)| *p == peer))
                 .map(|(_, id)| *id)
                 .collect();

@@ -88,7 +88,9 @@ fn parse_entry(r: &Revoked) -> Result<(UserName, Entry), RevocationError> {
 }
 
 fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 || !hex.is_ascii() {
+    // Hex digits only: `from_str_radix` would also take a sign, and one key would have
+    // several spellings.
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -313,6 +315,7 @@ mod tests {
         assert!(newer.verify(&issuer().public()).is_err());
         let other = IssuerSigningKey::from_bytes(&[8; 32]);
         assert!(list.verify(&other.public()).is_err());
+        assert!(parse_hex32(&format!("+{}", "a".repeat(63))).is_none());
         let mut bad = list.clone();
         bad.revoked[0].device = Some("zz".into());
         assert!(matches!(

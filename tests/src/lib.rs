@@ -379,6 +379,23 @@ impl NodeProcess {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// Whether `status` shows a primary superpeer.
+    pub fn is_attached(&self) -> bool {
+        self.status().is_some_and(|s| s["primary"].is_string())
+    }
+
+    /// `natter send TO TEXT --json` from this node's home: the answer (the command must
+    /// succeed).
+    pub fn send(&self, to: &str, text: &str) -> serde_json::Value {
+        let out = natter(&self.home, &["send", to, text, "--json"], "");
+        assert!(
+            out.status.success(),
+            "send: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("send --json prints JSON")
+    }
+
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

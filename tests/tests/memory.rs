@@ -15,7 +15,7 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
-use natter_tests::{NodeProcess, TestNet, natter, wait_for};
+use natter_tests::{TestNet, natter, wait_for};
 
 /// Identities the attacker uses, and stalled requests per identity.
 const IDENTITIES: usize = 8;
@@ -106,10 +106,6 @@ fn rss(pid: u32) -> u64 {
     kib * 1024
 }
 
-fn attached(node: &NodeProcess) -> bool {
-    node.status().is_some_and(|s| s["primary"].is_string())
-}
-
 #[test]
 fn stalled_requests_of_throwaway_identities_hold_a_bounded_amount_of_memory() {
     let net = TestNet::new();
@@ -117,7 +113,7 @@ fn stalled_requests_of_throwaway_identities_hold_a_bounded_amount_of_memory() {
     seed.wait_role("superpeer", Duration::from_secs(30));
     let bob = net.node("bob", &["--role", "leaf"]);
     wait_for("bob attached", Duration::from_secs(30), || {
-        attached(&bob).then_some(())
+        bob.is_attached().then_some(())
     });
     let (peer, addr) = bob.tcp_endpoint();
     let at_rest = rss(bob.pid());

@@ -70,13 +70,7 @@ fn wait_online(from: &NodeProcess, name: &str) {
 }
 
 fn send(from: &NodeProcess, to: &str, text: &str) -> serde_json::Value {
-    let out = natter(&from.home, &["send", to, text, "--json"], "");
-    assert!(
-        out.status.success(),
-        "send: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    from.send(to, text)
 }
 
 /// Runs `natter ARGS` on `node`'s home; fails the test if it has not ended within 30 s.

@@ -11,16 +11,6 @@ use std::time::{Duration, Instant};
 
 use natter_tests::{NodeProcess, TestNet, natter, natter_json, wait_for};
 
-fn send(from: &NodeProcess, to: &str, text: &str) -> serde_json::Value {
-    let out = natter(&from.home, &["send", to, text, "--json"], "");
-    assert!(
-        out.status.success(),
-        "send: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn texts(node: &NodeProcess) -> Vec<String> {
     natter_json(&node.home, &["inbox"])
         .and_then(|v| v.as_array().cloned())
@@ -28,10 +18,6 @@ fn texts(node: &NodeProcess) -> Vec<String> {
         .iter()
         .map(|m| m["text"].as_str().unwrap().to_owned())
         .collect()
-}
-
-fn attached(leaf: &NodeProcess) -> bool {
-    leaf.status().is_some_and(|s| s["primary"].is_string())
 }
 
 #[test]
@@ -43,7 +29,7 @@ fn a_disabled_user_is_cut_off_within_a_minute() {
     let bob = net.node("bob", &["--role", "leaf"]);
     for leaf in [&mallory, &bob] {
         wait_for("attached", Duration::from_secs(30), || {
-            attached(leaf).then_some(())
+            leaf.is_attached().then_some(())
         });
     }
     wait_for("bob online", Duration::from_secs(30), || {
@@ -52,7 +38,7 @@ fn a_disabled_user_is_cut_off_within_a_minute() {
             .filter(|v| v["status"] == "online")
             .map(|_| ())
     });
-    let before = send(&mallory, "bob", "before");
+    let before = mallory.send("bob", "before");
     assert_eq!(before["status"], "delivered", "{before}");
 
     // The operator, in another process, on the running server's database.
@@ -73,7 +59,7 @@ fn a_disabled_user_is_cut_off_within_a_minute() {
     let mut sent = 0;
     let cut_after = wait_for("mallory cut off", Duration::from_secs(60), || {
         sent += 1;
-        let answer = send(&mallory, "bob", &format!("after {sent}"));
+        let answer = mallory.send("bob", &format!("after {sent}"));
         eprintln!("{:.1} s: {answer}", disabled.elapsed().as_secs_f64());
         std::thread::sleep(Duration::from_millis(500));
         (answer["status"] != "delivered").then(|| disabled.elapsed())
@@ -85,7 +71,7 @@ fn a_disabled_user_is_cut_off_within_a_minute() {
         let said = String::from_utf8_lossy(&lookup.stdout).to_string()
             + &String::from_utf8_lossy(&lookup.stderr);
         let online = said.contains("\"online\"");
-        if !attached(&mallory) && !online {
+        if !mallory.is_attached() && !online {
             break;
         }
         assert!(

@@ -331,6 +331,33 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_over_a_quota_is_answered_in_part_with_the_reason() {
+        use crate::store::OverQuota;
+        let over = Receipt::Refused(OverQuota::Blocked);
+        let (answer, new) =
+            stored_answer(&Ok(vec![Receipt::Duplicate, Receipt::Stored, over, over]));
+        assert_eq!(new, 1);
+        assert_eq!(
+            answer,
+            MsgResponse::Partial {
+                accepted: 2,
+                duplicates: 1,
+                code: MsgRefusal::InboxFull,
+                message: OverQuota::Blocked.to_string(),
+            }
+        );
+        let (answer, new) = stored_answer(&Ok(vec![over]));
+        assert_eq!(new, 0);
+        assert!(matches!(
+            answer,
+            MsgResponse::Refused {
+                code: MsgRefusal::InboxFull,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn stored_answers_count_duplicates_and_a_failed_store_is_retryable() {
         let (answer, new) = stored_answer(&Ok(vec![Receipt::Stored, Receipt::Duplicate]));
         assert_eq!(

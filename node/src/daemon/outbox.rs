@@ -644,6 +644,69 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_batch_refused_in_part_delivers_the_stored_ones_and_holds_the_rest() {
+        let mut o: Outbox<u32> = Outbox::default();
+        let bob = name("bob");
+        o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
+        o.queueing();
+        for i in 1..=3 {
+            o.queued(bob.clone(), format!("m{i}"), Some(i), Instant::now());
+        }
+        drain(&mut o);
+        let batch = (1..=3)
+            .map(|i| queued(&format!("m{i}"), "bob", i))
+            .collect();
+        o.due_read(Some(vec![("bob".into(), batch)]), Instant::now());
+        drain(&mut o);
+        o.refused(
+            bob.clone(),
+            1,
+            "direct",
+            "inbox full".into(),
+            Instant::now(),
+        );
+        let actions = drain(&mut o);
+        let mut answered: Vec<(u32, SendOutcome)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Answer {
+                    waiter, outcome, ..
+                } => Some((*waiter, outcome.clone())),
+                _ => None,
+            })
+            .collect();
+        answered.sort_by_key(|(w, _)| *w);
+        let refused = SendOutcome::Refused("inbox full".into());
+        assert_eq!(
+            answered,
+            vec![
+                (1, SendOutcome::Delivered("direct")),
+                (2, refused.clone()),
+                (3, refused)
+            ]
+        );
+        assert!(
+            actions.iter().any(
+                |a| matches!(a, Action::MarkDelivered { ids, .. } if ids == &["m1".to_owned()])
+            )
+        );
+        assert!(actions.iter().any(
+            |a| matches!(a, Action::Postpone { to, why } if *to == bob && why == "inbox full")
+        ));
+        // Held back like a failure: no new batch before the backoff ends.
+        o.pump();
+        o.due_read(
+            Some(vec![("bob".into(), vec![queued("m2", "bob", 2)])]),
+            Instant::now(),
+        );
+        assert!(
+            !drain(&mut o)
+                .iter()
+                .any(|a| matches!(a, Action::Deliver { .. }))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn routes_expire_after_a_minute() {
         let mut o: Outbox<u32> = Outbox::default();
         let bob = name("bob");

@@ -21,6 +21,7 @@ pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
 pub mod registry;
+mod revocations;
 pub mod server;
 pub mod service;
 

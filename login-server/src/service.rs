@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use libp2p::{Multiaddr, PeerId};
 use natter_proto::limits::{MAX_ADDR_LEN, MAX_ANNOUNCED_ADDRS, MAX_PASSWORD_BYTES};
 use natter_proto::login::{LoginRequest, LoginResponse, Password, Refusal, RefusalCode};
-use natter_proto::revocation::{MAX_REVOKED, RevocationList, Revocations};
+use natter_proto::revocation::Revocations;
 use natter_proto::{Certificate, IssuerSigningKey, UserName};
 
 use prometheus_client::metrics::counter::Counter;
@@ -20,6 +20,7 @@ use crate::accounts::{self, Accounts};
 use crate::dialback::{self, Outcome as DialBackOutcome};
 use crate::ratelimit::RateLimiter;
 use crate::registry::{DialBack, Recheck, Registry};
+use crate::revocations::RevocationCache;
 use crate::{Config, Registration};
 use natter_net::address_key;
 
@@ -46,8 +47,8 @@ pub struct Service {
     /// answer takes as long as for a real user's wrong password.
     decoy_hash: std::sync::OnceLock<String>,
     registry: Mutex<Registry>,
-    /// The signed revocation list, and when it was last read from the database.
-    revocations: Mutex<Option<(Instant, Revocations)>>,
+    /// The signed revocation list.
+    revocations: RevocationCache,
     /// Requests by kind and outcome ("ok" or the refusal code), for the metrics endpoint.
     requests: Family<Vec<(String, String)>, Counter>,
     /// Dial-backs by outcome ("reached", "unreached", "dropped").
@@ -67,9 +68,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 type Outcome = Result<LoginResponse, Refusal>;
-
-/// How long the revocation list is served before the database is read again.
-const REVOCATIONS_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Service {
     pub fn new(accounts: Accounts, issuer: IssuerSigningKey, config: Config) -> Self {
@@ -98,7 +96,7 @@ impl Service {
                     stale: config.dial_back_timeout.saturating_mul(3),
                 },
             )),
-            revocations: Mutex::new(None),
+            revocations: RevocationCache::default(),
             requests: Family::default(),
             dial_backs: Family::default(),
             config,
@@ -310,38 +308,12 @@ impl Service {
         Ok(name)
     }
 
-    /// The signed revocation list, read from the database again when older than
-    /// [`REVOCATIONS_FRESH`] (a `natter-login user disable` in another process shows within
-    /// that time), and signed again only when its entries changed, so that holders of the
-    /// current list are told "nothing new".
+    /// The signed revocation list ([`RevocationCache`]).
     pub fn revocation_list(&self) -> Result<Revocations, Refusal> {
-        let mut cache = lock(&self.revocations);
-        if let Some((read, revocations)) = &*cache
-            && read.elapsed() < REVOCATIONS_FRESH
-        {
-            return Ok(revocations.clone());
-        }
-        let now = unix_now();
-        // An entry older than a certificate's lifetime and renewal grace revokes nothing
-        // that is still valid or renewable.
         let keep = self.config.cert_lifetime + self.config.renew_grace;
-        let since = now.saturating_sub(keep.as_secs() + natter_proto::cert::CLOCK_SKEW_SECS);
-        let revoked = self
-            .accounts
-            .revocations(since, MAX_REVOKED)
-            .map_err(|e| self.internal(e))?;
-        let held = cache.take().map(|(_, r)| r).unwrap_or_default();
-        let revocations = match held.list() {
-            Some(list) if list.revoked == revoked => held,
-            _ => {
-                let issued_at = now.max(held.issued_at() + 1);
-                RevocationList::sign(&self.issuer, issued_at, revoked)
-                    .and_then(|list| list.verify(&self.issuer.public()))
-                    .map_err(|e| self.internal(e))?
-            }
-        };
-        *cache = Some((Instant::now(), revocations.clone()));
-        Ok(revocations)
+        self.revocations
+            .get(&self.accounts, &self.issuer, keep)
+            .map_err(|e| self.internal(e))
     }
 
     fn exists(&self, name: &str) -> Outcome {
@@ -675,9 +647,7 @@ mod tests {
         let device = natter_proto::revocation::device_hex(&alice_cert.device_key());
         assert!(db.revoke_device(&name("alice"), &device, now).unwrap());
         // Served from the cache for a moment, then read again.
-        if let Some((read, _)) = lock(&s.revocations).as_mut() {
-            *read -= REVOCATIONS_FRESH;
-        }
+        s.revocations.expire();
         let list = revocations(&s, first.issued_at()).expect("a newer list");
         assert!(list.issued_at() > first.issued_at());
         assert!(list.revokes(&mallory_cert));

@@ -34,6 +34,7 @@ mod group;
 mod hosts;
 mod inbox;
 mod outbox;
+mod quota;
 mod schema;
 mod sql;
 

@@ -69,11 +69,12 @@ unset "${!NATTER_@}"
 
 # The example TOML file $1 with every `#key = value` line uncommented: every key set.
 uncomment_keys() {
-    sed -E 's/^#([a-z_]+ = )/\1/' "$1"
+    sed -E -e 's/^#([a-z_]+ = )/\1/' -e 's/^#(\[[a-z_]+\])$/\1/' "$1"
 }
-# The keys an example TOML file documents: its `#key = value` lines.
+# The keys an example TOML file documents: its `#key = value` lines, and `#[table]` lines
+# (a table is a key of the file).
 documented_keys() {
-    sed -nE 's/^#([a-z_]+) = .*/\1/p' "$1"
+    sed -nE -e 's/^#([a-z_]+) = .*/\1/p' -e 's/^#\[([a-z_]+)\]$/\1/p' "$1"
 }
 
 # ---------------------------------------------------------------------------------------

@@ -6,9 +6,12 @@
 //! never silently falls back to a default. See `deploy/natter.toml.example`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use libp2p::Multiaddr;
 use serde::Deserialize;
+
+use crate::store::InboxLimits;
 
 /// File name looked for in the home directory.
 pub const FILE_NAME: &str = "natter.toml";
@@ -28,6 +31,48 @@ pub struct FileConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// Publish the node's IP addresses in the directory (default true).
     pub publish_direct_addrs: Option<bool>,
+    /// The inbox's quotas and retention (`[inbox]`).
+    pub inbox: Option<InboxConfig>,
+}
+
+/// `[inbox]`: how much the inbox takes, and how long it keeps messages. Every key optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxConfig {
+    /// A contact request (a sender who is neither a contact nor written to): messages and
+    /// KiB held until accepted (defaults 20 and 64; 0 messages refuses strangers).
+    pub request_messages: Option<u64>,
+    pub request_kib: Option<u64>,
+    /// One contact's share (defaults 10,000 and 32 MiB).
+    pub contact_messages: Option<u64>,
+    pub contact_mib: Option<u64>,
+    /// The whole inbox (defaults 100,000 and 256 MiB).
+    pub total_messages: Option<u64>,
+    pub total_mib: Option<u64>,
+    /// Delete received messages older than this many days (default 0: keep until deleted).
+    pub retention_days: Option<u64>,
+}
+
+impl InboxConfig {
+    /// Puts the keys that are set into `limits` and `retention` (the daemon validates them).
+    pub fn apply(&self, limits: &mut InboxLimits, retention: &mut Option<Duration>) {
+        let set = |key: Option<u64>, unit: u64, field: &mut u64| {
+            if let Some(v) = key {
+                *field = v.saturating_mul(unit);
+            }
+        };
+        set(self.request_messages, 1, &mut limits.request_messages);
+        set(self.request_kib, 1024, &mut limits.request_bytes);
+        set(self.contact_messages, 1, &mut limits.sender_messages);
+        set(self.contact_mib, 1 << 20, &mut limits.sender_bytes);
+        set(self.total_messages, 1, &mut limits.total_messages);
+        set(self.total_mib, 1 << 20, &mut limits.total_bytes);
+        match self.retention_days {
+            Some(0) => *retention = None,
+            Some(days) => *retention = Some(Duration::from_secs(days.saturating_mul(86_400))),
+            None => {}
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +132,15 @@ mod tests {
             min_cores = 1
             min_free_memory_mib = 128
             metrics = "127.0.0.1:9464"
+
+            [inbox]
+            request_messages = 5
+            request_kib = 128
+            contact_messages = 100
+            contact_mib = 1
+            total_messages = 1000
+            total_mib = 10
+            retention_days = 30
             "#,
         )
         .unwrap();
@@ -94,8 +148,25 @@ mod tests {
         assert_eq!(c.role.as_deref(), Some("superpeer"));
         assert_eq!(c.max_leaves, Some(5000));
         assert!(c.metrics.is_some());
+        let inbox = c.inbox.unwrap();
+        let (mut limits, mut retention) = (InboxLimits::default(), None);
+        inbox.apply(&mut limits, &mut retention);
+        assert_eq!(
+            limits,
+            InboxLimits {
+                request_messages: 5,
+                request_bytes: 128 * 1024,
+                sender_messages: 100,
+                sender_bytes: 1 << 20,
+                total_messages: 1000,
+                total_bytes: 10 << 20,
+            }
+        );
+        assert_eq!(retention, Some(Duration::from_secs(30 * 86_400)));
         let err = FileConfig::parse("max_leafs = 3").unwrap_err();
         assert!(err.contains("max_leafs"), "{err}");
+        let err = FileConfig::parse("[inbox]\nrequest_msgs = 3").unwrap_err();
+        assert!(err.contains("request_msgs"), "{err}");
         assert!(FileConfig::parse("listen = [\"not an address\"]").is_err());
         assert_eq!(FileConfig::parse("").unwrap(), FileConfig::default());
     }

@@ -145,11 +145,13 @@ enum Command {
         edit: Option<InboxCommand>,
     },
     /// Show the messages still waiting for delivery: to whom, attempts, next attempt and the
-    /// last error.
+    /// last error; and those the recipient refused for good. Or drop messages.
     Outbox {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        edit: Option<OutboxCommand>,
     },
     /// Measure the round trip to a user's device and show the path (relayed or direct).
     Ping {
@@ -192,6 +194,16 @@ enum InboxCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Take messages out of the outbox by id (as `outbox --json` shows them): refused ones,
+    /// or queued ones no longer wanted (one already on its way may still arrive).
+    Drop {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ContactsCommand {
     /// Add a contact: their messages are taken without the contact-request quota.
     Add { name: String },
@@ -203,6 +215,13 @@ enum ContactsCommand {
     Remove { name: String },
     /// List contacts.
     List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List contact requests: senders not in the contacts whose messages wait in the inbox
+    /// under the request quota (answer with `accept` or `block`).
+    Requests {
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -298,6 +317,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or(t.min_free_memory_mib);
             config.metrics = metrics.or(file.metrics);
             config.publish_direct = !no_direct && file.publish_direct_addrs.unwrap_or(true);
+            if let Some(inbox) = &file.inbox {
+                inbox.apply(&mut config.inbox, &mut config.retention);
+            }
             config
                 .validate()
                 .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -351,7 +373,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inbox { json, follow, .. } => {
             rt.block_on(cli::messages::inbox(&home, json, follow))
         }
-        Command::Outbox { json } => cli::messages::outbox(&home, json),
+        Command::Outbox {
+            edit: Some(OutboxCommand::Drop { ids }),
+            ..
+        } => rt.block_on(cli::messages::edit(&home, InboxEdit::Drop { ids })),
+        Command::Outbox { json, .. } => cli::messages::outbox(&home, json),
         Command::Contacts(cmd) => {
             let cmd = match cmd {
                 ContactsCommand::Add { name } => cli::messages::Contacts::Add(name),
@@ -362,6 +388,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 ContactsCommand::Block { name } => {
                     return rt.block_on(cli::messages::edit(&home, InboxEdit::Block { name }));
+                }
+                ContactsCommand::Requests { json } => {
+                    return cli::messages::contact_requests(&home, json);
                 }
             };
             rt.block_on(cli::messages::contacts(&home, cmd))

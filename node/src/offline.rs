@@ -17,19 +17,27 @@ use crate::ulid::UlidGenerator;
 /// Messages read from the store at a time by `natter inbox`.
 pub const INBOX_PAGE: usize = 500;
 
-/// Most ids one `inbox delete` takes.
+/// Most ids one `inbox delete` or `outbox drop` takes.
 pub const MAX_DELETE_IDS: usize = 1000;
+
+/// Most contact requests `contacts requests` lists.
+pub const MAX_CONTACT_REQUESTS: usize = 1000;
+
+fn check_ids(ids: &[String]) -> Result<(), OfflineError> {
+    if ids.is_empty() || ids.len() > MAX_DELETE_IDS {
+        return Err(OfflineError::Refused(format!(
+            "give 1 to {MAX_DELETE_IDS} message ids"
+        )));
+    }
+    Ok(())
+}
 
 impl InboxEdit {
     /// Carries the edit out on `store`, of `me`'s home.
     pub fn apply(&self, store: &Store, me: &UserName) -> Result<String, OfflineError> {
         match self {
             InboxEdit::Delete { ids } => {
-                if ids.is_empty() || ids.len() > MAX_DELETE_IDS {
-                    return Err(OfflineError::Refused(format!(
-                        "give 1 to {MAX_DELETE_IDS} message ids"
-                    )));
-                }
+                check_ids(ids)?;
                 let n = store.delete_messages(ids)?;
                 if n == 0 {
                     return Err(OfflineError::Refused(
@@ -58,6 +66,16 @@ impl InboxEdit {
                 Ok(format!(
                     "{name} accepted: a contact, whose messages the inbox takes"
                 ))
+            }
+            InboxEdit::Drop { ids } => {
+                check_ids(ids)?;
+                let n = store.cancel_all(ids)?;
+                if n == 0 {
+                    return Err(OfflineError::Refused(
+                        "no message with that id is in the outbox".into(),
+                    ));
+                }
+                Ok(format!("dropped {n} message(s) from the outbox"))
             }
             InboxEdit::Block { name } => {
                 let name = parse(name)?;
@@ -116,6 +134,18 @@ pub struct OutboxItem {
     pub next_attempt_at: u64,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
+    /// The recipient's node refused it for good (`last_error` says why): not tried again;
+    /// `natter outbox drop ID` takes it out.
+    pub refused: bool,
+}
+
+/// One line of `natter contacts requests --json`: a sender whose messages wait as a contact
+/// request (`contacts accept` or `block` answers it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRequest {
+    pub from: String,
+    pub messages: u64,
+    pub bytes: u64,
 }
 
 impl From<QueuedMessage> for OutboxItem {
@@ -128,6 +158,7 @@ impl From<QueuedMessage> for OutboxItem {
             attempts: m.attempts,
             next_attempt_at: m.next_attempt_at_ms,
             last_error: m.last_error,
+            refused: m.refused,
         }
     }
 }
@@ -207,13 +238,28 @@ impl LocalStore {
         edit.apply(&self.store, &self.identity.user)
     }
 
-    /// Every message still waiting for delivery, by recipient then conversation order.
+    /// Every message still waiting for delivery or refused for good, by recipient then
+    /// conversation order.
     pub fn outbox(&self) -> Result<Vec<OutboxItem>, OfflineError> {
         Ok(self
             .store
-            .due(u64::MAX, crate::store::MAX_OUTBOX)?
+            .outbox(crate::store::MAX_OUTBOX)?
             .into_iter()
             .map(OutboxItem::from)
+            .collect())
+    }
+
+    /// Senders whose messages wait as contact requests, by name.
+    pub fn contact_requests(&self) -> Result<Vec<ContactRequest>, OfflineError> {
+        Ok(self
+            .store
+            .contact_requests(MAX_CONTACT_REQUESTS)?
+            .into_iter()
+            .map(|(from, messages, bytes)| ContactRequest {
+                from,
+                messages,
+                bytes,
+            })
             .collect())
     }
 

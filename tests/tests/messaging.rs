@@ -343,6 +343,20 @@ fn a_strangers_flood_stops_at_the_request_quota_and_nothing_is_lost() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(texts(&bob), flood[1..20]);
+    // Bob sees who waits to be accepted, with what.
+    let out = natter(&bob.home, &["contacts", "requests", "--json"], "");
+    let requests: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(requests[0]["from"], "mallory", "{requests}");
+    assert_eq!(requests[0]["messages"], 19, "{requests}");
+    // Mallory takes back one queued message; it is never delivered.
+    let unwanted = send(&mallory, "bob", "unwanted");
+    let id = unwanted["id"].as_str().unwrap();
+    let out = natter(&mallory.home, &["outbox", "drop", id], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = natter(&bob.home, &["contacts", "accept", "mallory"], "");
     assert!(
@@ -357,6 +371,10 @@ fn a_strangers_flood_stops_at_the_request_quota_and_nothing_is_lost() {
     let mut expected = flood[1..].to_vec();
     expected.push("one more".into());
     assert_eq!(all, expected);
+    let out = natter(&bob.home, &["contacts", "requests", "--json"], "");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let out = natter(&mallory.home, &["outbox", "--json"], "");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
 }
 
 type MsgCodec = request_response::json::codec::Codec<MsgRequest, MsgResponse>;

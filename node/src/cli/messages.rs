@@ -49,6 +49,17 @@ pub(crate) async fn send(
 fn print_sent(view: &SendView, json: bool) -> anyhow::Result<()> {
     if json {
         outln!("{}", serde_json::to_string(view)?);
+        if view.status == "refused" {
+            bail!("the recipient's node refused the message for good");
+        }
+    } else if view.status == "refused" {
+        bail!(
+            "{}'s node refused the message for good: {}; it stays in `natter outbox` (not tried \
+             again) until `natter outbox drop {}`",
+            view.to,
+            escape(view.reason.as_deref().unwrap_or("no reason given")),
+            view.id
+        );
     } else if view.status == "delivered" {
         outln!(
             "delivered to {} ({})",
@@ -170,6 +181,15 @@ fn print_queued(item: &OutboxItem) {
         escape(&item.to),
         escape(&item.text)
     );
+    if item.refused {
+        outln!(
+            "    refused for good by the recipient's node: {}; not tried again \
+             (`natter outbox drop {}` takes it out)",
+            escape(item.last_error.as_deref().unwrap_or("no reason given")),
+            item.id
+        );
+        return;
+    }
     let tries = match item.attempts {
         0 => "not tried yet".to_owned(),
         1 => "1 attempt".to_owned(),
@@ -184,6 +204,29 @@ fn print_queued(item: &OutboxItem) {
         "    {tries}; next attempt {}{error}",
         format_ms(item.next_attempt_at)
     );
+}
+
+/// `contacts requests`: from the store, whether the daemon runs or not.
+pub(crate) fn contact_requests(home: &Home, json: bool) -> anyhow::Result<()> {
+    let requests = LocalStore::open(home)?.contact_requests()?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&requests)?);
+        return Ok(());
+    }
+    if requests.is_empty() {
+        outln!("no contact requests");
+    }
+    for r in &requests {
+        outln!(
+            "{}: {} message(s), {} bytes (`natter contacts accept {}` or `block {}`)",
+            escape(&r.from),
+            r.messages,
+            r.bytes,
+            escape(&r.from),
+            escape(&r.from)
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug)]

@@ -60,6 +60,9 @@ pub enum InboxEdit {
     Accept { name: String },
     /// Refuses `name`'s messages from now on.
     Block { name: String },
+    /// Takes these messages out of the outbox (ids as `outbox --json` shows them): refused
+    /// for good, or queued and no longer wanted (one already on its way may still arrive).
+    Drop { ids: Vec<String> },
 }
 
 fn yes() -> bool {
@@ -87,12 +90,15 @@ pub enum ControlResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendView {
     pub id: String,
-    /// "delivered" (stored by the recipient's node) or "queued" (will be retried).
+    /// "delivered" (stored by the recipient's node), "queued" (will be retried) or "refused"
+    /// (the recipient's node refused it for good, `reason` says why; it stays in the outbox,
+    /// not tried again, until `outbox drop`).
     pub status: String,
     /// "direct" or "relayed" when delivered.
     pub path: Option<String>,
     pub to: String,
-    /// Why a queued message was not delivered yet, when the recipient said (its inbox quota).
+    /// Why a queued message was not delivered yet, when the recipient said (its inbox quota),
+    /// or why it was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }

@@ -2,9 +2,11 @@
 //! what a stored batch is answered with. The daemon carries the decisions out: the store
 //! thread keeps the batch, the network task sends the answer.
 
+use std::collections::HashMap;
+
 use libp2p::PeerId;
 use natter_proto::msg::{self, MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
-use natter_proto::{IssuerKey, PresenceRecord, Revocations, UserName};
+use natter_proto::{Certificate, IssuerKey, PresenceRecord, Revocations, UserName};
 
 use crate::store::{IncomingMessage, Receipt, StoreError};
 
@@ -23,16 +25,61 @@ pub(crate) enum MsgDecision {
     Presence(PresenceRecord),
 }
 
+/// Most senders' certificates [`VerifiedCerts`] remembers; past it, it starts over.
+const MAX_VERIFIED: usize = 4096;
+
+/// The certificates senders proved, by peer: a sender's certificate is verified (an ed25519
+/// signature check and a point decompression, about a sixth of a receiver's CPU per batch
+/// when done each time) once, then only compared and its period checked, until the sender
+/// shows another one. Bounded by [`MAX_VERIFIED`]; the revocation check stays per request.
+#[derive(Debug)]
+pub(crate) struct VerifiedCerts {
+    issuer: IssuerKey,
+    by_peer: HashMap<PeerId, Certificate>,
+}
+
+impl VerifiedCerts {
+    /// Verifies under `issuer`, the pinned key.
+    pub(crate) fn new(issuer: IssuerKey) -> Self {
+        Self {
+            issuer,
+            by_peer: HashMap::new(),
+        }
+    }
+
+    /// [`msg::authenticate`], remembered: the same certificate from the same peer is not
+    /// verified again, only checked for expiry.
+    pub(crate) fn authenticate(
+        &mut self,
+        cert: &Certificate,
+        peer: &PeerId,
+        now: u64,
+    ) -> Result<(), (MsgRefusal, String)> {
+        if self.by_peer.get(peer) == Some(cert) {
+            return cert
+                .check_period(now, 0)
+                .map_err(|e| (MsgRefusal::NotAuthenticated, e.to_string()));
+        }
+        msg::authenticate(cert, &self.issuer, peer, now)?;
+        if self.by_peer.len() >= MAX_VERIFIED {
+            self.by_peer.clear();
+        }
+        self.by_peer.insert(*peer, cert.clone());
+        Ok(())
+    }
+}
+
 fn refuse((code, message): (MsgRefusal, String)) -> MsgDecision {
     MsgDecision::Answer(MsgResponse::Refused { code, message })
 }
 
 /// Decides what `peer`'s `request` gets on a device of `own`. The sender is only ever taken
-/// from a certificate that names the connection's PeerId and verifies with `issuer`.
+/// from a certificate that names the connection's PeerId and verifies with the pinned
+/// issuer key (`certs`).
 pub(crate) fn handle_request(
     peer: PeerId,
     request: MsgRequest,
-    issuer: &IssuerKey,
+    certs: &mut VerifiedCerts,
     revocations: &Revocations,
     own: &UserName,
     now: u64,
@@ -53,7 +100,7 @@ pub(crate) fn handle_request(
     }
     match request {
         MsgRequest::Deliver { cert, messages } => {
-            if let Err(refusal) = msg::authenticate(&cert, issuer, &peer, now) {
+            if let Err(refusal) = certs.authenticate(&cert, &peer, now) {
                 tracing::warn!(%peer, reason = %refusal.1, "unauthenticated message refused");
                 return refuse(refusal);
             }
@@ -84,12 +131,12 @@ pub(crate) fn handle_request(
                     .collect(),
             )
         }
-        MsgRequest::Ping { cert, nonce } => match msg::authenticate(&cert, issuer, &peer, now) {
+        MsgRequest::Ping { cert, nonce } => match certs.authenticate(&cert, &peer, now) {
             Ok(()) => MsgDecision::Answer(MsgResponse::Pong { nonce }),
             Err(refusal) => refuse(refusal),
         },
         MsgRequest::Presence { record } => {
-            if let Err(e) = record.verify(issuer, now) {
+            if let Err(e) = record.verify(&certs.issuer, now) {
                 return refuse((MsgRefusal::NotAuthenticated, e.to_string()));
             }
             if record.body.cert.peer_id() != peer {
@@ -249,12 +296,50 @@ mod tests {
         assert!(matches!(d, MsgDecision::Store(_)));
     }
 
+    /// A remembered certificate is taken from its own device only, only while valid, and
+    /// another certificate from the same device is verified afresh.
+    #[test]
+    fn a_verified_certificate_is_remembered_per_device_and_still_expires() {
+        let mut certs = VerifiedCerts::new(issuer().public());
+        let alice = device(2).public().to_peer_id();
+        let mallory = device(3).public().to_peer_id();
+        let good = cert("alice", 2);
+        assert!(certs.authenticate(&good, &alice, NOW).is_ok());
+        assert!(certs.authenticate(&good, &alice, NOW + 1).is_ok());
+        assert_eq!(
+            certs.authenticate(&good, &mallory, NOW).unwrap_err().0,
+            MsgRefusal::NotAuthenticated
+        );
+        // Past its expiry, though remembered.
+        let (code, why) = certs.authenticate(&good, &alice, NOW + 3600).unwrap_err();
+        assert_eq!(code, MsgRefusal::NotAuthenticated);
+        assert!(why.contains("expired"), "{why}");
+        // The same body under another issuer's signature is not the remembered certificate.
+        let public = device(2).try_into_ed25519().unwrap().public().to_bytes();
+        let forged = IssuerSigningKey::from_bytes(&[9; 32])
+            .issue(UserName::parse("alice").unwrap(), public, 1, NOW - 10, 3600)
+            .unwrap();
+        assert!(certs.authenticate(&forged, &alice, NOW).is_err());
+        assert!(certs.authenticate(&good, &alice, NOW).is_ok());
+        // Bounded: a new sender past MAX_VERIFIED starts it over.
+        certs
+            .by_peer
+            .extend((1..MAX_VERIFIED).map(|_| (PeerId::random(), good.clone())));
+        assert_eq!(certs.by_peer.len(), MAX_VERIFIED);
+        assert!(
+            certs
+                .authenticate(&cert("carol", 4), &device(4).public().to_peer_id(), NOW)
+                .is_ok()
+        );
+        assert_eq!(certs.by_peer.len(), 1);
+    }
+
     fn handle(peer: PeerId, request: MsgRequest) -> MsgDecision {
         let own = UserName::parse("bob").unwrap();
         handle_request(
             peer,
             request,
-            &issuer().public(),
+            &mut VerifiedCerts::new(issuer().public()),
             &self::revoked(),
             &own,
             NOW,

@@ -17,7 +17,7 @@ use natter_proto::{PresenceRecord, UserName};
 use super::api::{ControlResponse, FollowEvent, InboxItem, SendView};
 use super::inbox::{self, MsgDecision};
 use super::leaf::lookup_view;
-use super::outbox::{Action, Outbox, SendOutcome, backoff_ms};
+use super::outbox::{self, Action, Outbox, SendOutcome};
 use super::ping::PingRun;
 use super::{Daemon, LookupFor, LookupOutcome, unix_now};
 use crate::control::Replier;
@@ -32,9 +32,11 @@ pub(crate) enum MsgPending {
 }
 
 /// Messaging state of the daemon.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Messaging {
     pub(super) pending: HashMap<Token, MsgPending>,
+    /// Senders' certificates, verified once per sender and certificate.
+    certs: inbox::VerifiedCerts,
     /// Delivery decisions; `send` commands waiting for their message wait in it.
     pub(super) outbox: Outbox<Replier<ControlResponse>>,
     /// An inbox read for the followers is running; another pass is wanted after it.
@@ -45,6 +47,8 @@ pub(crate) struct Messaging {
     pub(super) pings: Vec<PingRun>,
     pub(super) next_ping: u64,
     ids: crate::ulid::UlidGenerator,
+    /// When the inbox was last pruned by the retention setting.
+    pruned_at: Option<Instant>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -55,6 +59,22 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Messaging {
+    /// Senders are verified under `issuer`, the pinned key.
+    pub(crate) fn new(issuer: natter_proto::IssuerKey) -> Self {
+        Self {
+            pending: HashMap::new(),
+            certs: inbox::VerifiedCerts::new(issuer),
+            outbox: Outbox::default(),
+            feeding: false,
+            feed_again: false,
+            followers: Vec::new(),
+            pings: Vec::new(),
+            next_ping: 0,
+            ids: crate::ulid::UlidGenerator::default(),
+            pruned_at: None,
+        }
+    }
+
     /// Sends each follower the entries past its last one; a full buffer stops that follower
     /// here (the rest goes out at the next pass).
     fn feed(&mut self, new: &[crate::store::InboxEntry]) {
@@ -84,6 +104,8 @@ const MAX_RECIPIENTS_PER_PASS: usize = 64;
 /// Messages `inbox` answers over the control API at most (the newest): 100 of the largest
 /// fit the reply limit even escaped.
 const CONTROL_INBOX: usize = 100;
+/// How often received messages past the retention are deleted.
+const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// On the store thread: for every recipient with due messages and nothing in flight (`busy`),
 /// the run of due messages from the head of its queue, in conversation order (a message
@@ -276,6 +298,12 @@ impl Daemon {
                         Ok(())
                     });
                 }
+                Action::RefuseForGood { id, why } => {
+                    tracing::warn!(%id, reason = %why, "message refused for good; kept in the outbox");
+                    self.store_write("parking a refused message", move |s| {
+                        s.refuse_for_good(&id, &why).map(drop)
+                    });
+                }
                 Action::Answer {
                     waiter,
                     id,
@@ -304,6 +332,15 @@ impl Daemon {
                             to: to.to_string(),
                             reason: Some(reason),
                         })),
+                        SendOutcome::RefusedForGood(reason) => {
+                            Ok(ControlResponse::Sent(SendView {
+                                id,
+                                status: "refused".into(),
+                                path: None,
+                                to: to.to_string(),
+                                reason: Some(reason),
+                            }))
+                        }
                         SendOutcome::UnknownUser => {
                             Err(format!("no user named {to}; nothing was queued"))
                         }
@@ -407,14 +444,28 @@ impl Daemon {
     fn postpone(&mut self, to: &UserName, why: &str) {
         let (to, why) = (to.to_string(), why.to_owned());
         self.store_write("postponing messages", move |s| {
-            let now = now_ms();
-            for m in s
-                .queued_for(&to)?
-                .into_iter()
-                .filter(|m| m.next_attempt_at_ms <= now)
-            {
-                let attempts = m.attempts.saturating_add(1);
-                s.reschedule(&m.id, attempts, now + backoff_ms(attempts - 1), Some(&why))?;
+            s.postpone(&to, now_ms(), outbox::BACKOFF, &why).map(drop)
+        });
+    }
+
+    /// With a retention setting, deletes what it no longer keeps: at start, then hourly.
+    fn prune_inbox(&mut self) {
+        let Some(keep) = self.config.retention else {
+            return;
+        };
+        if self
+            .msg
+            .pruned_at
+            .is_some_and(|at| at.elapsed() < PRUNE_INTERVAL)
+        {
+            return;
+        }
+        self.msg.pruned_at = Some(Instant::now());
+        let before = now_ms().saturating_sub(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX));
+        self.store_write("deleting messages past the retention", move |s| {
+            let n = s.prune_inbox(before)?;
+            if n > 0 {
+                tracing::info!(deleted = n, "received messages past the retention deleted");
             }
             Ok(())
         });
@@ -423,6 +474,7 @@ impl Daemon {
     /// Time passes: `send`s whose wait is over hear "queued", held-back recipients are tried
     /// again, followers get what they missed.
     pub(super) fn messaging_tick(&mut self) {
+        self.prune_inbox();
         self.msg.outbox.tick(TokioInstant::now());
         self.run_outbox();
         self.ping_tick();
@@ -461,6 +513,16 @@ impl Daemon {
                         let now = TokioInstant::now();
                         self.msg.outbox.refused(to, 0, path, message, now);
                     }
+                    Ok((
+                        MsgResponse::Refused {
+                            code: MsgRefusal::BadMessage,
+                            message,
+                        },
+                        _,
+                    )) => {
+                        tracing::warn!(%to, reason = %message, "batch refused as malformed");
+                        self.msg.outbox.refused_for_good(to, message);
+                    }
                     other => {
                         let why = match other {
                             Ok((MsgResponse::Refused { message, .. }, _)) => message,
@@ -489,7 +551,7 @@ impl Daemon {
         match inbox::handle_request(
             peer,
             request,
-            &self.issuer,
+            &mut self.msg.certs,
             &self.revocations,
             &own,
             unix_now(),

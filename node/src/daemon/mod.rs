@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::control::{ControlServer, Incoming, Replier};
 use crate::home::{Home, Identity};
 use crate::net::{self, Command, DirectoryRecords, InResponse, Net, NetEvent, OutRequest, Token};
-use crate::store::{Host, Store, StoreError, StoreHandle};
+use crate::store::{Host, InboxLimits, Store, StoreError, StoreHandle};
 use api::{ControlRequest, ControlResponse};
 use metrics::NodeMetrics;
 
@@ -75,6 +75,10 @@ pub struct DaemonConfig {
     /// How long the promotion policy's answer must hold before the role follows it
     /// (default: 2 s to promote, 30 s to demote).
     pub hysteresis: natter_superpeer::promotion::Hysteresis,
+    /// The inbox's quotas (`[inbox]` in `natter.toml`).
+    pub inbox: InboxLimits,
+    /// Received messages older than this are deleted, hourly (default: kept until deleted).
+    pub retention: Option<Duration>,
 }
 
 impl Default for DaemonConfig {
@@ -94,6 +98,8 @@ impl Default for DaemonConfig {
             publish_direct: true,
             max_connections_per_ip: 512,
             hysteresis: Default::default(),
+            inbox: InboxLimits::default(),
+            retention: None,
         }
     }
 }
@@ -118,6 +124,27 @@ impl DaemonConfig {
             0,
             30 * 24 * 3600,
         )?;
+        let inbox = &self.inbox;
+        // 0 contact-request messages: strangers are refused until accepted.
+        within(
+            "inbox.request_messages",
+            inbox.request_messages,
+            0,
+            1_000_000,
+        )?;
+        within("inbox.request_kib", inbox.request_bytes / 1024, 0, 1 << 20)?;
+        within(
+            "inbox.contact_messages",
+            inbox.sender_messages,
+            1,
+            10_000_000,
+        )?;
+        within("inbox.contact_mib", inbox.sender_bytes >> 20, 1, 1 << 20)?;
+        within("inbox.total_messages", inbox.total_messages, 1, 100_000_000)?;
+        within("inbox.total_mib", inbox.total_bytes >> 20, 1, 1 << 22)?;
+        if let Some(keep) = self.retention {
+            within("inbox.retention_days", keep.as_secs() / 86_400, 1, 36_500)?;
+        }
         if self.listen.is_empty() {
             return Err("listen needs at least one address".into());
         }
@@ -306,7 +333,8 @@ pub async fn run(
             identity.user
         );
     }
-    let store = Store::open(home.dir())?;
+    let mut store = Store::open(home.dir())?;
+    store.set_inbox_limits(config.inbox);
     let hosts = store.hosts(candidates::MAX_CANDIDATES).unwrap_or_default();
     let (store, store_thread) = StoreHandle::spawn(store, STORE_QUEUE)?;
     let control = ControlServer::bind(home.dir()).await?;
@@ -400,8 +428,9 @@ impl Daemon {
             Role::Leaf => "role is leaf (opted out)".into(),
             _ => "starting".into(),
         };
+        let issuer = identity.issuer_key;
         Ok(Self {
-            issuer: identity.issuer_key,
+            issuer,
             leaves: LeafTable::new(config.max_leaves),
             lookups: Lookups::new(key.public().to_peer_id(), identity.issuer_key),
             net,
@@ -444,7 +473,7 @@ impl Daemon {
             revocations: natter_proto::Revocations::default(),
             last_revocations: None,
             going_down: None,
-            msg: messaging::Messaging::default(),
+            msg: messaging::Messaging::new(issuer),
             metrics: None,
             config,
         })

@@ -14,7 +14,12 @@
 //! - after a failed delivery, the recipient is held back by a backoff (1 s doubling to 30 s,
 //!   reset by a delivery), here and durably in the store (so it holds across restarts);
 //! - outbox reads are coalesced: one at a time, and any number of calls meanwhile make one
-//!   more pass after it.
+//!   more pass after it;
+//! - a message the recipient refuses as malformed (`BadMessage`: the same message would be
+//!   refused again) is not retried for ever: the recipient's next batches carry one message
+//!   each until the refused one is found, which is parked in the outbox for the user
+//!   ([`Action::RefuseForGood`]); only a batch of one is ever parked, so a good message
+//!   never is.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -31,10 +36,13 @@ pub(crate) const SEND_WAIT: Duration = Duration::from_secs(5);
 /// A route (peer id and addresses from a lookup) is trusted this long.
 pub(crate) const ROUTE_TTL: Duration = Duration::from_secs(60);
 /// Retry backoff: 1 s doubling to at most 30 s.
+const FIRST_BACKOFF_MS: u64 = 1000;
 const MAX_BACKOFF_MS: u64 = 30_000;
+/// The schedule as [`crate::store::Store::postpone`] takes it.
+pub(crate) const BACKOFF: (u64, u64) = (FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
 
 pub(crate) fn backoff_ms(attempts: u32) -> u64 {
-    1000u64
+    FIRST_BACKOFF_MS
         .saturating_mul(1u64 << attempts.min(16))
         .min(MAX_BACKOFF_MS)
 }
@@ -58,6 +66,9 @@ pub(crate) enum SendOutcome {
     UnknownUser,
     /// The recipient's node refused it for this reason (its inbox quota); still queued.
     Refused(String),
+    /// The recipient's node refused it for good (malformed by its rules); parked in the
+    /// outbox, not tried again.
+    RefusedForGood(String),
 }
 
 /// What the outbox asks of the daemon. `W` is whoever waits for a `send`'s outcome.
@@ -88,6 +99,8 @@ pub(crate) enum Action<W> {
     Postpone { to: UserName, why: String },
     /// Take these messages to a user who does not exist out of the outbox.
     Cancel { ids: Vec<String> },
+    /// Park this message: its recipient refused it for good, for `why`.
+    RefuseForGood { id: String, why: String },
     /// Tell a `send` what became of its message.
     Answer {
         waiter: W,
@@ -116,6 +129,9 @@ pub(crate) struct Outbox<W> {
     in_flight: HashMap<UserName, Vec<String>>,
     /// Recipients held back after failures: until when, and how many failures in a row.
     held: HashMap<UserName, (Instant, u32)>,
+    /// Recipients whose node refused a batch as malformed: sent one message at a time until
+    /// the refused message is found, at most this many more (the refused batch's length).
+    probing: HashMap<UserName, usize>,
     /// `send` commands waiting for their message, by message id.
     waiters: HashMap<String, Waiter<W>>,
     reading: bool,
@@ -132,6 +148,7 @@ impl<W> Default for Outbox<W> {
             checking: HashMap::new(),
             in_flight: HashMap::new(),
             held: HashMap::new(),
+            probing: HashMap::new(),
             waiters: HashMap::new(),
             reading: false,
             read_again: false,
@@ -267,9 +284,14 @@ impl<W> Outbox<W> {
             return;
         };
         let mut size = 0;
+        let batch = if self.probing.contains_key(&to) {
+            1
+        } else {
+            MAX_BATCH
+        };
         let messages: Vec<DirectMessage> = queued
             .into_iter()
-            .take(MAX_BATCH)
+            .take(batch)
             .take_while(|m| {
                 size += m.text.len();
                 size <= MAX_BATCH_TEXT_BYTES || size == m.text.len()
@@ -349,6 +371,12 @@ impl<W> Outbox<W> {
     pub(crate) fn delivered(&mut self, to: &UserName, path: &'static str) {
         let ids = self.in_flight.remove(to).unwrap_or_default();
         self.held.remove(to);
+        if let Some(left) = self.probing.get_mut(to) {
+            *left = left.saturating_sub(ids.len());
+            if *left == 0 {
+                self.probing.remove(to);
+            }
+        }
         self.answer_waiters(&ids, SendOutcome::Delivered(path));
         // Before the next read, so that read no longer sees them.
         self.actions.push_back(Action::MarkDelivered { ids, path });
@@ -377,6 +405,24 @@ impl<W> Outbox<W> {
         let wait = Duration::from_millis(backoff_ms(failures));
         self.held.insert(to.clone(), (now + wait, failures + 1));
         self.actions.push_back(Action::Postpone { to, why });
+        self.pump();
+    }
+
+    /// `to`'s node refused the batch in flight as malformed (`why`), which it would do again.
+    /// A batch of one is parked for good; a larger one is sent again one message at a time,
+    /// at once (the refusal does not depend on time), until the refused one is found.
+    pub(crate) fn refused_for_good(&mut self, to: UserName, why: String) {
+        let ids = self.in_flight.remove(&to).unwrap_or_default();
+        if let [id] = ids.as_slice() {
+            self.probing.remove(&to);
+            self.answer_waiters(&ids, SendOutcome::RefusedForGood(why.clone()));
+            self.actions.push_back(Action::RefuseForGood {
+                id: id.clone(),
+                why,
+            });
+        } else {
+            self.probing.insert(to, ids.len());
+        }
         self.pump();
     }
 
@@ -415,6 +461,7 @@ impl<W> Outbox<W> {
         self.held.retain(|_, (until, _)| {
             now.saturating_duration_since(*until) < Duration::from_millis(MAX_BACKOFF_MS)
         });
+
         self.pump();
     }
 }
@@ -438,7 +485,21 @@ mod tests {
             attempts: 0,
             next_attempt_at_ms: 0,
             last_error: None,
+            refused: false,
         }
+    }
+
+    /// The ids of the batches the next actions deliver.
+    fn delivered_ids<W>(actions: &[Action<W>]) -> Vec<Vec<String>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Deliver { messages, .. } => {
+                    Some(messages.iter().map(|m| m.id.clone()).collect())
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     fn drain<W>(o: &mut Outbox<W>) -> Vec<Action<W>> {
@@ -704,6 +765,90 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, Action::Deliver { .. }))
         );
+    }
+
+    /// A recipient that refuses a batch as malformed: the batch goes again one message at a
+    /// time, at once, the refused one is parked (and its `send` told), the good ones are
+    /// delivered, and full batches resume once the refused batch is gone through. Before,
+    /// the whole batch was retried every 30 s for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_refused_as_malformed_is_found_and_parked_and_the_rest_delivered() {
+        let mut o: Outbox<u32> = Outbox::default();
+        let bob = name("bob");
+        o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
+        o.queueing();
+        for i in 1..=3 {
+            o.queued(bob.clone(), format!("m{i}"), Some(i), Instant::now());
+        }
+        drain(&mut o);
+        let all: Vec<QueuedMessage> = (1..=70)
+            .map(|i| queued(&format!("m{i}"), "bob", i))
+            .collect();
+        let from = |first: usize| vec![("bob".to_owned(), all[first..].to_vec())];
+        o.due_read(Some(from(0)), Instant::now());
+        assert_eq!(delivered_ids(&drain(&mut o))[0].len(), MAX_BATCH);
+        // m2 is malformed by bob's rules: the whole batch is refused.
+        o.refused_for_good(bob.clone(), "sequence too large".into());
+        let actions = drain(&mut o);
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Postpone { .. })),
+            "not a failure to back off from: {actions:?}"
+        );
+        o.due_read(Some(from(0)), Instant::now());
+        assert_eq!(delivered_ids(&drain(&mut o)), [["m1"]]);
+        o.delivered(&bob, "direct");
+        assert_eq!(answers(&mut o), [(1, SendOutcome::Delivered("direct"))]);
+        o.due_read(Some(from(1)), Instant::now());
+        assert_eq!(delivered_ids(&drain(&mut o)), [["m2"]]);
+        o.refused_for_good(bob.clone(), "sequence too large".into());
+        let actions = drain(&mut o);
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            Action::RefuseForGood { id, why } if id == "m2" && why == "sequence too large"
+        )));
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            Action::Answer {
+                waiter: 2,
+                outcome: SendOutcome::RefusedForGood(_),
+                ..
+            }
+        )));
+        // The refused one found, the next batch is a full one again.
+        o.due_read(Some(from(2)), Instant::now());
+        let batches = delivered_ids(&drain(&mut o));
+        assert_eq!(batches[0].len(), MAX_BATCH);
+        assert_eq!(batches[0][0], "m3");
+    }
+
+    /// Good messages delivered one by one end the probe after as many as the refused batch
+    /// held, even if none of them is refused again (the recipient changed its mind).
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_ends_after_the_refused_batch_however_it_goes() {
+        let mut o: Outbox<u32> = Outbox::default();
+        let bob = name("bob");
+        o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
+        let all: Vec<QueuedMessage> = (1..=10)
+            .map(|i| queued(&format!("m{i}"), "bob", i))
+            .collect();
+        let from = |first: usize| vec![("bob".to_owned(), all[first..].to_vec())];
+        o.pump();
+        drain(&mut o);
+        o.due_read(
+            Some(vec![("bob".to_owned(), all[..3].to_vec())]),
+            Instant::now(),
+        );
+        drain(&mut o);
+        o.refused_for_good(bob.clone(), "bad".into());
+        drain(&mut o);
+        for first in 0..3 {
+            o.due_read(Some(from(first)), Instant::now());
+            assert_eq!(delivered_ids(&drain(&mut o))[0].len(), 1);
+            o.delivered(&bob, "direct");
+            drain(&mut o);
+        }
+        o.due_read(Some(from(3)), Instant::now());
+        assert_eq!(delivered_ids(&drain(&mut o))[0].len(), 7);
     }
 
     #[tokio::test(start_paused = true)]

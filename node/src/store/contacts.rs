@@ -65,6 +65,25 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Contact requests: senders with messages in the inbox who are neither contacts, nor
+    /// someone this user wrote to, nor blocked (their messages count against the request
+    /// quota), with what they hold (messages, text bytes), by name; at most `limit`.
+    pub fn contact_requests(&self, limit: usize) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT sender, messages, bytes FROM inbox_usage
+             WHERE sender <> ''
+               AND sender NOT IN (SELECT name FROM contacts)
+               AND sender NOT IN (SELECT peer FROM conversations)
+               AND sender NOT IN (SELECT name FROM blocked)
+             ORDER BY sender LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![sql_limit(limit)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// All contacts, sorted by name (bounded by [`MAX_CONTACTS`]).
     pub fn contacts(&self) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();
@@ -91,6 +110,39 @@ mod tests {
         assert!(!store.remove_contact("").unwrap());
         let store = reopen(&dir, store);
         assert_eq!(store.contacts().unwrap(), ["alice", "carol"]);
+    }
+
+    /// Senders who are neither contacts, nor written to, nor blocked are the requests.
+    #[test]
+    fn contact_requests_are_the_strangers_with_messages_waiting() {
+        let (_dir, store) = fresh();
+        for (n, from) in [
+            (1, "mallory"),
+            (2, "mallory"),
+            (3, "carol"),
+            (4, "dave"),
+            (5, "erin"),
+        ] {
+            store.receive(&incoming(n, from, u64::from(n))).unwrap();
+        }
+        store.add_contact("carol").unwrap();
+        store.block("dave").unwrap();
+        store
+            .enqueue(&super::super::OutgoingMessage {
+                id: ulid(9),
+                to: "erin".into(),
+                text: "hi".into(),
+                sent_at_ms: 1,
+            })
+            .unwrap();
+        let requests = store.contact_requests(10).unwrap();
+        assert_eq!(
+            requests,
+            [("mallory".to_owned(), 2, 2 * "hello 1".len() as u64)]
+        );
+        assert!(store.contact_requests(0).unwrap().is_empty());
+        store.add_contact("mallory").unwrap();
+        assert!(store.contact_requests(10).unwrap().is_empty());
     }
 
     #[test]

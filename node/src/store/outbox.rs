@@ -50,6 +50,9 @@ pub struct QueuedMessage {
     pub next_attempt_at_ms: u64,
     /// Why the last attempt failed, for `status` and logs.
     pub last_error: Option<String>,
+    /// The recipient's node refused it for good (`last_error` says why): kept until the user
+    /// drops it, never tried again, and it does not hold back the messages after it.
+    pub refused: bool,
 }
 
 /// A message the recipient's node acked.
@@ -69,7 +72,7 @@ pub struct SentMessage {
 }
 
 const QUEUED_COLUMNS: &str =
-    "id, recipient, text, sent_at_ms, conv_seq, attempts, next_attempt_at_ms, last_error";
+    "id, recipient, text, sent_at_ms, conv_seq, attempts, next_attempt_at_ms, last_error, refused";
 
 impl QueuedMessage {
     fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
@@ -82,6 +85,7 @@ impl QueuedMessage {
             attempts: r.get(5)?,
             next_attempt_at_ms: r.get(6)?,
             last_error: r.get(7)?,
+            refused: r.get(8)?,
         })
     }
 }
@@ -134,6 +138,7 @@ impl Store {
                 attempts: 0,
                 next_attempt_at_ms: msg.sent_at_ms,
                 last_error: None,
+                refused: false,
             })
         })
     }
@@ -145,7 +150,7 @@ impl Store {
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {QUEUED_COLUMNS} FROM outbox WHERE next_attempt_at_ms <= ?1
+            "SELECT {QUEUED_COLUMNS} FROM outbox WHERE next_attempt_at_ms <= ?1 AND refused = 0
              ORDER BY recipient, conv_seq LIMIT ?2"
         ))?;
         let rows = stmt.query_map(params![now, sql_limit(limit)], QueuedMessage::from_row)?;
@@ -158,7 +163,7 @@ impl Store {
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT DISTINCT recipient FROM outbox WHERE next_attempt_at_ms <= ?1
+            "SELECT DISTINCT recipient FROM outbox WHERE next_attempt_at_ms <= ?1 AND refused = 0
              ORDER BY recipient LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![now, sql_limit(limit)], |r| r.get(0))?;
@@ -186,12 +191,72 @@ impl Store {
         })
     }
 
+    /// Pushes every message due for `to` at `now_ms` back by its backoff and records `why`,
+    /// in one statement, without reading the queue (which may hold thousands). The backoff
+    /// after a message's `n`-th failed attempt is `first_ms` doubled `n - 1` times (at most
+    /// 16), capped at `max_ms`. Returns how many were pushed back.
+    pub fn postpone(
+        &self,
+        to: &str,
+        now_ms: u64,
+        (first_ms, max_ms): (u64, u64),
+        why: &str,
+    ) -> Result<usize, StoreError> {
+        let now = int("postpone time", now_ms)?;
+        let first = int("backoff", first_ms)?;
+        let max = int("backoff", max_ms)?;
+        let why = truncate(why, MAX_ERROR_BYTES);
+        self.write(|tx| {
+            Ok(tx.run(
+                "UPDATE outbox SET attempts = attempts + 1,
+                        next_attempt_at_ms = ?2 + MIN(?5, ?4 << MIN(attempts, 16)),
+                        last_error = ?3
+                 WHERE recipient = ?1 AND next_attempt_at_ms <= ?2 AND refused = 0",
+                params![to, now, why, first, max],
+            )?)
+        })
+    }
+
+    /// Parks a queued message the recipient's node refused for good (malformed by its rules:
+    /// the same message would be refused again): kept with `why`, never tried again, until
+    /// [`Store::cancel`] drops it. `Ok(false)` if it is not queued.
+    pub fn refuse_for_good(&self, id: &str, why: &str) -> Result<bool, StoreError> {
+        let why = truncate(why, MAX_ERROR_BYTES);
+        self.write(|tx| {
+            let n = tx.run(
+                "UPDATE outbox SET refused = 1, attempts = attempts + 1, last_error = ?2
+                 WHERE id = ?1",
+                params![id, why],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Up to `limit` messages of the outbox, refused for good or not, by recipient then
+    /// conversation order: what `natter outbox` shows.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<QueuedMessage>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {QUEUED_COLUMNS} FROM outbox ORDER BY recipient, conv_seq LIMIT ?1"
+        ))?;
+        let rows = stmt.query_map(params![sql_limit(limit)], QueuedMessage::from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Removes a queued message that must not be sent after all (its recipient turned out
     /// not to exist). `Ok(false)` if it is not queued.
     pub fn cancel(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.cancel_all(&[id.to_owned()])? == 1)
+    }
+
+    /// [`Store::cancel`] for several messages, in one transaction: how many were queued.
+    pub fn cancel_all(&self, ids: &[String]) -> Result<usize, StoreError> {
         self.write(|tx| {
-            let n = tx.run("DELETE FROM outbox WHERE id = ?1", params![id])?;
-            Ok(n == 1)
+            let mut n = 0;
+            for id in ids {
+                n += tx.run("DELETE FROM outbox WHERE id = ?1", params![id])?;
+            }
+            Ok(n)
         })
     }
 
@@ -237,7 +302,8 @@ impl Store {
         })
     }
 
-    /// Everything queued for `to`, in conversation order (bounded by [`MAX_OUTBOX`]).
+    /// Everything queued for `to`, refused for good or not, in conversation order (bounded by
+    /// [`MAX_OUTBOX`]).
     pub fn queued_for(&self, to: &str) -> Result<Vec<QueuedMessage>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
@@ -247,12 +313,13 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The first `limit` messages queued for `to`, in conversation order: the head of the
-    /// queue, without reading the rest of it.
+    /// The first `limit` messages queued for `to` and not refused for good, in conversation
+    /// order: the head of the queue, without reading the rest of it.
     pub fn queued_head(&self, to: &str, limit: usize) -> Result<Vec<QueuedMessage>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {QUEUED_COLUMNS} FROM outbox WHERE recipient = ?1 ORDER BY conv_seq LIMIT ?2"
+            "SELECT {QUEUED_COLUMNS} FROM outbox WHERE recipient = ?1 AND refused = 0
+             ORDER BY conv_seq LIMIT ?2"
         ))?;
         let rows = stmt.query_map(params![to, sql_limit(limit)], QueuedMessage::from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -345,6 +412,75 @@ mod tests {
         assert_eq!(store.enqueue(&msg(5, "alice")).unwrap().conv_seq, 4);
         assert_eq!(store.enqueue(&msg(6, "bob")).unwrap().conv_seq, 2);
         assert_eq!(store.enqueue(&msg(7, "carol")).unwrap().conv_seq, 1);
+    }
+
+    /// One statement pushes back every due message of a recipient by its own backoff, and
+    /// leaves other recipients, messages not yet due and parked ones alone.
+    #[test]
+    fn postpone_backs_off_each_due_message_without_reading_the_queue() {
+        let (_dir, store) = fresh();
+        let a1 = store.enqueue(&msg(1, "alice")).unwrap();
+        let a2 = store.enqueue(&msg(2, "alice")).unwrap();
+        let a3 = store.enqueue(&msg(3, "alice")).unwrap();
+        let b1 = store.enqueue(&msg(4, "bob")).unwrap();
+        store.reschedule(&a2.id, 5, 1_500, None).unwrap();
+        store.reschedule(&a3.id, 0, 90_000, None).unwrap();
+        assert_eq!(
+            store
+                .postpone("alice", 2_000, (1_000, 30_000), "down")
+                .unwrap(),
+            2
+        );
+        let queued = store.queued_for("alice").unwrap();
+        // a1: first failure, 1 s; a2: its sixth, 32 s capped at 30 s; a3 was not due.
+        assert_eq!(
+            queued
+                .iter()
+                .map(|m| (m.attempts, m.next_attempt_at_ms, m.last_error.as_deref()))
+                .collect::<Vec<_>>(),
+            [
+                (1, 3_000, Some("down")),
+                (6, 32_000, Some("down")),
+                (0, 90_000, None)
+            ]
+        );
+        assert_eq!(queued[0].id, a1.id);
+        assert_eq!(store.queued_for("bob").unwrap(), [b1]);
+    }
+
+    /// A message refused for good stays in the outbox, shown, not due, not at the head of
+    /// its queue (so it holds nothing back), and is taken out only by the user.
+    #[test]
+    fn a_message_refused_for_good_is_parked_until_dropped() {
+        let (dir, store) = fresh();
+        let a1 = store.enqueue(&msg(1, "alice")).unwrap();
+        let a2 = store.enqueue(&msg(2, "alice")).unwrap();
+        assert!(
+            store
+                .refuse_for_good(&a1.id, "too large for alice")
+                .unwrap()
+        );
+        assert!(!store.refuse_for_good(&ulid(99), "not queued").unwrap());
+        let store = reopen(&dir, store);
+        assert_eq!(seqs(&store.due(u64::MAX, 100).unwrap()), [2]);
+        assert_eq!(seqs(&store.queued_head("alice", 10).unwrap()), [2]);
+        assert_eq!(
+            store.postpone("alice", u64::MAX / 4, (1, 1), "x").unwrap(),
+            1
+        );
+        assert!(store.due_recipients(u64::MAX / 4, 10).unwrap().is_empty());
+        let all = store.outbox(100).unwrap();
+        assert_eq!(seqs(&all), [1, 2]);
+        assert!(all[0].refused && !all[1].refused);
+        assert_eq!(all[0].last_error.as_deref(), Some("too large for alice"));
+        assert_eq!(all[0].attempts, 1);
+        assert_eq!(
+            store
+                .cancel_all(&[a1.id.clone(), a2.id.clone(), ulid(99)])
+                .unwrap(),
+            2
+        );
+        assert_eq!(store.outbox_len().unwrap(), 0);
     }
 
     #[test]

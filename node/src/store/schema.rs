@@ -14,7 +14,7 @@ use super::StoreError;
 /// The schema version this build writes.
 pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// Version 1: host cache, outbox, sent, inbox, contacts.
 const V1: &str = "
@@ -161,6 +161,15 @@ END;
 CREATE TABLE blocked (
     name TEXT PRIMARY KEY NOT NULL
 ) STRICT;
+";
+
+/// Version 5: messages the recipient's node refused for good stay in the outbox, parked.
+///
+/// Version 4 retried a message the recipient refused as malformed (`BadMessage`) for ever,
+/// every 30 s (issue 12). Such a message is now kept, marked `refused`, shown by
+/// `natter outbox`, and no longer tried; it no longer holds back the ones after it.
+const V5: &str = "
+ALTER TABLE outbox ADD COLUMN refused INTEGER NOT NULL DEFAULT 0 CHECK (refused IN (0, 1));
 ";
 
 /// Brings `conn` up to [`VERSION`]; refuses a file from a newer build.

@@ -597,3 +597,42 @@ fn contacts_see_a_status_change_at_once_through_inbox_follow() {
     let _ = follow.kill();
     let _ = follow.wait();
 }
+
+/// `retention_days` deletes received messages older than that when the daemon starts (and
+/// hourly), and keeps the newer ones. Before, nothing was ever deleted but by hand.
+#[test]
+fn the_retention_setting_deletes_old_messages_and_keeps_new_ones() {
+    let net = net();
+    let config = net.dir.path().join("retention.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut bob = net.node(
+        "bob",
+        &["--role", "superpeer", "--config", config.to_str().unwrap()],
+    );
+    bob.wait_role("superpeer", Duration::from_secs(30));
+    bob.kill();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let day = 86_400_000;
+    let store = natter_node::store::Store::open(&bob.home).unwrap();
+    for (n, age) in [(1u32, 3 * day), (2, day)] {
+        let message = natter_node::store::IncomingMessage {
+            id: format!("01ARZ3NDEKTSV4RRFFQ{n:07}"),
+            from: "alice".into(),
+            text: format!("{} day(s) old", age / day),
+            sent_at_ms: now - age,
+            conv_seq: u64::from(n),
+            received_at_ms: now - age,
+        };
+        store.receive(&message).unwrap();
+    }
+    drop(store);
+    assert_eq!(texts(&bob), ["3 day(s) old", "1 day(s) old"]);
+    std::fs::write(&config, "[inbox]\nretention_days = 2\n").unwrap();
+    bob.restart();
+    wait_for("the old message deleted", Duration::from_secs(30), || {
+        (texts(&bob) == ["1 day(s) old"]).then_some(())
+    });
+}

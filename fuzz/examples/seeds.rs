@@ -141,6 +141,7 @@ fn login_seeds() -> Seeds {
                 cert: cert("alice", ALICE),
                 issuer_key: *issuer(),
                 superpeers: superpeers(),
+                supply: Default::default(),
             }),
         ),
         (
@@ -148,6 +149,13 @@ fn login_seeds() -> Seeds {
             json(&LoginResponse::Announced {
                 refresh_secs: 60,
                 superpeers: superpeers(),
+                supply: Default::default(),
+            }),
+        ),
+        (
+            "bootstrap",
+            json(&LoginRequest::Bootstrap {
+                cert: cert("alice", ALICE),
             }),
         ),
         ("revocations", json(&LoginRequest::Revocations { since: 0 })),

@@ -68,7 +68,8 @@ fn serve(request: LoginRequest) {
             let _ = password.check();
             let _ = format!("{request:?}");
         }
-        // Renew, exists, announce, revocations, and whatever cheap request comes next.
+        // Renew, exists, announce, revocations, bootstrap, and whatever cheap request comes
+        // next.
         _ => {
             // Alice's device asks, over a connection with no known source address (so the
             // per-address limits never refuse the rest of the run).
@@ -90,13 +91,15 @@ fn client_checks(response: LoginResponse) {
             cert,
             issuer_key,
             superpeers,
+            ..
         } => {
             let _ = cert.verify(issuer_key, NOW);
             let _ = cert.peer_id() == peer(ALICE);
             let _ = cert.username() == &name("alice");
             superpeers
         }
-        LoginResponse::Announced { superpeers, .. } => superpeers,
+        LoginResponse::Announced { superpeers, .. }
+        | LoginResponse::Bootstrap { superpeers, .. } => superpeers,
         // What a superpeer does with the list it fetched (`daemon/revocation.rs`).
         LoginResponse::Revocations { list: Some(list) } => {
             if let Ok(fetched) = list.verify(issuer()) {

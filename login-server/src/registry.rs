@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use libp2p::{Multiaddr, PeerId};
 use natter_proto::UserName;
 use natter_proto::limits::MAX_BOOTSTRAP_SUPERPEERS;
-use natter_proto::login::SuperpeerInfo;
+use natter_proto::login::{SuperpeerInfo, Supply};
 use rand::seq::{IteratorRandom as _, SliceRandom as _};
 
 /// The largest leaf capacity a listed superpeer is shown with (and `leaves` never exceeds
@@ -322,6 +322,26 @@ impl Registry {
     pub fn listed_count(&self, now: Instant) -> usize {
         self.entries.values().filter(|e| e.listed(now)).count()
     }
+
+    /// The listed superpeers, and new ones whose first dial-back is under way, with their
+    /// claimed load, summed: what nodes decide promotion by need on. A superpeer being
+    /// checked counts already, so that nodes asking meanwhile do not all promote too (one
+    /// entry per account: a hostile account adds one at most). One pass over the entries.
+    pub fn supply(&self, now: Instant) -> Supply {
+        self.entries
+            .values()
+            .filter(|e| {
+                e.listed(now)
+                    || (e.expires > now
+                        && e.reached.is_empty()
+                        && matches!(e.check, Check::Running(_) | Check::Waiting))
+            })
+            .fold(Supply::default(), |s, e| Supply {
+                superpeers: s.superpeers.saturating_add(1),
+                leaves: s.leaves + u64::from(e.leaves),
+                capacity: s.capacity + u64::from(e.capacity),
+            })
+    }
 }
 
 #[cfg(test)]
@@ -348,6 +368,50 @@ mod tests {
             .unwrap()
             .expect("a new entry is checked");
         assert_eq!(reg.finished(&job, &addrs, now), Some(true));
+    }
+
+    /// The supply counts listed superpeers and those whose first check runs, not those that
+    /// failed it or expired, and sums their (clamped) load.
+    #[test]
+    fn supply_counts_listed_and_checking_superpeers() {
+        let mut reg = registry(150, 1000);
+        let now = Instant::now();
+        listed(&mut reg, "ann", PeerId::random(), (10, 100), now);
+        let checking = reg
+            .announce(
+                &name("ben"),
+                PeerId::random(),
+                vec![addr(2000)],
+                (5, 50),
+                now,
+            )
+            .unwrap()
+            .unwrap();
+        let failed = reg
+            .announce(
+                &name("cat"),
+                PeerId::random(),
+                vec![addr(2001)],
+                (1, 10),
+                now,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(reg.finished(&failed, &[], now), Some(false));
+        assert_eq!(
+            reg.supply(now),
+            Supply {
+                superpeers: 2,
+                leaves: 15,
+                capacity: 150
+            }
+        );
+        assert_eq!(reg.finished(&checking, &[], now), Some(false));
+        assert_eq!(reg.supply(now).superpeers, 1);
+        assert_eq!(
+            reg.supply(now + Duration::from_secs(3600)),
+            Supply::default()
+        );
     }
 
     fn ids(list: &[SuperpeerInfo]) -> Vec<String> {

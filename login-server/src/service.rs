@@ -134,6 +134,7 @@ impl Service {
             LoginRequest::Register { name, password } => self.register(&name, &password, caller),
             LoginRequest::Login { name, password } => self.login(&name, &password, caller),
             LoginRequest::Renew { cert } => self.renew(&cert, caller),
+            LoginRequest::Bootstrap { cert } => self.bootstrap(&cert, caller),
             LoginRequest::Exists { name } => self.exists(&name),
             LoginRequest::Revocations { since } => {
                 self.revocation_list()
@@ -274,6 +275,18 @@ impl Service {
         self.issue(name, caller.peer)
     }
 
+    /// A bootstrap list and the supply, for a certified device (no new certificate: renewal
+    /// is for certificates that are due, not for polling).
+    fn bootstrap(&self, cert: &Certificate, caller: Caller) -> Outcome {
+        self.check_cert(cert, caller, 0)?;
+        let registry = lock(&self.registry);
+        let now = Instant::now();
+        Ok(LoginResponse::Bootstrap {
+            superpeers: registry.bootstrap(now, Some(&caller.peer)),
+            supply: registry.supply(now),
+        })
+    }
+
     /// A certificate presented by `caller`: ours, valid (within `grace`), issued to the
     /// caller's own key, for an account that is still active.
     fn check_cert(
@@ -388,6 +401,7 @@ impl Service {
         let response = LoginResponse::Announced {
             refresh_secs: self.config.announce_refresh.as_secs(),
             superpeers: registry.bootstrap(now, Some(&caller.peer)),
+            supply: registry.supply(now),
         };
         Ok((response, job))
     }
@@ -477,10 +491,13 @@ impl Service {
                 self.config.cert_lifetime.as_secs(),
             )
             .map_err(|e| self.internal(crate::Error::Internal(e.to_string())))?;
+        let registry = lock(&self.registry);
+        let now = Instant::now();
         Ok(LoginResponse::Issued {
             cert,
             issuer_key: self.issuer.public(),
-            superpeers: lock(&self.registry).bootstrap(Instant::now(), Some(&peer)),
+            superpeers: registry.bootstrap(now, Some(&peer)),
+            supply: registry.supply(now),
         })
     }
 

@@ -94,7 +94,7 @@ pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     ));
 
     say(
-        "\n[3/6] starting three nodes with --role auto: they probe their reachability (AutoNAT v2)",
+        "\n[3/6] starting three plain nodes (`natter up`): they probe their reachability (AutoNAT v2)\n      and, as the network has no superpeer yet, promote by need within seconds",
     );
     let mut daemons = Vec::new();
     for name in SUPERPEERS {
@@ -262,19 +262,22 @@ fn spawn(root: &Path, name: &'static str, role: &str) -> anyhow::Result<Daemon> 
         .arg(&home)
         .args([
             "up",
-            "--role",
-            role,
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--listen",
             "/ip4/127.0.0.1/udp/0/quic-v1",
-            "--min-uptime",
-            "0",
+            // The demo runs on one-core machines too.
             "--min-cores",
             "1",
             "--metrics",
             &metrics,
         ])
+        // The users stay leaves; the other nodes promote by the default rules.
+        .args(if role == "leaf" {
+            &["--role", "leaf"][..]
+        } else {
+            &[][..]
+        })
         // On loopback every node is "public": keep the users' addresses out of the directory
         // so their first contact goes through a relay, as it would behind NAT.
         .args(if role == "leaf" {

@@ -174,6 +174,7 @@ impl LoginClient {
                 cert,
                 issuer_key,
                 superpeers,
+                ..
             } => {
                 cert.verify(&issuer_key, unix_now())?;
                 if cert.peer_id() != self.key.public().to_peer_id() {

@@ -70,6 +70,9 @@ pub enum LoginRequest {
     },
     /// The revocation list, if newer than the one issued at `since` (superpeers ask often).
     Revocations { since: u64 },
+    /// A bootstrap list and the network's supply, without a new certificate: what an
+    /// unattached node polls for (a renewal only when the certificate is due).
+    Bootstrap { cert: Certificate },
 }
 
 impl LoginRequest {
@@ -82,6 +85,7 @@ impl LoginRequest {
             LoginRequest::Exists { .. } => "exists",
             LoginRequest::Announce { .. } => "announce",
             LoginRequest::Revocations { .. } => "revocations",
+            LoginRequest::Bootstrap { .. } => "bootstrap",
         }
     }
 }
@@ -95,6 +99,17 @@ pub struct SuperpeerInfo {
     pub capacity: u32,
 }
 
+/// The network's superpeers as the login server's registry counts them: how many are listed
+/// (live and reached back) and the load they claim. What promotion by need decides on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supply {
+    pub superpeers: u32,
+    /// Leaves attached, and leaves accepted at most, summed over the listed superpeers (each
+    /// superpeer's own claim, capacity capped by the registry).
+    pub leaves: u64,
+    pub capacity: u64,
+}
+
 /// The login server's answer.
 // One response per request, moved once: boxing the certificate would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -106,6 +121,8 @@ pub enum LoginResponse {
         cert: Certificate,
         issuer_key: IssuerKey,
         superpeers: Vec<SuperpeerInfo>,
+        #[serde(default)]
+        supply: Supply,
     },
     Exists {
         name: String,
@@ -117,6 +134,13 @@ pub enum LoginResponse {
         refresh_secs: u64,
         #[serde(default)]
         superpeers: Vec<SuperpeerInfo>,
+        #[serde(default)]
+        supply: Supply,
+    },
+    /// The answer to [`LoginRequest::Bootstrap`].
+    Bootstrap {
+        superpeers: Vec<SuperpeerInfo>,
+        supply: Supply,
     },
     /// The signed revocation list; none if the one the asker holds is current.
     Revocations {

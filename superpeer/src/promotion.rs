@@ -1,6 +1,16 @@
 //! When a node becomes a superpeer. All of: a confirmed, non-relayed public address; enough
 //! resources; and a user who did not opt out. Defaults follow Gnutella's ultrapeer rules and
 //! Skype's practice of preferring long-running, well-connected machines.
+//!
+//! Promotion by need, as Gnutella's ultrapeers and Skype's supernodes were elected: while the
+//! network has fewer superpeers than [`NeedPolicy::min_superpeers`], or its superpeers are
+//! fuller than [`NeedPolicy::target_load_percent`] of their capacity (the login server's count,
+//! [`Supply`]), the uptime rule is waived and a reachable, capable node promotes within
+//! seconds. With enough superpeers, a node must have been up [`Thresholds::min_uptime`]. The
+//! uptime rule only ever holds a promotion back: a superpeer is not demoted by it when the
+//! need passes (which would drop its leaves for nothing).
+
+use natter_proto::login::Supply;
 
 use std::time::{Duration, Instant};
 
@@ -72,6 +82,103 @@ fn parse_mem_available(meminfo: &str) -> Option<u64> {
         .map(|kib| kib / 1024)
 }
 
+/// When the network needs more superpeers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeedPolicy {
+    /// Fewer listed superpeers than this: every capable node is needed (default 3: a leaf
+    /// attaches to two, and one more lets a leaf fail over while one restarts).
+    pub min_superpeers: u32,
+    /// Superpeers fuller than this share of their summed capacity, in percent (default 50).
+    pub target_load_percent: u64,
+}
+
+impl Default for NeedPolicy {
+    fn default() -> Self {
+        Self {
+            min_superpeers: 3,
+            target_load_percent: 50,
+        }
+    }
+}
+
+impl NeedPolicy {
+    /// Why the network needs another superpeer, given the login server's `supply`; `None`
+    /// when it has enough, or when nothing is known yet (no answer from the login server).
+    pub fn need(&self, supply: Option<&Supply>) -> Option<String> {
+        let supply = supply?;
+        if supply.superpeers < self.min_superpeers {
+            return Some(format!(
+                "the network has {} superpeer(s), fewer than {}",
+                supply.superpeers, self.min_superpeers
+            ));
+        }
+        let full = supply.leaves.saturating_mul(100);
+        (full > supply.capacity.saturating_mul(self.target_load_percent)).then(|| {
+            format!(
+                "the network's superpeers are {}% full, above the {}% target",
+                full / supply.capacity.max(1),
+                self.target_load_percent
+            )
+        })
+    }
+}
+
+/// What to do about a need seen in the supply: see [`NeedGate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NeedStep {
+    /// Decide with this need (`None`: there is none).
+    Act(Option<String>),
+    /// A need was seen; wait until then before asking again.
+    Wait(Instant),
+    /// Ask the login server for the supply again now.
+    Ask,
+}
+
+/// Staggers promotion by need. Nodes that start together all see the same empty network; if
+/// each promoted at once, all would. A node that sees a need waits a random while (the
+/// caller's `delay`, e.g. 0 to 10 s), asks the login server again, and acts only on an answer
+/// that came after its wait: by then the first nodes to promote are listed, and the need may
+/// have passed. A pure state machine: the caller passes the time in.
+#[derive(Debug, Clone, Default)]
+pub struct NeedGate {
+    recheck_at: Option<Instant>,
+    asked_at: Option<Instant>,
+}
+
+/// How long an unanswered re-ask waits before the next.
+const NEED_ASK_AGAIN: Duration = Duration::from_secs(10);
+
+impl NeedGate {
+    /// `need` from the supply learned at `supply_at` (from [`NeedPolicy::need`]).
+    pub fn observe(
+        &mut self,
+        need: Option<String>,
+        supply_at: Option<Instant>,
+        now: Instant,
+        delay: impl FnOnce() -> Duration,
+    ) -> NeedStep {
+        let Some(need) = need else {
+            *self = Self::default();
+            return NeedStep::Act(None);
+        };
+        let at = *self.recheck_at.get_or_insert_with(|| now + delay());
+        if supply_at.is_some_and(|t| t >= at) {
+            return NeedStep::Act(Some(need));
+        }
+        if now < at {
+            return NeedStep::Wait(at);
+        }
+        if self
+            .asked_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= NEED_ASK_AGAIN)
+        {
+            self.asked_at = Some(now);
+            return NeedStep::Ask;
+        }
+        NeedStep::Wait(at)
+    }
+}
+
 /// The policy's answer, with the reason a node stays (or becomes) a leaf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -79,12 +186,16 @@ pub enum Decision {
     Leaf(String),
 }
 
-/// Decides the role from the user's choice, reachability and resources.
+/// Decides the role from the user's choice, reachability and resources; `need` (from
+/// [`NeedPolicy::need`]) waives the uptime rule, which applies to a leaf's promotion only
+/// (`is_superpeer`: the node is one now).
 pub fn decide(
     role: Role,
     public_addr_confirmed: bool,
     resources: &Resources,
     thresholds: &Thresholds,
+    need: Option<&str>,
+    is_superpeer: bool,
 ) -> Decision {
     match role {
         Role::Superpeer => return Decision::Superpeer,
@@ -108,9 +219,9 @@ pub fn decide(
             thresholds.min_free_memory_mib
         ));
     }
-    if resources.uptime < thresholds.min_uptime {
+    if resources.uptime < thresholds.min_uptime && need.is_none() && !is_superpeer {
         return Decision::Leaf(format!(
-            "up {} s, {} s needed",
+            "up {} s, {} s needed while the network has enough superpeers",
             resources.uptime.as_secs(),
             thresholds.min_uptime.as_secs()
         ));
@@ -292,38 +403,135 @@ mod tests {
     fn every_condition_is_needed_for_auto() {
         let t = Thresholds::default();
         assert_eq!(
-            decide(Role::Auto, true, &capable(), &t),
+            decide(Role::Auto, true, &capable(), &t, None, false),
             Decision::Superpeer
         );
         assert!(
-            matches!(decide(Role::Auto, false, &capable(), &t), Decision::Leaf(r) if r.contains("AutoNAT"))
+            matches!(decide(Role::Auto, false, &capable(), &t, None, false), Decision::Leaf(r) if r.contains("AutoNAT"))
         );
         let few_cores = Resources {
             cores: 1,
             ..capable()
         };
         assert!(
-            matches!(decide(Role::Auto, true, &few_cores, &t), Decision::Leaf(r) if r.contains("cores"))
+            matches!(decide(Role::Auto, true, &few_cores, &t, None, false), Decision::Leaf(r) if r.contains("cores"))
         );
         let low_mem = Resources {
             free_memory_mib: Some(10),
             ..capable()
         };
         assert!(
-            matches!(decide(Role::Auto, true, &low_mem, &t), Decision::Leaf(r) if r.contains("memory"))
+            matches!(decide(Role::Auto, true, &low_mem, &t, None, false), Decision::Leaf(r) if r.contains("memory"))
         );
         let young = Resources {
             uptime: Duration::from_secs(5),
             ..capable()
         };
         assert!(
-            matches!(decide(Role::Auto, true, &young, &t), Decision::Leaf(r) if r.contains("up 5 s"))
+            matches!(decide(Role::Auto, true, &young, &t, None, false), Decision::Leaf(r) if r.contains("up 5 s"))
         );
         let lab = Thresholds {
             min_uptime: Duration::ZERO,
             ..t
         };
-        assert_eq!(decide(Role::Auto, true, &young, &lab), Decision::Superpeer);
+        assert_eq!(
+            decide(Role::Auto, true, &young, &lab, None, false),
+            Decision::Superpeer
+        );
+    }
+
+    /// Too few superpeers, or too full ones: a young node promotes; with enough, it waits.
+    /// A superpeer is never demoted by the uptime rule when the need passes.
+    #[test]
+    fn need_waives_the_uptime_rule_for_promotion_only() {
+        let t = Thresholds::default();
+        let policy = NeedPolicy::default();
+        let young = Resources {
+            uptime: Duration::from_secs(5),
+            ..capable()
+        };
+        let supply = |superpeers, leaves, capacity| Supply {
+            superpeers,
+            leaves,
+            capacity,
+        };
+        assert_eq!(policy.need(None), None, "nothing known yet");
+        let few = policy.need(Some(&supply(2, 0, 2000)));
+        assert!(
+            few.as_deref()
+                .is_some_and(|r| r.contains("2 superpeer(s), fewer than 3"))
+        );
+        let full = policy.need(Some(&supply(4, 2100, 4000)));
+        assert!(
+            full.as_deref().is_some_and(|r| r.contains("52% full")),
+            "{full:?}"
+        );
+        assert_eq!(policy.need(Some(&supply(4, 2000, 4000))), None);
+        assert_eq!(policy.need(Some(&supply(3, 0, 0))), None);
+        for need in [&few, &full] {
+            assert_eq!(
+                decide(Role::Auto, true, &young, &t, need.as_deref(), false),
+                Decision::Superpeer
+            );
+        }
+        assert!(matches!(
+            decide(Role::Auto, true, &young, &t, None, false),
+            Decision::Leaf(r) if r.contains("enough superpeers")
+        ));
+        assert_eq!(
+            decide(Role::Auto, true, &young, &t, None, true),
+            Decision::Superpeer,
+            "a superpeer stays when the need passes"
+        );
+        // Need never waives reachability or resources.
+        assert!(matches!(
+            decide(Role::Auto, false, &young, &t, few.as_deref(), false),
+            Decision::Leaf(_)
+        ));
+    }
+
+    /// A need is acted on only after the random wait and a fresh answer; without a need the
+    /// gate starts over.
+    #[test]
+    fn a_need_waits_then_asks_then_acts_on_the_fresh_answer() {
+        let mut gate = NeedGate::default();
+        let t0 = Instant::now();
+        let s = |ms| t0 + Duration::from_millis(ms);
+        let need = || Some("few".to_owned());
+        let wait = || Duration::from_millis(3000);
+        // Learned at start: wait 3 s.
+        assert_eq!(
+            gate.observe(need(), Some(t0), t0, wait),
+            NeedStep::Wait(s(3000))
+        );
+        assert_eq!(
+            gate.observe(need(), Some(t0), s(2999), wait),
+            NeedStep::Wait(s(3000))
+        );
+        assert_eq!(gate.observe(need(), Some(t0), s(3000), wait), NeedStep::Ask);
+        // Asked, no answer yet: no second ask for 10 s.
+        assert_eq!(
+            gate.observe(need(), Some(t0), s(5000), wait),
+            NeedStep::Wait(s(3000))
+        );
+        assert_eq!(
+            gate.observe(need(), Some(t0), s(13_000), wait),
+            NeedStep::Ask
+        );
+        // The answer came after the wait and still says "needed".
+        assert_eq!(
+            gate.observe(need(), Some(s(13_100)), s(13_200), wait),
+            NeedStep::Act(need())
+        );
+        // It says "enough": no need, and the gate starts over.
+        assert_eq!(
+            gate.observe(None, Some(s(14_000)), s(14_000), wait),
+            NeedStep::Act(None)
+        );
+        assert_eq!(
+            gate.observe(need(), Some(s(14_000)), s(15_000), wait),
+            NeedStep::Wait(s(18_000))
+        );
     }
 
     #[test]
@@ -335,11 +543,11 @@ mod tests {
             uptime: Duration::ZERO,
         };
         assert_eq!(
-            decide(Role::Superpeer, false, &weak, &t),
+            decide(Role::Superpeer, false, &weak, &t, None, false),
             Decision::Superpeer
         );
         assert!(matches!(
-            decide(Role::Leaf, true, &capable(), &t),
+            decide(Role::Leaf, true, &capable(), &t, None, false),
             Decision::Leaf(_)
         ));
     }

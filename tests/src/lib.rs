@@ -269,6 +269,8 @@ pub fn wait_for<T>(
 pub struct NodeProcess {
     pub home: PathBuf,
     extra: Vec<String>,
+    /// Started as a user would: no promotion flags (see [`NodeProcess::start_plain`]).
+    plain: bool,
     child: std::process::Child,
     stdout: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -277,6 +279,22 @@ impl NodeProcess {
     /// Registers `user` (password `password1`) at `login`, then starts `natter up` with
     /// `extra` flags, listening on loopback TCP and QUIC, promotion uptime 0.
     pub fn start(dir: &Path, user: &str, login: &Multiaddr, extra: &[&str]) -> Self {
+        Self::register_and_spawn(dir, user, login, extra, false)
+    }
+
+    /// Like [`NodeProcess::start`], but `natter up` with the default promotion rules (no
+    /// `--min-uptime 0`, no `--min-cores`): as a user starts it, only on loopback.
+    pub fn start_plain(dir: &Path, user: &str, login: &Multiaddr) -> Self {
+        Self::register_and_spawn(dir, user, login, &[], true)
+    }
+
+    fn register_and_spawn(
+        dir: &Path,
+        user: &str,
+        login: &Multiaddr,
+        extra: &[&str],
+        plain: bool,
+    ) -> Self {
         let home = dir.join(user);
         let out = natter(
             &home,
@@ -289,10 +307,11 @@ impl NodeProcess {
             String::from_utf8_lossy(&out.stderr)
         );
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, stdout) = Self::spawn(&home, &extra);
+        let (child, stdout) = Self::spawn(&home, &extra, plain);
         Self {
             home,
             extra,
+            plain,
             child,
             stdout,
         }
@@ -301,6 +320,7 @@ impl NodeProcess {
     fn spawn(
         home: &Path,
         extra: &[String],
+        plain: bool,
     ) -> (
         std::process::Child,
         std::sync::Arc<std::sync::Mutex<String>>,
@@ -314,11 +334,12 @@ impl NodeProcess {
                 "/ip4/127.0.0.1/tcp/0",
                 "--listen",
                 "/ip4/127.0.0.1/udp/0/quic-v1",
-                "--min-uptime",
-                "0",
-                "--min-cores",
-                "1",
             ])
+            .args(if plain {
+                &[][..]
+            } else {
+                &["--min-uptime", "0", "--min-cores", "1"][..]
+            })
             .args(extra)
             .env(
                 "NATTER_LOG",
@@ -343,7 +364,7 @@ impl NodeProcess {
     /// Starts the daemon again on the same home, after it stopped or was killed.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, stdout) = Self::spawn(&self.home, &self.extra);
+        let (child, stdout) = Self::spawn(&self.home, &self.extra, self.plain);
         self.child = child;
         self.stdout = stdout;
     }

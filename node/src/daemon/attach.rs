@@ -19,8 +19,26 @@ pub(crate) const SKIP_AFTER_REFUSAL: Duration = Duration::from_secs(60);
 /// fresh list even though candidates are left: the ones left may all be names that lead
 /// nowhere (issue 11), and the login server's list is the way out.
 pub(crate) const FAILURES_BEFORE_BOOTSTRAP: u32 = 3;
-/// Least time between two bootstrap requests while unattached (twice that with a primary).
+/// Least time between two bootstrap requests while unattached (twice that with a primary),
+/// doubling with each request since the leaf last attached, up to 8 times that: 10, 10, 20,
+/// 40, 80 s, each spread by ±20% ([`bootstrap_every`]).
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(10);
+const BOOTSTRAP_MAX_DOUBLINGS: u32 = 3;
+
+/// The wait before the next bootstrap request, after `rounds` of them since this node last
+/// attached: backed off so that a network without superpeers is not a polling storm on the
+/// login server, and spread by ±20% by the node's own id, so that nodes started together do
+/// not ask together.
+fn bootstrap_every(rounds: u32, attached: bool, me: PeerId) -> Duration {
+    use std::hash::{Hash as _, Hasher as _};
+    let doublings = rounds.saturating_sub(1).min(BOOTSTRAP_MAX_DOUBLINGS);
+    let base = BOOTSTRAP_EVERY * (1 << doublings) * if attached { 2 } else { 1 };
+    let mut h = std::hash::DefaultHasher::new();
+    (me, rounds).hash(&mut h);
+    // 0.8 to 1.2 of the base, in thousandths.
+    let spread = 800 + h.finish() % 401;
+    base * u32::try_from(spread).unwrap_or(1000) / 1000
+}
 /// Among how many of the best candidates one is picked at random: leaves that start together
 /// must not all pick the same superpeers. Only candidates of the best tier left are picked
 /// among ([`Ranked`]): chance must not put a name heard second-hand before one the login
@@ -88,6 +106,8 @@ pub(crate) struct Attach {
     failures: HashMap<PeerId, u32>,
     /// Attempts failed while unattached since the last bootstrap request.
     failed_since_bootstrap: u32,
+    /// Bootstrap requests since this node last attached a primary: the backoff.
+    bootstrap_rounds: u32,
     /// When the login server was last asked for a bootstrap list.
     last_bootstrap: Option<Instant>,
     actions: VecDeque<AttachAction>,
@@ -171,16 +191,13 @@ impl Attach {
         let stuck =
             self.primary.is_none() && self.failed_since_bootstrap >= FAILURES_BEFORE_BOOTSTRAP;
         if next.is_none() || stuck {
-            let every = if self.primary.is_none() {
-                BOOTSTRAP_EVERY
-            } else {
-                BOOTSTRAP_EVERY * 2
-            };
+            let every = bootstrap_every(self.bootstrap_rounds, self.primary.is_some(), me);
             if self
                 .last_bootstrap
                 .is_none_or(|t| now.saturating_duration_since(t) > every)
             {
                 self.bootstrap_asked(now);
+                self.bootstrap_rounds = self.bootstrap_rounds.saturating_add(1);
                 self.actions.push_back(AttachAction::Bootstrap);
             }
         }
@@ -212,6 +229,7 @@ impl Attach {
         self.attempt_over(peer);
         let slot = if self.primary.is_none() {
             self.primary = Some(peer);
+            self.bootstrap_rounds = 0;
             Slot::Primary
         } else if self.standby.is_none() && self.primary != Some(peer) {
             self.standby = Some(peer);
@@ -413,11 +431,11 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         s.tick([a, b], me, Instant::now(), |_| 1);
         assert_eq!(drain(&mut s), vec![AttachAction::Attach(b)]);
-        // No candidates at all: a fresh bootstrap list, at most every 10 s.
+        // No candidates at all: a fresh bootstrap list, at most every 10 s (±20%).
         let mut s = Attach::default();
         s.tick(NONE, me, Instant::now(), first);
         assert_eq!(drain(&mut s), vec![AttachAction::Bootstrap]);
-        tokio::time::advance(Duration::from_secs(5)).await;
+        tokio::time::advance(Duration::from_secs(7)).await;
         s.tick(NONE, me, Instant::now(), first);
         assert!(drain(&mut s).is_empty());
         tokio::time::advance(Duration::from_secs(6)).await;
@@ -446,8 +464,8 @@ mod tests {
             drain(&mut s);
             tokio::time::advance(Duration::from_millis(500)).await;
         }
-        // 40 s unattached: a fresh list about every 10 s.
-        assert!((3..=4).contains(&asked), "asked {asked} times in 40 s");
+        // 40 s unattached: a fresh list after about 10, 20 and 40 s (backing off).
+        assert!((2..=3).contains(&asked), "asked {asked} times in 40 s");
     }
 
     #[tokio::test(start_paused = true)]
@@ -473,10 +491,11 @@ mod tests {
             tokio::time::advance(Duration::from_millis(500)).await;
         }
         // Once FAILURES_BEFORE_BOOTSTRAP attempts failed, as soon as the last list is 10 s
-        // old; not before.
-        assert_eq!(
-            asked,
-            [BOOTSTRAP_EVERY + Duration::from_millis(500)],
+        // (±20%) old; not before, and once only in 15 s.
+        assert_eq!(asked.len(), 1, "asked at {asked:?}");
+        assert!(
+            (BOOTSTRAP_EVERY * 4 / 5..=BOOTSTRAP_EVERY * 6 / 5 + Duration::from_millis(500))
+                .contains(&asked[0]),
             "asked at {asked:?}"
         );
         // With a primary, failed standby attempts do not hurry the login server.
@@ -513,6 +532,42 @@ mod tests {
         assert!(drain(&mut s).is_empty());
         s.tick([real], me, Instant::now(), first);
         assert_eq!(drain(&mut s), vec![AttachAction::Attach(real)]);
+    }
+
+    /// Unattached with nothing to try, a node asks the login server less and less often, at
+    /// times spread by its id; attaching resets the backoff. Before, every 10 s for ever.
+    #[tokio::test(start_paused = true)]
+    async fn bootstrap_requests_back_off_with_jitter_and_reset_on_attach() {
+        let me = PeerId::random();
+        let mut s = Attach::default();
+        let start = Instant::now();
+        let mut asked = Vec::new();
+        for _ in 0..(600 * 2) {
+            s.tick(NONE, me, Instant::now(), first);
+            if drain(&mut s).contains(&AttachAction::Bootstrap) {
+                asked.push((Instant::now() - start).as_secs_f64());
+            }
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        let gaps: Vec<f64> = asked.windows(2).map(|w| w[1] - w[0]).collect();
+        let bases = [10.0, 20.0, 40.0, 80.0, 80.0, 80.0];
+        for (gap, base) in gaps.iter().zip(bases) {
+            assert!(
+                (base * 0.8..=base * 1.2 + 0.5).contains(gap),
+                "gaps {gaps:?}"
+            );
+        }
+        // 10 minutes: 10 + 20 + 40 + 80 × 6 = 550 s, so 9 or 10 requests, not 60.
+        assert!((8..=11).contains(&asked.len()), "asked at {asked:?}");
+        // Two nodes started together do not keep asking together.
+        let other = PeerId::random();
+        let spread: Vec<Duration> = (1..5)
+            .map(|r| bootstrap_every(r, false, me).abs_diff(bootstrap_every(r, false, other)))
+            .collect();
+        assert!(spread.iter().any(|d| *d > Duration::ZERO), "{spread:?}");
+        // Attached: the backoff starts over.
+        s.attached(PeerId::random());
+        assert_eq!(s.bootstrap_rounds, 0);
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl Daemon {
                     self.reserve_relay(peer);
                     self.host_reached(peer);
                 }
-                AttachAction::Bootstrap => self.renew(),
+                AttachAction::Bootstrap => self.bootstrap(),
                 AttachAction::PrimaryChanged { lost, new } => {
                     self.last_publish = None;
                     match new {

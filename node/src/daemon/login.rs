@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use libp2p::PeerId;
-use natter_proto::login::{LoginRequest, LoginResponse, SuperpeerInfo};
+use natter_proto::login::{LoginRequest, LoginResponse, SuperpeerInfo, Supply};
 
 use super::candidates::{Source, take_list};
 use super::{Daemon, LoginPending, LookupOutcome, unix_now};
@@ -17,6 +17,29 @@ impl Daemon {
             cert: self.identity.cert.clone(),
         };
         self.send_login(request, LoginPending::Renew);
+    }
+
+    /// Asks the login server for a bootstrap list and the supply, without renewing.
+    pub(super) fn bootstrap(&mut self) {
+        self.attach.bootstrap_asked(tokio::time::Instant::now());
+        let request = LoginRequest::Bootstrap {
+            cert: self.identity.cert.clone(),
+        };
+        self.send_login(request, LoginPending::Bootstrap);
+    }
+
+    /// The login server's count of superpeers: promotion by need decides on it.
+    fn learn_supply(&mut self, supply: Supply) {
+        if self.supply != Some(supply) {
+            tracing::debug!(
+                superpeers = supply.superpeers,
+                leaves = supply.leaves,
+                capacity = supply.capacity,
+                "network supply"
+            );
+        }
+        self.supply = Some(supply);
+        self.supply_at = Some(Instant::now());
     }
 
     pub(super) fn send_login(&mut self, request: LoginRequest, pending: LoginPending) {
@@ -43,6 +66,7 @@ impl Daemon {
                     cert,
                     issuer_key,
                     superpeers,
+                    supply,
                 }),
             ) => {
                 if cert.verify(&issuer_key, unix_now()).is_err()
@@ -76,6 +100,7 @@ impl Daemon {
                     self.phase(&text);
                 }
                 self.renewed_once = true;
+                self.learn_supply(supply);
                 if self.merge_candidates(superpeers, Source::LoginServer, None) > 0 {
                     // A superpeer meets new ones now rather than at the next round: the
                     // first round may have passed before this answer, with nobody to meet.
@@ -101,7 +126,23 @@ impl Daemon {
                     }
                 ));
             }
-            (LoginPending::Announce, Ok(LoginResponse::Announced { superpeers, .. })) => {
+            (LoginPending::Bootstrap, Ok(LoginResponse::Bootstrap { superpeers, supply })) => {
+                tracing::debug!(superpeers = superpeers.len(), "bootstrap list");
+                self.learn_supply(supply);
+                if self.merge_candidates(superpeers, Source::LoginServer, None) > 0 {
+                    self.last_bootstrap = None;
+                }
+            }
+            (LoginPending::Bootstrap, other) => {
+                tracing::info!(?other, "asking the login server for superpeers failed");
+            }
+            (
+                LoginPending::Announce,
+                Ok(LoginResponse::Announced {
+                    superpeers, supply, ..
+                }),
+            ) => {
+                self.learn_supply(supply);
                 if self.merge_candidates(superpeers, Source::LoginServer, None) > 0 {
                     // New superpeers: meet them now rather than at the next round.
                     self.last_bootstrap = None;

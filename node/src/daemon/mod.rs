@@ -215,6 +215,8 @@ pub(crate) enum LookupOutcome {
 #[derive(Debug)]
 enum LoginPending {
     Renew,
+    /// A bootstrap list and the supply, without a new certificate.
+    Bootstrap,
     Announce,
     /// The revocation list, asked by a superpeer.
     Revocations,
@@ -272,6 +274,14 @@ pub(crate) struct Daemon {
     role_reason: String,
     /// Holds role changes back until the policy's answer has held for a while.
     role_gate: natter_superpeer::promotion::RoleGate,
+    /// The network's superpeers as the login server last counted them (promotion by need).
+    supply: Option<natter_proto::login::Supply>,
+    /// When `supply` was learned.
+    supply_at: Option<Instant>,
+    /// Staggers promotion by need (see `natter_superpeer::promotion::NeedGate`).
+    need_gate: natter_superpeer::promotion::NeedGate,
+    /// When a reachable leaf that may promote last asked for the supply.
+    supply_asked: Option<Instant>,
     presence: Status,
     seq: u64,
     /// Addresses AutoNAT v2 confirmed (never relayed ones).
@@ -318,6 +328,9 @@ pub(crate) struct Daemon {
     msg: messaging::Messaging,
     metrics: Option<NodeMetrics>,
 }
+
+/// How often a reachable leaf that may promote asks the login server for the supply.
+const SUPPLY_POLL: Duration = Duration::from_secs(120);
 
 /// Runs the daemon for `home` until `shutdown` or `natter down`.
 pub async fn run(
@@ -447,6 +460,10 @@ impl Daemon {
             login_peer,
             role: Current::Leaf,
             role_reason,
+            supply: None,
+            supply_at: None,
+            need_gate: Default::default(),
+            supply_asked: None,
             role_gate: natter_superpeer::promotion::RoleGate::new(config.hysteresis),
             presence: Status::Online,
             seq: 0,
@@ -610,6 +627,18 @@ impl Daemon {
                     }
                 },
             );
+        }
+        // A reachable leaf that may promote learns whether the network needs it (its
+        // superpeers may have filled up since it logged in).
+        if self.config.role == Role::Auto
+            && self.role == Current::Leaf
+            && !self.confirmed.is_empty()
+            && self.supply_asked.is_none_or(|t| t.elapsed() > SUPPLY_POLL)
+        {
+            self.supply_asked = Some(Instant::now());
+            if self.supply.is_some() {
+                self.bootstrap();
+            }
         }
         // Renew at 80% of the certificate lifetime; after a failure, retry every 30 s.
         let cert = &self.identity.cert;

@@ -14,10 +14,13 @@ use natter_superpeer::Role;
 use natter_superpeer::directory::admit_record;
 use natter_superpeer::lookup::{LookupAction, LookupId};
 use natter_superpeer::overlay::{OverlayContext, OverlayDecision, handle_request};
-use natter_superpeer::promotion::{Decision, Resources, RoleChange, decide};
+use natter_superpeer::promotion::{Decision, NeedPolicy, NeedStep, Resources, RoleChange, decide};
 
 use super::{Current, Daemon, LoginPending, LookupFor, OverlayPending, unix_now};
 use crate::net::{Command, Token};
+
+/// The most a node that sees a need for superpeers waits before asking again (random).
+const NEED_JITTER_MS: u64 = 10_000;
 
 /// Who asked for a lookup this superpeer is resolving.
 pub(crate) enum Requester {
@@ -32,33 +35,76 @@ impl Daemon {
             return;
         }
         let resources = Resources::probe(self.started.elapsed());
+        let is_superpeer = self.role == Current::Superpeer;
+        let mut need = NeedPolicy::default().need(self.supply.as_ref());
+        let mut waiting = None;
+        let mut acted_on_need = false;
+        // Only where the need decides: a young, reachable leaf that may promote. It waits a
+        // random 0 to 10 s and asks again, so that nodes started together do not all promote.
+        if self.config.role == Role::Auto
+            && !is_superpeer
+            && !self.confirmed.is_empty()
+            && resources.uptime < self.config.thresholds.min_uptime
+        {
+            let delay = || Duration::from_millis(rand::random_range(0..=NEED_JITTER_MS));
+            let step = self
+                .need_gate
+                .observe(need.take(), self.supply_at, Instant::now(), delay);
+            match step {
+                NeedStep::Act(n) => {
+                    acted_on_need = n.is_some();
+                    need = n;
+                }
+                NeedStep::Ask => {
+                    self.bootstrap();
+                    waiting = Some(Instant::now());
+                }
+                NeedStep::Wait(at) => waiting = Some(at),
+            }
+        }
         let decision = decide(
             self.config.role,
             !self.confirmed.is_empty(),
             &resources,
             &self.config.thresholds,
+            need.as_deref(),
+            is_superpeer,
         );
-        let is_superpeer = self.role == Current::Superpeer;
         if let (Decision::Leaf(reason), false) = (&decision, is_superpeer) {
-            self.role_reason = reason.clone();
+            self.role_reason = match (waiting, self.supply) {
+                (Some(at), Some(supply)) => format!(
+                    "the network has {} superpeer(s), fewer than it needs: promoting in {} s \
+                     unless others have by then",
+                    supply.superpeers,
+                    at.saturating_duration_since(Instant::now()).as_secs()
+                ),
+                _ => reason.clone(),
+            };
         }
-        let forced = self.config.role != Role::Auto;
+        // The need gate has waited already: a need it acted on promotes at once, so that the
+        // login server lists this node before others ask again.
+        let forced = self.config.role != Role::Auto || acted_on_need;
         match self
             .role_gate
             .observe(is_superpeer, decision, forced, Instant::now())
         {
-            RoleChange::Promote => self.promote(),
+            RoleChange::Promote => self.promote(need),
             RoleChange::Demote(reason) => self.demote(reason),
             RoleChange::Stay => {}
         }
     }
 
     /// Same process, same PeerId, same listeners: only the behaviours' status flips.
-    fn promote(&mut self) {
+    fn promote(&mut self, need: Option<String>) {
         self.role = Current::Superpeer;
-        self.role_reason = match self.config.role {
-            Role::Superpeer => "role is superpeer (forced)".into(),
-            _ => "public address confirmed and resources sufficient".into(),
+        self.role_reason = match (self.config.role, need) {
+            (Role::Superpeer, _) => "role is superpeer (forced)".into(),
+            (_, Some(need)) => format!(
+                "public address confirmed and resources sufficient; {need}, so the uptime rule \
+                 ({} s) was waived",
+                self.config.thresholds.min_uptime.as_secs()
+            ),
+            _ => "public address confirmed, resources sufficient, up long enough".into(),
         };
         self.net.send(Command::SetSuperpeer(true));
         // A superpeer serves itself: drop any attachment it had as a leaf.

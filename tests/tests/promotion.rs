@@ -1,0 +1,85 @@
+//! Promotion by need, with the real binaries on loopback: nodes started as a user starts them
+//! (`natter up`, no role or uptime flags) make a working network by themselves.
+//!
+//! Before: the 10-minute uptime rule held every node back even in a network without a single
+//! superpeer, so for ten minutes nobody could attach, look anyone up or send.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use natter_tests::{NodeProcess, TestNet, wait_for};
+
+fn role(node: &NodeProcess) -> Option<String> {
+    node.status()
+        .and_then(|s| s["role"].as_str().map(str::to_owned))
+}
+
+/// Six plain nodes: a few promote within seconds because the network needs superpeers (not
+/// all six: each waits a random while and asks again first), the rest stay leaves, attach to
+/// two superpeers each, and can look each other up and message each other.
+#[test]
+fn plain_nodes_promote_by_need_and_the_rest_attach_to_two() {
+    let net = TestNet::new();
+    let names = ["ann", "ben", "cat", "dan", "eve", "fay"];
+    let nodes: Vec<NodeProcess> = names
+        .iter()
+        .map(|n| NodeProcess::start_plain(net.dir.path(), n, &net.server.addr))
+        .collect();
+    let start = Instant::now();
+    let superpeers = wait_for("two superpeers", Duration::from_secs(30), || {
+        let sps: Vec<usize> = (0..nodes.len())
+            .filter(|&i| role(&nodes[i]).as_deref() == Some("superpeer"))
+            .collect();
+        (sps.len() >= 2).then_some(sps)
+    });
+    eprintln!(
+        "{} superpeer(s) after {:.1} s",
+        superpeers.len(),
+        start.elapsed().as_secs_f64()
+    );
+    let sp = &nodes[superpeers[0]];
+    let reason = sp.status().unwrap()["role_reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("uptime rule") && reason.contains("fewer than 3"),
+        "the status says why: {reason}"
+    );
+    // Let the promotions settle, then count: enough, not everyone.
+    std::thread::sleep(Duration::from_secs(15));
+    let leaves: Vec<&NodeProcess> = nodes
+        .iter()
+        .filter(|n| role(n).as_deref() == Some("leaf"))
+        .collect();
+    eprintln!("after 15 s more: {} of 6 are leaves", leaves.len());
+    assert!(
+        !leaves.is_empty(),
+        "every node promoted: the need is staggered so that some stay leaves"
+    );
+    for leaf in &leaves {
+        let status = wait_for("attached to two", Duration::from_secs(60), || {
+            leaf.status()
+                .filter(|s| s["primary"].is_string() && s["standby"].is_string())
+        });
+        let reason = status["role_reason"].as_str().unwrap();
+        assert!(
+            reason.contains("needed while the network has enough superpeers"),
+            "a leaf says what holds it back: {reason}"
+        );
+    }
+    // The network works: a leaf looks up and messages a superpeer's user, and back.
+    let leaf = leaves[0];
+    let sp_user = sp.status().unwrap()["user"].as_str().unwrap().to_owned();
+    let leaf_user = leaf.status().unwrap()["user"].as_str().unwrap().to_owned();
+    wait_for("lookup works", Duration::from_secs(30), || {
+        leaf.lookup(&sp_user)
+            .filter(|v| v["status"] == "online")
+            .map(|_| ())
+    });
+    let answer = leaf.send(&sp_user, "hello from a leaf");
+    assert_eq!(answer["status"], "delivered", "{answer}");
+    let answer = sp.send(&leaf_user, "hello back");
+    assert_eq!(answer["status"], "delivered", "{answer}");
+}

@@ -48,7 +48,12 @@ fn say(text: impl AsRef<str>) {
 }
 
 /// Runs the demo until Ctrl-C. An error names the phase that failed.
+///
+/// Ctrl-C, SIGTERM and SIGHUP (the terminal closed) stop it at any phase: the daemons are
+/// stopped and the temporary directory removed, nothing is left behind.
 pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
+    // Registered before anything starts, so that no signal ends the process abruptly.
+    let stop = stop_on_signal()?;
     let temp;
     let root: PathBuf = match keep {
         Some(dir) => dir,
@@ -57,6 +62,31 @@ pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
             temp.path().to_owned()
         }
     };
+    let up = std::sync::atomic::AtomicBool::new(false);
+    // Until the network is up, a signal drops the phases (their daemons stop as they are
+    // dropped); after, `network` stops it in order itself.
+    let during_setup = async {
+        stop.cancelled().await;
+        if up.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = network(&root, &stop, &up) => result,
+        () = during_setup => {
+            say("stopping the demo network");
+            Ok(())
+        }
+    }
+}
+
+/// The phases, then waiting for `stop`.
+async fn network(
+    root: &Path,
+    stop: &CancellationToken,
+    up: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
+    let root = root.to_owned();
     say(format!(
         "natter demo: a whole network on loopback, state in {}",
         root.display()
@@ -221,7 +251,8 @@ pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     }
     say("daemon logs are in each home (daemon.log). Ctrl-C stops the demo.");
 
-    wait_for_signal().await;
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.cancelled().await;
     say("stopping the demo network");
     drop(daemons);
     shutdown.cancel();
@@ -333,14 +364,21 @@ async fn wait_status(
     .with_context(|| format!("see {}", d.home.join("daemon.log").display()))
 }
 
-async fn wait_for_signal() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// A token cancelled at the first Ctrl-C, SIGTERM or SIGHUP.
+fn stop_on_signal() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let stop = CancellationToken::new();
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let token = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+        token.cancel();
+    });
+    Ok(stop)
 }

@@ -116,14 +116,22 @@ enum Command {
     SetStatus {
         #[arg(value_enum)]
         status: StatusArg,
+        /// Print JSON: {"message": "..."}.
+        #[arg(long)]
+        json: bool,
     },
     /// Sign off (others see offline with last seen) and stop the daemon. Not an error when
     /// it is not running.
-    Down,
+    Down {
+        /// Print JSON: {"message": "..."}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a message. It is stored in the outbox first: "delivered" or "queued" (retried
     /// until delivered, across restarts). Works while the daemon is down: then it is queued.
     Send {
         name: String,
+        /// The message; `-` reads it from standard input (one trailing newline dropped).
         text: String,
         /// Print JSON.
         #[arg(long)]
@@ -185,11 +193,17 @@ enum InboxCommand {
     Delete {
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Print JSON: {"message": "..."}.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete every message, or every message from one user.
     Clear {
         #[arg(long, value_name = "NAME")]
         from: Option<String>,
+        /// Print JSON: {"message": "..."}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -200,19 +214,42 @@ enum OutboxCommand {
     Drop {
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Print JSON: {"message": "..."}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 #[derive(Debug, Subcommand)]
 enum ContactsCommand {
     /// Add a contact: their messages are taken without the contact-request quota.
-    Add { name: String },
+    Add {
+        name: String,
+        /// Print JSON: {"message": "..."}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Accept a contact request (add the sender as a contact; unblocks a blocked one).
-    Accept { name: String },
+    Accept {
+        name: String,
+        /// Print JSON: {"message": "..."}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Refuse a user's messages from now on (and remove them from the contacts).
-    Block { name: String },
+    Block {
+        name: String,
+        /// Print JSON: {"message": "..."}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a contact.
-    Remove { name: String },
+    Remove {
+        name: String,
+        /// Print JSON: {"message": "..."}.
+        #[arg(long)]
+        json: bool,
+    },
     /// List contacts.
     List {
         /// Print JSON.
@@ -337,15 +374,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { json } => rt.block_on(cli::presence::status(&home, json)),
         Command::Lookup { name, json } => rt.block_on(cli::presence::lookup(&home, &name, json)),
         Command::Netcheck { json } => rt.block_on(cli::presence::netcheck(&home, json)),
-        Command::SetStatus { status } => {
+        Command::SetStatus { status, json } => {
             let status = match status {
                 StatusArg::Online => natter_proto::Status::Online,
                 StatusArg::Away => natter_proto::Status::Away,
                 StatusArg::Busy => natter_proto::Status::Busy,
             };
-            rt.block_on(cli::presence::set_status(&home, status))
+            rt.block_on(cli::presence::set_status(&home, status, json))
         }
-        Command::Down => rt.block_on(cli::presence::down(&home)),
+        Command::Down { json } => rt.block_on(cli::presence::down(&home, json)),
         Command::Ping {
             name,
             count,
@@ -364,30 +401,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inbox {
             edit: Some(edit), ..
         } => {
-            let edit = match edit {
-                InboxCommand::Delete { ids } => InboxEdit::Delete { ids },
-                InboxCommand::Clear { from } => InboxEdit::Clear { from },
+            let (edit, json) = match edit {
+                InboxCommand::Delete { ids, json } => (InboxEdit::Delete { ids }, json),
+                InboxCommand::Clear { from, json } => (InboxEdit::Clear { from }, json),
             };
-            rt.block_on(cli::messages::edit(&home, edit))
+            rt.block_on(cli::messages::edit(&home, edit, json))
         }
         Command::Inbox { json, follow, .. } => {
             rt.block_on(cli::messages::inbox(&home, json, follow))
         }
         Command::Outbox {
-            edit: Some(OutboxCommand::Drop { ids }),
+            edit: Some(OutboxCommand::Drop { ids, json }),
             ..
-        } => rt.block_on(cli::messages::edit(&home, InboxEdit::Drop { ids })),
+        } => rt.block_on(cli::messages::edit(&home, InboxEdit::Drop { ids }, json)),
         Command::Outbox { json, .. } => cli::messages::outbox(&home, json),
         Command::Contacts(cmd) => {
             let cmd = match cmd {
-                ContactsCommand::Add { name } => cli::messages::Contacts::Add(name),
-                ContactsCommand::Remove { name } => cli::messages::Contacts::Remove(name),
-                ContactsCommand::List { json } => cli::messages::Contacts::List { json },
-                ContactsCommand::Accept { name } => {
-                    return rt.block_on(cli::messages::edit(&home, InboxEdit::Accept { name }));
+                ContactsCommand::Add { name, json } => cli::messages::Contacts::Add(name, json),
+                ContactsCommand::Remove { name, json } => {
+                    cli::messages::Contacts::Remove(name, json)
                 }
-                ContactsCommand::Block { name } => {
-                    return rt.block_on(cli::messages::edit(&home, InboxEdit::Block { name }));
+                ContactsCommand::List { json } => cli::messages::Contacts::List { json },
+                ContactsCommand::Accept { name, json } => {
+                    let edit = InboxEdit::Accept { name };
+                    return rt.block_on(cli::messages::edit(&home, edit, json));
+                }
+                ContactsCommand::Block { name, json } => {
+                    let edit = InboxEdit::Block { name };
+                    return rt.block_on(cli::messages::edit(&home, edit, json));
                 }
                 ContactsCommand::Requests { json } => {
                     return cli::messages::contact_requests(&home, json);
@@ -410,14 +451,20 @@ fn parse_interval(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Stops the daemon gracefully on Ctrl-C, SIGTERM or SIGHUP (the terminal it runs in was
+/// closed): it signs off and its store is closed cleanly.
 async fn stop_on_signal(shutdown: CancellationToken) {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
         return;
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = hup.recv() => {}
     }
     shutdown.cancel();
 }

@@ -928,3 +928,46 @@ fn a_node_setting_out_of_range_is_a_clear_error() {
     );
     fails_with(out, "max_leaves must be from 0 to 1000000, not 2000000");
 }
+
+/// `send NAME -` reads the message from standard input (before: it sent "-"), and every
+/// command that changes something answers `--json` with `{"message": ...}` (before: no
+/// `--json` on set-status, down, contacts add|remove|accept|block, inbox delete|clear,
+/// outbox drop).
+#[test]
+fn send_reads_stdin_and_every_change_answers_json() {
+    let net = natter_tests::TestNet::new();
+    let mut alice = net.node("alice", &["--role", "superpeer"]);
+    alice.wait_role("superpeer", Duration::from_secs(30));
+    let home = alice.home.clone();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = natter(&home, args, "");
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {:?}", stdout(&out)))
+    };
+    let message = |v: serde_json::Value| v["message"].as_str().unwrap().to_owned();
+    assert!(message(json(&["set-status", "away", "--json"])).contains("away"));
+    assert!(message(json(&["contacts", "add", "carol", "--json"])).contains("carol"));
+    assert!(message(json(&["contacts", "block", "mallory", "--json"])).contains("blocked"));
+    assert!(message(json(&["contacts", "accept", "mallory", "--json"])).contains("accepted"));
+    assert!(message(json(&["contacts", "remove", "carol", "--json"])).contains("removed"));
+    // bob exists but is not running: the message is queued, and read from stdin.
+    net.node("bob", &["--role", "leaf"]).kill();
+    let out = natter(
+        &home,
+        &["send", "bob", "-", "--no-wait", "--json"],
+        "two lines\nfrom stdin\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let outbox = json(&["outbox", "--json"]);
+    assert_eq!(outbox[0]["text"], "two lines\nfrom stdin");
+    let id = outbox[0]["id"].as_str().unwrap().to_owned();
+    assert!(message(json(&["outbox", "drop", &id, "--json"])).contains("dropped 1"));
+    let too_long = "x".repeat(natter_proto::limits::MAX_MESSAGE_TEXT_BYTES + 1);
+    fails_with(natter(&home, &["send", "bob", "-"], &too_long), "over");
+    assert!(message(json(&["down", "--json"])).contains("stop"));
+    alice.wait_exit(Duration::from_secs(30));
+    // Not running: still JSON, still exit 0.
+    assert!(message(json(&["down", "--json"])).contains("not running"));
+    assert!(message(json(&["inbox", "clear", "--json"])).contains("deleted 0"));
+}

@@ -120,3 +120,70 @@ fn scrape(addr: &str) -> String {
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     response
 }
+
+/// Closing the terminal (SIGHUP to the demo's process group), while the network comes up or
+/// after: the demo stops its daemons and removes its temporary directory. Before, SIGHUP
+/// killed it at once and left the directory (and, in another process group, the daemons)
+/// behind.
+#[test]
+fn demo_cleans_up_when_its_terminal_closes() {
+    use std::os::unix::process::CommandExt as _;
+    for hang_up_after in ["[3/6]", "the network is up"] {
+        let mut demo = Demo(
+            Command::new(natter_tests::bin("natter"))
+                .arg("demo")
+                .env("NATTER_LOG", "warn")
+                .stdout(Stdio::piped())
+                .process_group(0)
+                .spawn()
+                .unwrap(),
+        );
+        let child = &mut demo.0;
+        let pgid = child.id().to_string();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let dir = first
+            .split_once("state in ")
+            .map(|(_, d)| std::path::PathBuf::from(d))
+            .unwrap_or_else(|| panic!("no state directory in {first:?}"));
+        assert!(dir.is_dir());
+        let (tx, rx) = std::sync::mpsc::sync_channel(256);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            let line = rx.recv_timeout(Duration::from_secs(120)).unwrap();
+            if line.trim_start().starts_with(hang_up_after) {
+                break;
+            }
+        }
+        let hup = Command::new("kill")
+            .args(["-HUP", "--", &format!("-{pgid}")])
+            .status()
+            .unwrap();
+        assert!(hup.success());
+        let status = natter_tests::wait_for("demo exit", Duration::from_secs(30), || {
+            child.try_wait().unwrap()
+        });
+        assert!(status.success(), "{hang_up_after}: {status}");
+        assert!(
+            !dir.exists(),
+            "{hang_up_after}: {} left behind",
+            dir.display()
+        );
+        // Nothing of the demo's process group is left.
+        natter_tests::wait_for("the daemons gone", Duration::from_secs(10), || {
+            let alive = Command::new("kill")
+                .args(["-0", "--", &format!("-{pgid}")])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            (!alive).then_some(())
+        });
+    }
+}

@@ -12,7 +12,7 @@ use natter_node::offline::{LocalStore, OutboxItem};
 use natter_node::outln;
 use natter_node::terminal::escape;
 
-use super::{connect, format_ms, parse_name, print_done, unexpected};
+use super::{connect, format_ms, parse_name, print_done, print_message, unexpected};
 
 pub(crate) async fn send(
     home: &Home,
@@ -22,6 +22,11 @@ pub(crate) async fn send(
     wait: bool,
 ) -> anyhow::Result<()> {
     let name = parse_name(name)?;
+    let text = if text == "-" {
+        read_stdin_text()?
+    } else {
+        text
+    };
     let view = match connect(home).await? {
         Some(mut client) => {
             let request = ControlRequest::Send {
@@ -44,6 +49,27 @@ pub(crate) async fn send(
         }
     };
     print_sent(&view, json)
+}
+
+/// `send NAME -`: the message from standard input, at most the largest message (one byte
+/// more is read to tell), UTF-8, without the one trailing newline `echo` adds.
+fn read_stdin_text() -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let max = natter_proto::limits::MAX_MESSAGE_TEXT_BYTES;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(max as u64 + 2)
+        .read_to_end(&mut bytes)?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+    }
+    if bytes.len() > max {
+        bail!("the message on standard input is over {max} bytes; nothing was sent");
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!("the message on standard input is not UTF-8; nothing was sent")
+    })
 }
 
 fn print_sent(view: &SendView, json: bool) -> anyhow::Result<()> {
@@ -152,12 +178,11 @@ fn print_inbox(store: &LocalStore, json: bool) -> anyhow::Result<()> {
 
 /// `inbox delete|clear`, `contacts accept|block`: through the daemon, or in the store when
 /// it is down.
-pub(crate) async fn edit(home: &Home, edit: InboxEdit) -> anyhow::Result<()> {
+pub(crate) async fn edit(home: &Home, edit: InboxEdit, json: bool) -> anyhow::Result<()> {
     let Some(mut client) = connect(home).await? else {
-        outln!("{}", escape(&LocalStore::open(home)?.edit(&edit)?));
-        return Ok(());
+        return print_message(&LocalStore::open(home)?.edit(&edit)?, json);
     };
-    print_done(client.call(&ControlRequest::Edit { edit }).await?)
+    print_done(client.call(&ControlRequest::Edit { edit }).await?, json)
 }
 
 /// `outbox`: read from the store, whether the daemon runs or not.
@@ -229,16 +254,17 @@ pub(crate) fn contact_requests(home: &Home, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `contacts add|remove|list`, each with `--json`.
 #[derive(Debug)]
 pub(crate) enum Contacts {
-    Add(String),
-    Remove(String),
+    Add(String, bool),
+    Remove(String, bool),
     List { json: bool },
 }
 
 /// `contacts add|remove|list`: through the daemon, or in the store when it is down.
 pub(crate) async fn contacts(home: &Home, cmd: Contacts) -> anyhow::Result<()> {
-    if let Contacts::Add(name) = &cmd
+    if let Contacts::Add(name, _) = &cmd
         && home
             .identity()
             .is_ok_and(|me| parse_name(name).is_ok_and(|n| n == me.user))
@@ -247,31 +273,30 @@ pub(crate) async fn contacts(home: &Home, cmd: Contacts) -> anyhow::Result<()> {
     }
     let Some(mut client) = connect(home).await? else {
         let local = LocalStore::open(home)?;
-        match cmd {
-            Contacts::Add(name) => outln!("{}", escape(&local.add_contact(&name)?)),
-            Contacts::Remove(name) => outln!("{}", escape(&local.remove_contact(&name)?)),
-            Contacts::List { json } => print_contacts(&local.contacts()?, json)?,
-        }
-        return Ok(());
+        return match cmd {
+            Contacts::Add(name, json) => print_message(&local.add_contact(&name)?, json),
+            Contacts::Remove(name, json) => print_message(&local.remove_contact(&name)?, json),
+            Contacts::List { json } => print_contacts(&local.contacts()?, json),
+        };
     };
     let (request, json) = match cmd {
-        Contacts::Add(name) => (
+        Contacts::Add(name, json) => (
             ControlRequest::ContactsAdd {
                 name: parse_name(&name)?.to_string(),
             },
-            false,
+            json,
         ),
-        Contacts::Remove(name) => (
+        Contacts::Remove(name, json) => (
             ControlRequest::ContactsRemove {
                 name: parse_name(&name)?.to_string(),
             },
-            false,
+            json,
         ),
         Contacts::List { json } => (ControlRequest::ContactsList, json),
     };
     match client.call(&request).await? {
         ControlResponse::Contacts(list) => print_contacts(&list, json),
-        other => print_done(other),
+        other => print_done(other, json),
     }
 }
 

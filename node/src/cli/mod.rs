@@ -62,14 +62,21 @@ pub(crate) async fn call(home: &Home, request: ControlRequest) -> anyhow::Result
     Ok(client.call(&request).await?)
 }
 
-pub(crate) fn print_done(response: ControlResponse) -> anyhow::Result<()> {
+pub(crate) fn print_done(response: ControlResponse, json: bool) -> anyhow::Result<()> {
     match response {
-        ControlResponse::Done { message } => {
-            outln!("{}", escape(&message));
-            Ok(())
-        }
+        ControlResponse::Done { message } => print_message(&message, json),
         other => unexpected(other),
     }
+}
+
+/// What a command that changes something did: a sentence, or `{"message": ...}` in JSON.
+pub(crate) fn print_message(message: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        outln!("{}", serde_json::json!({ "message": message }));
+    } else {
+        outln!("{}", escape(message));
+    }
+    Ok(())
 }
 
 pub(crate) fn unexpected<T>(answer: ControlResponse) -> anyhow::Result<T> {

@@ -99,20 +99,27 @@ pub(crate) async fn netcheck(home: &Home, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn set_status(home: &Home, status: Status) -> anyhow::Result<()> {
-    print_done(call(home, ControlRequest::SetStatus { status }).await?)
+pub(crate) async fn set_status(home: &Home, status: Status, json: bool) -> anyhow::Result<()> {
+    print_done(
+        call(home, ControlRequest::SetStatus { status }).await?,
+        json,
+    )
 }
 
 /// `down`: stopping a daemon that is not running is no error; it says so on stderr.
-pub(crate) async fn down(home: &Home) -> anyhow::Result<()> {
+pub(crate) async fn down(home: &Home, json: bool) -> anyhow::Result<()> {
     let Some(mut client) = connect(home).await? else {
-        eprintln!(
+        let message = format!(
             "natter is not running for {}: nothing to stop",
             home.dir().display()
         );
+        if json {
+            return super::print_message(&message, true);
+        }
+        eprintln!("{message}");
         return Ok(());
     };
-    print_done(client.call(&ControlRequest::Down).await?)
+    print_done(client.call(&ControlRequest::Down).await?, json)
 }
 
 /// `ping NAME`: one line per probe; an error (exit 1) when no probe was answered, after the

@@ -236,14 +236,16 @@ impl Net {
         self.work.join(format!("home-{user}"))
     }
 
-    /// Starts `natter up --role auto` on `host` (already registered), listening on the host's
-    /// own address, TCP and QUIC on [`NODE_PORT`]; promotion needs no uptime and one core.
+    /// Starts plain `natter up` on `host` (already registered), listening on the host's own
+    /// address, TCP and QUIC on [`NODE_PORT`]: the default role and promotion rules (public
+    /// hosts promote by need, as the new network has no superpeer), but one core is enough,
+    /// as the lab's hosts share the machine's.
     pub(crate) fn start_node(&mut self, host: &Host) -> anyhow::Result<()> {
         let ip = host.ip()?;
         let home = self.home(host.name);
         let tcp = format!("/ip4/{ip}/tcp/{NODE_PORT}");
         let quic = format!("/ip4/{ip}/udp/{NODE_PORT}/quic-v1");
-        let args: [&OsStr; 13] = [
+        let args: [&OsStr; 9] = [
             "--home".as_ref(),
             home.as_ref(),
             "up".as_ref(),
@@ -251,10 +253,6 @@ impl Net {
             tcp.as_ref(),
             "--listen".as_ref(),
             quic.as_ref(),
-            "--role".as_ref(),
-            "auto".as_ref(),
-            "--min-uptime".as_ref(),
-            "0".as_ref(),
             "--min-cores".as_ref(),
             "1".as_ref(),
         ];

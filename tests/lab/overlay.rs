@@ -1,4 +1,4 @@
-//! The overlay scenarios: `natter up --role auto` on every host, as a user would run it, and
+//! The overlay scenarios: plain `natter up` on every host, as a user would run it, and
 //! what the network makes of it. The nodes keep running from `promotion` to the end of the lab
 //! run; each scenario starts from where the previous one left the network.
 //!
@@ -32,8 +32,9 @@ const PROMOTED_LINE: &str = "promoted to superpeer";
 
 /// The public hosts promote themselves; every user behind NAT stays a leaf and attaches to two
 /// of them:
-/// - public1..3 run `natter up --role auto` (no `--role superpeer`): AutoNAT v2 confirms the
-///   address each listens on, and `natter status` reads superpeer, reachability public, with
+/// - public1..3 run plain `natter up` (no role, no uptime flag): AutoNAT v2 confirms the
+///   address each listens on, the new network has fewer than 3 superpeers so each promotes
+///   by need within seconds, and `natter status` reads superpeer, reachability public, with
 ///   that address among its external addresses;
 /// - then alice, bob (home NATs), carol (symmetric NAT) and dave (CGNAT + home NAT) run the
 ///   same command. Each attaches to two distinct superpeers (primary and standby), holds a

@@ -489,6 +489,19 @@ mod tests {
         }
     }
 
+    /// An outbox with a route to bob, and `send`s m1..m3 to him waiting (waiters 1 to 3).
+    fn three_sends_to_bob() -> (Outbox<u32>, UserName) {
+        let mut o: Outbox<u32> = Outbox::default();
+        let bob = name("bob");
+        o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
+        o.queueing();
+        for i in 1..=3 {
+            o.queued(bob.clone(), format!("m{i}"), Some(i), Instant::now());
+        }
+        drain(&mut o);
+        (o, bob)
+    }
+
     /// The ids of the batches the next actions deliver.
     fn delivered_ids<W>(actions: &[Action<W>]) -> Vec<Vec<String>> {
         actions
@@ -706,14 +719,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_batch_refused_in_part_delivers_the_stored_ones_and_holds_the_rest() {
-        let mut o: Outbox<u32> = Outbox::default();
-        let bob = name("bob");
-        o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
-        o.queueing();
-        for i in 1..=3 {
-            o.queued(bob.clone(), format!("m{i}"), Some(i), Instant::now());
-        }
-        drain(&mut o);
+        let (mut o, bob) = three_sends_to_bob();
         let batch = (1..=3)
             .map(|i| queued(&format!("m{i}"), "bob", i))
             .collect();
@@ -773,14 +779,7 @@ mod tests {
     /// the whole batch was retried every 30 s for ever.
     #[tokio::test(start_paused = true)]
     async fn a_message_refused_as_malformed_is_found_and_parked_and_the_rest_delivered() {
-        let mut o: Outbox<u32> = Outbox::default();
-        let bob = name("bob");
-        o.learn_route(bob.clone(), PeerId::random(), vec![], Instant::now());
-        o.queueing();
-        for i in 1..=3 {
-            o.queued(bob.clone(), format!("m{i}"), Some(i), Instant::now());
-        }
-        drain(&mut o);
+        let (mut o, bob) = three_sends_to_bob();
         let all: Vec<QueuedMessage> = (1..=70)
             .map(|i| queued(&format!("m{i}"), "bob", i))
             .collect();

@@ -946,13 +946,14 @@ fn send_reads_stdin_and_every_change_answers_json() {
             .unwrap_or_else(|e| panic!("{args:?}: {e}: {:?}", stdout(&out)))
     };
     let message = |v: serde_json::Value| v["message"].as_str().unwrap().to_owned();
+    // bob exists but is not running.
+    net.node("bob", &["--role", "leaf"]).kill();
     assert!(message(json(&["set-status", "away", "--json"])).contains("away"));
-    assert!(message(json(&["contacts", "add", "carol", "--json"])).contains("carol"));
+    assert!(message(json(&["contacts", "add", "bob", "--json"])).contains("bob added"));
     assert!(message(json(&["contacts", "block", "mallory", "--json"])).contains("blocked"));
     assert!(message(json(&["contacts", "accept", "mallory", "--json"])).contains("accepted"));
-    assert!(message(json(&["contacts", "remove", "carol", "--json"])).contains("removed"));
-    // bob exists but is not running: the message is queued, and read from stdin.
-    net.node("bob", &["--role", "leaf"]).kill();
+    assert!(message(json(&["contacts", "remove", "bob", "--json"])).contains("removed"));
+    // The message is queued (bob is down), and read from stdin.
     let out = natter(
         &home,
         &["send", "bob", "-", "--no-wait", "--json"],

@@ -170,6 +170,8 @@ fn bad_input_is_refused_before_queueing() {
     let big = "x".repeat(64 * 1024 + 1);
     fails(&["send", "alice", &big], "at most 65536 bytes");
     fails(&["contacts", "add", "Alice"], "cannot add yourself");
+    // Only users who exist (before: any well-formed name was added).
+    fails(&["contacts", "add", "nobody"], "no user named nobody");
     let status = natter_json(&alice.home, &["status"]).unwrap();
     assert_eq!(status["user"], "alice");
     // Nothing reached the outbox: a queued message would be retried for ever.

@@ -154,6 +154,13 @@ impl Daemon {
             (LoginPending::Revocations, Ok(LoginResponse::Revocations { list })) => {
                 self.on_revocation_list("login server", list);
             }
+            (LoginPending::ContactExists { name, reply }, response) => {
+                let exists = match response {
+                    Ok(LoginResponse::Exists { exists, .. }) => Some(exists),
+                    _ => None,
+                };
+                self.add_contact(name, exists, reply);
+            }
             (LoginPending::Exists { name, purpose }, response) => {
                 let exists = match response {
                     Ok(LoginResponse::Exists { exists, .. }) => Some(exists),

@@ -679,18 +679,16 @@ impl Daemon {
                 Ok(n) if n == self.identity.user => {
                     let _ = reply.try_send(Err("you cannot add yourself to your contacts".into()));
                 }
-                Ok(n) => self.store_then(
-                    move |s| s.add_contact(n.as_str()).map(|_| n),
-                    move |_, added| {
-                        let _ = reply.try_send(
-                            added
-                                .map(|n| ControlResponse::Done {
-                                    message: format!("{n} added to contacts"),
-                                })
-                                .map_err(|e| e.to_string()),
-                        );
-                    },
-                ),
+                // Only a user who exists: the login server is asked first.
+                Ok(n) => {
+                    let request = natter_proto::login::LoginRequest::Exists {
+                        name: n.to_string(),
+                    };
+                    self.send_login(
+                        request,
+                        super::LoginPending::ContactExists { name: n, reply },
+                    );
+                }
                 Err(e) => {
                     let _ = reply.try_send(Err(e));
                 }
@@ -723,6 +721,39 @@ impl Daemon {
                 },
             ),
         }
+    }
+
+    /// The login server's answer for `contacts add name`: added if the account exists (or if
+    /// the login server cannot tell now: the user asked for it, and it can be removed).
+    pub(super) fn add_contact(
+        &mut self,
+        name: UserName,
+        exists: Option<bool>,
+        reply: Replier<ControlResponse>,
+    ) {
+        if exists == Some(false) {
+            let _ = reply.try_send(Err(format!(
+                "no user named {name}: nobody registered that name; nothing was added"
+            )));
+            return;
+        }
+        let note = if exists.is_none() {
+            " (the login server could not say whether that user exists)"
+        } else {
+            ""
+        };
+        self.store_then(
+            move |s| s.add_contact(name.as_str()).map(|_| name),
+            move |_, added| {
+                let _ = reply.try_send(
+                    added
+                        .map(|n| ControlResponse::Done {
+                            message: format!("{n} added to contacts{note}"),
+                        })
+                        .map_err(|e| e.to_string()),
+                );
+            },
+        );
     }
 
     /// Tells online contacts of this node's new status directly (best effort; crashes are

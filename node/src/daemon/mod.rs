@@ -225,6 +225,11 @@ enum LoginPending {
         name: UserName,
         purpose: LookupFor,
     },
+    /// `contacts add NAME`: does the account exist? Added only if it does.
+    ContactExists {
+        name: UserName,
+        reply: Replier<ControlResponse>,
+    },
 }
 
 /// What happens in the daemon's loop when a store job is done.

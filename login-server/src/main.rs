@@ -69,14 +69,30 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum UserCommand {
     /// Create an account; the password is read from stdin (first line) or prompted.
-    Add { name: String },
+    Add {
+        name: String,
+        /// Print JSON: {"message": "..."}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Disable an account: no more logins or renewals, and its certificates are revoked
     /// (superpeers and peers refuse them within a minute).
-    Disable { name: String },
+    Disable {
+        name: String,
+        /// Print JSON: {"message": "..."}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke one device of an account (its peer id, as `natter status` shows it, or its
     /// key in hex): its certificates stop working within a minute and it cannot renew; the
     /// owner can log in on it again with the password.
-    RevokeDevice { name: String, device: String },
+    RevokeDevice {
+        name: String,
+        device: String,
+        /// Print JSON: {"message": "..."}.
+        #[arg(long)]
+        json: bool,
+    },
     /// List accounts.
     List {
         /// Print JSON instead of text.
@@ -184,11 +200,21 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+/// What a `user` command did: a sentence, or `{"message": ...}` in JSON.
+fn done(message: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        outln!("{}", serde_json::json!({ "message": message }));
+    } else {
+        outln!("{message}");
+    }
+    Ok(())
+}
+
 fn user(dir: &std::path::Path, cmd: UserCommand) -> anyhow::Result<()> {
     keys::ensure_private_dir(dir)?;
     let db = Accounts::open(dir)?;
     match cmd {
-        UserCommand::Add { name } => {
+        UserCommand::Add { name, json } => {
             let name = UserName::parse(&name)?;
             if db.exists(&name)? {
                 bail!("the name {name} is already taken");
@@ -199,26 +225,32 @@ fn user(dir: &std::path::Path, cmd: UserCommand) -> anyhow::Result<()> {
             if !db.create(&name, &hash, natter_login_server::service::unix_now())? {
                 bail!("the name {name} is already taken");
             }
-            outln!("added {name}");
+            done(&format!("added {name}"), json)?;
         }
-        UserCommand::Disable { name } => {
+        UserCommand::Disable { name, json } => {
             let name = UserName::parse(&name)?;
             let now = natter_login_server::service::unix_now();
             if !db.set_disabled(&name, true, now)? {
                 bail!("no user named {name}");
             }
-            outln!(
-                "disabled {name}: no more logins or renewals; its certificates are revoked (refused everywhere within a minute)"
-            );
+            done(
+                &format!(
+                    "disabled {name}: no more logins or renewals; its certificates are revoked (refused everywhere within a minute)"
+                ),
+                json,
+            )?;
         }
-        UserCommand::RevokeDevice { name, device } => {
+        UserCommand::RevokeDevice { name, device, json } => {
             let name = UserName::parse(&name)?;
             let key = device_key(&device)?;
             let now = natter_login_server::service::unix_now();
             if !db.revoke_device(&name, &key, now)? {
                 bail!("no user named {name}");
             }
-            outln!("revoked device {device} of {name} (refused everywhere within a minute)");
+            done(
+                &format!("revoked device {device} of {name} (refused everywhere within a minute)"),
+                json,
+            )?;
         }
         UserCommand::List { json } => {
             let list = db.list()?;

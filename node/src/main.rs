@@ -44,6 +44,9 @@ enum Command {
         /// are moved aside). For a second user on one machine, use another --home instead.
         #[arg(long)]
         force: bool,
+        /// Print JSON: {"user", "peer_id", "cert_expires_at"}.
+        #[arg(long)]
+        json: bool,
     },
     /// Certify this device for an existing account. Password: stdin or prompt.
     Login {
@@ -56,6 +59,9 @@ enum Command {
         /// are moved aside). For a second user on one machine, use another --home instead.
         #[arg(long)]
         force: bool,
+        /// Print JSON: {"user", "peer_id", "cert_expires_at"}.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the node: attach, publish presence, and promote to superpeer when reachable and
     /// capable. Runs in the foreground until Ctrl-C, SIGTERM or `natter down`.
@@ -308,11 +314,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = &runtime;
     match cli.command {
         Command::Demo { .. } => unreachable!("handled above"),
-        Command::Register { name, login, force } => {
-            cli::account::certify(rt, &home, &name, login, force, cli::account::Mode::Register)
+        Command::Register {
+            name,
+            login,
+            force,
+            json,
+        } => {
+            let mode = cli::account::Mode::Register;
+            cli::account::certify(rt, &home, &name, login, force, mode, json)
         }
-        Command::Login { name, login, force } => {
-            cli::account::certify(rt, &home, &name, login, force, cli::account::Mode::Login)
+        Command::Login {
+            name,
+            login,
+            force,
+            json,
+        } => {
+            let mode = cli::account::Mode::Login;
+            cli::account::certify(rt, &home, &name, login, force, mode, json)
         }
         Command::Up {
             listen,

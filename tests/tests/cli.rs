@@ -972,3 +972,72 @@ fn send_reads_stdin_and_every_change_answers_json() {
     assert!(message(json(&["down", "--json"])).contains("not running"));
     assert!(message(json(&["inbox", "clear", "--json"])).contains("deleted 0"));
 }
+
+/// `register`, `login` and `natter-login user add|disable|revoke-device` answer `--json`
+/// (before: text only).
+#[test]
+fn accounts_answer_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("login");
+    let server = LoginProcess::start(&data);
+    let data = data.to_str().unwrap();
+    let value = |o: &Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", stdout(o)))
+    };
+    let added = value(&run(
+        "natter-login",
+        &["--data-dir", data, "user", "add", "erin", "--json"],
+        "password1\n",
+    ));
+    assert_eq!(added["message"], "added erin");
+    let home = tmp.path().join("erin");
+    let login = |verb: &str| {
+        value(&natter(
+            &home,
+            &[verb, "erin", "--login", &server.addr, "--json"],
+            "password1\n",
+        ))
+    };
+    let logged_in = login("login");
+    assert_eq!(logged_in["user"], "erin");
+    let peer_id = logged_in["peer_id"].as_str().unwrap().to_owned();
+    assert!(peer_id.starts_with("12D3Koo"), "{logged_in}");
+    assert!(logged_in["cert_expires_at"].as_u64().unwrap() > 1_700_000_000);
+    let registered = value(&natter(
+        &tmp.path().join("fay"),
+        &["register", "fay", "--login", &server.addr, "--json"],
+        "password1\n",
+    ));
+    assert_eq!(registered["user"], "fay");
+    let revoked = value(&run(
+        "natter-login",
+        &[
+            "--data-dir",
+            data,
+            "user",
+            "revoke-device",
+            "erin",
+            &peer_id,
+            "--json",
+        ],
+        "",
+    ));
+    assert!(
+        revoked["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked device")
+    );
+    let disabled = value(&run(
+        "natter-login",
+        &["--data-dir", data, "user", "disable", "fay", "--json"],
+        "",
+    ));
+    assert!(
+        disabled["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("disabled fay")
+    );
+}

@@ -31,6 +31,7 @@ pub(crate) fn certify(
     login: Multiaddr,
     force: bool,
     mode: Mode,
+    json: bool,
 ) -> anyhow::Result<()> {
     let name = parse_name(name)?;
     let replaced = previous_user(home, &name, force)?;
@@ -79,7 +80,7 @@ pub(crate) fn certify(
             aside.display()
         );
     }
-    save(home, name, login, issued, verb)
+    save(home, name, login, issued, verb, json)
 }
 
 /// `fut`, unless Ctrl-C comes first (when `sigint` watches for it).
@@ -123,14 +124,27 @@ fn save(
     login: Multiaddr,
     issued: Issued,
     verb: &str,
+    json: bool,
 ) -> anyhow::Result<()> {
     let expires = issued.cert.expires_at();
+    let peer_id = issued.cert.peer_id();
     home.save_identity(&Identity {
         user: user.clone(),
         login,
         issuer_key: issued.issuer_key,
         cert: issued.cert,
     })?;
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "user": user.as_str(),
+                "peer_id": peer_id.to_string(),
+                "cert_expires_at": expires,
+            })
+        );
+        return Ok(());
+    }
     let until = std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires);
     outln!(
         "{verb} {user}; certificate valid until {}",

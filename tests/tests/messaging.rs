@@ -539,10 +539,13 @@ fn contacts_see_a_status_change_at_once_through_inbox_follow() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        natter_json(&alice.home, &["contacts", "list"]).unwrap(),
-        serde_json::json!(["bob"])
-    );
+    // The list shows each contact's presence (before: names only).
+    let contacts = natter_json(&alice.home, &["contacts", "list"]).unwrap();
+    assert_eq!(contacts[0]["name"], "bob", "{contacts}");
+    assert_eq!(contacts[0]["status"], "online", "{contacts}");
+    assert_eq!(contacts.as_array().unwrap().len(), 1, "{contacts}");
+    let out = natter(&alice.home, &["contacts", "list"], "");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bob: online\n");
 
     let mut follow = std::process::Command::new(natter_tests::bin("natter"))
         .arg("--home")

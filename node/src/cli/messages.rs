@@ -276,7 +276,13 @@ pub(crate) async fn contacts(home: &Home, cmd: Contacts) -> anyhow::Result<()> {
         return match cmd {
             Contacts::Add(name, json) => print_message(&local.add_contact(&name)?, json),
             Contacts::Remove(name, json) => print_message(&local.remove_contact(&name)?, json),
-            Contacts::List { json } => print_contacts(&local.contacts()?, json),
+            Contacts::List { json } => {
+                let unknown = local
+                    .contacts()?
+                    .into_iter()
+                    .map(ContactView::not_looked_up);
+                print_contacts(&unknown.collect::<Vec<_>>(), json)
+            }
         };
     };
     let (request, json) = match cmd {
@@ -295,16 +301,78 @@ pub(crate) async fn contacts(home: &Home, cmd: Contacts) -> anyhow::Result<()> {
         Contacts::List { json } => (ControlRequest::ContactsList, json),
     };
     match client.call(&request).await? {
-        ControlResponse::Contacts(list) => print_contacts(&list, json),
+        ControlResponse::Contacts(list) => print_contacts(&with_presence(home, list).await, json),
         other => print_done(other, json),
     }
 }
 
-fn print_contacts(list: &[String], json: bool) -> anyhow::Result<()> {
+/// Contacts whose presence `contacts list` looks up, at most; the rest are listed without.
+const MAX_CONTACT_LOOKUPS: usize = 100;
+/// Lookups in flight at once.
+const CONTACT_LOOKUPS_AT_ONCE: usize = 8;
+
+/// One line of `natter contacts list --json`: the contact, and its presence as a lookup
+/// through the running daemon found it (as `lookup` says it: "online", ..., "offline",
+/// "unknown"); `null` when not looked up (the daemon is down, or past the first 100).
+#[derive(Debug, Clone, serde::Serialize)]
+struct ContactView {
+    name: String,
+    status: Option<String>,
+    last_seen: Option<u64>,
+}
+
+impl ContactView {
+    fn not_looked_up(name: String) -> Self {
+        Self {
+            name,
+            status: None,
+            last_seen: None,
+        }
+    }
+}
+
+/// The contacts' presence, looked up through the daemon a few at a time.
+async fn with_presence(home: &Home, names: Vec<String>) -> Vec<ContactView> {
+    use futures::StreamExt as _;
+    let lookups = names.into_iter().enumerate().map(|(i, name)| async move {
+        if i >= MAX_CONTACT_LOOKUPS {
+            return ContactView::not_looked_up(name);
+        }
+        let request = ControlRequest::Lookup { name: name.clone() };
+        match super::call(home, request).await {
+            Ok(ControlResponse::Lookup(v)) => ContactView {
+                name,
+                status: Some(v.status),
+                last_seen: v.last_seen,
+            },
+            _ => ContactView {
+                status: Some("unknown".into()),
+                ..ContactView::not_looked_up(name)
+            },
+        }
+    });
+    futures::stream::iter(lookups)
+        .buffered(CONTACT_LOOKUPS_AT_ONCE)
+        .collect()
+        .await
+}
+
+fn print_contacts(list: &[ContactView], json: bool) -> anyhow::Result<()> {
     if json {
         outln!("{}", serde_json::to_string_pretty(list)?);
-    } else {
-        list.iter().for_each(|c| outln!("{}", escape(c)));
+        return Ok(());
+    }
+    for c in list {
+        let Some(status) = &c.status else {
+            outln!("{}", escape(&c.name));
+            continue;
+        };
+        let seen = c
+            .last_seen
+            .filter(|_| status == "offline")
+            .map(|s| format!(", last seen {}", format_ms(s.saturating_mul(1000))))
+            .unwrap_or_default();
+        outln!("{}: {}{seen}", escape(&c.name), escape(status));
     }
     Ok(())
 }

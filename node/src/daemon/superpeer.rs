@@ -97,6 +97,8 @@ impl Daemon {
     /// Same process, same PeerId, same listeners: only the behaviours' status flips.
     fn promote(&mut self, need: Option<String>) {
         self.role = Current::Superpeer;
+        // A later need (after a demotion) waits and asks again afresh.
+        self.need_gate = Default::default();
         self.role_reason = match (self.config.role, need) {
             (Role::Superpeer, _) => "role is superpeer (forced)".into(),
             (_, Some(need)) => format!(

@@ -98,6 +98,10 @@ enum Command {
         /// through its superpeers' relays, then hole punching may upgrade to direct.
         #[arg(long, env = "NATTER_NO_DIRECT")]
         no_direct: bool,
+        /// Print the progress lines as JSON, one object per line: {"at", "phase"} (`at` in
+        /// milliseconds since the epoch).
+        #[arg(long)]
+        json: bool,
     },
     /// Show this node's role, reachability and superpeers.
     Status {
@@ -341,6 +345,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             min_free_memory,
             metrics,
             no_direct,
+            json,
         } => {
             // Precedence: defaults < file < environment < flags (clap already put the
             // environment under the flags).
@@ -372,6 +377,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or(t.min_free_memory_mib);
             config.metrics = metrics.or(file.metrics);
             config.publish_direct = !no_direct && file.publish_direct_addrs.unwrap_or(true);
+            config.json = json;
             if let Some(inbox) = &file.inbox {
                 inbox.apply(&mut config.inbox, &mut config.retention);
             }

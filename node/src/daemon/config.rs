@@ -1,0 +1,116 @@
+//! How a node daemon runs: [`DaemonConfig`], its documented defaults and its ranges.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use natter_superpeer::{Role, Thresholds};
+
+use crate::store::InboxLimits;
+
+/// How a node daemon runs. [`DaemonConfig::default`] gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Listen addresses (default: TCP and QUIC on all IPv4 interfaces, ports chosen by the OS).
+    pub listen: Vec<Multiaddr>,
+    pub role: Role,
+    pub thresholds: Thresholds,
+    /// Leaves a superpeer accepts (default 1,000).
+    pub max_leaves: usize,
+    /// Established connections in total (default 4,096).
+    pub max_connections: u32,
+    /// How long a presence record vouches for its user (default 90 s): a crashed user reads
+    /// offline within this lease at the latest.
+    pub lease: Duration,
+    /// How often a leaf re-publishes its record (default 30 s).
+    pub publish_interval: Duration,
+    /// Where to serve Prometheus metrics (default: nowhere).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Publish this node's public addresses in the directory (default true). Without them,
+    /// others reach a leaf through its superpeers' relays first (hole punching may still
+    /// upgrade the path), and the directory does not reveal its IP address.
+    pub publish_direct: bool,
+    /// Inbound connections one remote IP address may hold (default 512): enough for many
+    /// leaves behind one NAT, not every slot of a superpeer.
+    pub max_connections_per_ip: u32,
+    /// How long the promotion policy's answer must hold before the role follows it
+    /// (default: 2 s to promote, 30 s to demote).
+    pub hysteresis: natter_superpeer::promotion::Hysteresis,
+    /// The inbox's quotas (`[inbox]` in `natter.toml`).
+    pub inbox: InboxLimits,
+    /// Received messages older than this are deleted, hourly (default: kept until deleted).
+    pub retention: Option<Duration>,
+    /// Print the progress lines as JSON, one object per line: `{"at", "phase"}` (`up --json`).
+    pub json: bool,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("constant"),
+                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("constant"),
+            ],
+            role: Role::Auto,
+            thresholds: Thresholds::default(),
+            max_leaves: 1000,
+            max_connections: 4096,
+            lease: Duration::from_secs(90),
+            publish_interval: Duration::from_secs(30),
+            metrics: None,
+            publish_direct: true,
+            max_connections_per_ip: 512,
+            hysteresis: Default::default(),
+            inbox: InboxLimits::default(),
+            retention: None,
+            json: false,
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// Refuses settings the daemon cannot run with, named as `natter.toml` spells them, with
+    /// their range.
+    pub fn validate(&self) -> Result<(), String> {
+        use natter_proto::limits::within;
+        // 0: a superpeer that keeps the directory and serves no leaves (always "full").
+        within("max_leaves", self.max_leaves, 0, 1_000_000)?;
+        within("min_cores", self.thresholds.min_cores, 0, 4096)?;
+        within(
+            "min_free_memory_mib",
+            self.thresholds.min_free_memory_mib,
+            0,
+            1 << 30,
+        )?;
+        within(
+            "min_uptime_secs",
+            self.thresholds.min_uptime.as_secs(),
+            0,
+            30 * 24 * 3600,
+        )?;
+        let inbox = &self.inbox;
+        // 0 contact-request messages: strangers are refused until accepted.
+        within(
+            "inbox.request_messages",
+            inbox.request_messages,
+            0,
+            1_000_000,
+        )?;
+        within("inbox.request_kib", inbox.request_bytes / 1024, 0, 1 << 20)?;
+        within(
+            "inbox.contact_messages",
+            inbox.sender_messages,
+            1,
+            10_000_000,
+        )?;
+        within("inbox.contact_mib", inbox.sender_bytes >> 20, 1, 1 << 20)?;
+        within("inbox.total_messages", inbox.total_messages, 1, 100_000_000)?;
+        within("inbox.total_mib", inbox.total_bytes >> 20, 1, 1 << 22)?;
+        if let Some(keep) = self.retention {
+            within("inbox.retention_days", keep.as_secs() / 86_400, 1, 36_500)?;
+        }
+        if self.listen.is_empty() {
+            return Err("listen needs at least one address".into());
+        }
+        Ok(())
+    }
+}

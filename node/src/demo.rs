@@ -303,16 +303,11 @@ fn spawn(root: &Path, name: &'static str, role: &str) -> anyhow::Result<Daemon> 
             "--metrics",
             &metrics,
         ])
-        // The users stay leaves; the other nodes promote by the default rules.
+        // The users stay leaves, and on loopback every node is "public": keep the users'
+        // addresses out of the directory so their first contact goes through a relay, as it
+        // would behind NAT. The other nodes promote by the default rules.
         .args(if role == "leaf" {
-            &["--role", "leaf"][..]
-        } else {
-            &[][..]
-        })
-        // On loopback every node is "public": keep the users' addresses out of the directory
-        // so their first contact goes through a relay, as it would behind NAT.
-        .args(if role == "leaf" {
-            &["--no-direct"][..]
+            &["--role", "leaf", "--no-direct"][..]
         } else {
             &[][..]
         })

@@ -158,6 +158,12 @@ fn login_seeds() -> Seeds {
                 cert: cert("alice", ALICE),
             }),
         ),
+        (
+            "withdraw",
+            json(&LoginRequest::Withdraw {
+                cert: cert("alice", ALICE),
+            }),
+        ),
         ("revocations", json(&LoginRequest::Revocations { since: 0 })),
         (
             "revocations-list",

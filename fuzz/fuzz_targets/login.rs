@@ -68,8 +68,8 @@ fn serve(request: LoginRequest) {
             let _ = password.check();
             let _ = format!("{request:?}");
         }
-        // Renew, exists, announce, revocations, bootstrap, and whatever cheap request comes
-        // next.
+        // Renew, exists, announce, revocations, bootstrap, withdraw, and whatever cheap
+        // request comes next.
         _ => {
             // Alice's device asks, over a connection with no known source address (so the
             // per-address limits never refuse the rest of the run).

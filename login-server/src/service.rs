@@ -135,6 +135,7 @@ impl Service {
             LoginRequest::Login { name, password } => self.login(&name, &password, caller),
             LoginRequest::Renew { cert } => self.renew(&cert, caller),
             LoginRequest::Bootstrap { cert } => self.bootstrap(&cert, caller),
+            LoginRequest::Withdraw { cert } => self.withdraw(&cert, caller),
             LoginRequest::Exists { name } => self.exists(&name),
             LoginRequest::Revocations { since } => {
                 self.revocation_list()
@@ -285,6 +286,15 @@ impl Service {
             superpeers: registry.bootstrap(now, Some(&caller.peer)),
             supply: registry.supply(now),
         })
+    }
+
+    /// A superpeer that demoted or signs off: out of the registry at once. Only the caller's
+    /// own entry (by its Noise-authenticated peer id), and only with its own certificate.
+    fn withdraw(&self, cert: &Certificate, caller: Caller) -> Outcome {
+        let name = self.check_cert(cert, caller, self.config.renew_grace.as_secs())?;
+        lock(&self.registry).remove(&caller.peer);
+        tracing::info!(user = %name, peer = %caller.peer, "superpeer withdrew");
+        Ok(LoginResponse::Withdrawn)
     }
 
     /// A certificate presented by `caller`: ours, valid (within `grace`), issued to the

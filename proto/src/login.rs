@@ -73,6 +73,9 @@ pub enum LoginRequest {
     /// A bootstrap list and the network's supply, without a new certificate: what an
     /// unattached node polls for (a renewal only when the certificate is due).
     Bootstrap { cert: Certificate },
+    /// The connection's device is no longer a superpeer (it demoted or signs off): take it
+    /// out of the bootstrap lists now rather than when its announcement expires.
+    Withdraw { cert: Certificate },
 }
 
 impl LoginRequest {
@@ -86,6 +89,7 @@ impl LoginRequest {
             LoginRequest::Announce { .. } => "announce",
             LoginRequest::Revocations { .. } => "revocations",
             LoginRequest::Bootstrap { .. } => "bootstrap",
+            LoginRequest::Withdraw { .. } => "withdraw",
         }
     }
 }
@@ -137,6 +141,8 @@ pub enum LoginResponse {
         #[serde(default)]
         supply: Supply,
     },
+    /// The answer to [`LoginRequest::Withdraw`]: no longer listed.
+    Withdrawn,
     /// The answer to [`LoginRequest::Bootstrap`].
     Bootstrap {
         superpeers: Vec<SuperpeerInfo>,

@@ -83,3 +83,27 @@ fn plain_nodes_promote_by_need_and_the_rest_attach_to_two() {
     let answer = sp.send(&leaf_user, "hello back");
     assert_eq!(answer["status"], "delivered", "{answer}");
 }
+
+/// A superpeer that signs off (`natter down`) leaves the login server's bootstrap lists at
+/// once, so new leaves are not sent to it. Before, it stayed listed until its announcement
+/// expired (150 s).
+#[test]
+fn a_superpeer_that_signs_off_leaves_the_bootstrap_lists_at_once() {
+    let net = TestNet::new();
+    let mut sp = net.node("sid", &["--role", "superpeer"]);
+    sp.wait_role("superpeer", Duration::from_secs(30));
+    let peer = sp.peer_id();
+    wait_for("listed", Duration::from_secs(30), || {
+        net.server.lists(&peer).then_some(())
+    });
+    let out = natter_tests::natter(&sp.home, &["down"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sp.wait_exit(Duration::from_secs(30));
+    wait_for("no longer listed", Duration::from_secs(10), || {
+        (!net.server.lists(&peer)).then_some(())
+    });
+}

@@ -84,6 +84,7 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
                 }
                 (Current::Superpeer, _) => {
                     d.publish_own(natter_proto::Status::Offline);
+                    d.withdraw();
                     // Give the directory a moment to take the offline record.
                     d.going_down = Some((
                         std::time::Instant::now() + std::time::Duration::from_secs(1),

@@ -28,6 +28,15 @@ impl Daemon {
         self.send_login(request, LoginPending::Bootstrap);
     }
 
+    /// Tells the login server this node is no longer a superpeer (it demoted, or signs off),
+    /// so that bootstrap lists stop naming it now rather than when its announcement expires.
+    pub(super) fn withdraw(&mut self) {
+        let request = LoginRequest::Withdraw {
+            cert: self.identity.cert.clone(),
+        };
+        self.send_login(request, LoginPending::Withdraw);
+    }
+
     /// The login server's count of superpeers: promotion by need decides on it.
     fn learn_supply(&mut self, supply: Supply) {
         if self.supply != Some(supply) {
@@ -132,6 +141,12 @@ impl Daemon {
                 if self.merge_candidates(superpeers, Source::LoginServer, None) > 0 {
                     self.last_bootstrap = None;
                 }
+            }
+            (LoginPending::Withdraw, Ok(LoginResponse::Withdrawn)) => {
+                tracing::info!("withdrawn from the login server's bootstrap lists");
+            }
+            (LoginPending::Withdraw, other) => {
+                tracing::info!(?other, "withdrawing from the bootstrap lists failed");
             }
             (LoginPending::Bootstrap, other) => {
                 tracing::info!(?other, "asking the login server for superpeers failed");

@@ -115,6 +115,8 @@ enum LoginPending {
     Renew,
     /// A bootstrap list and the supply, without a new certificate.
     Bootstrap,
+    /// Out of the bootstrap lists (demoted, or signing off).
+    Withdraw,
     Announce,
     /// The revocation list, asked by a superpeer.
     Revocations,

@@ -137,6 +137,7 @@ impl Daemon {
         self.role = Current::Leaf;
         self.role_reason = reason;
         self.net.send(Command::SetSuperpeer(false));
+        self.withdraw();
         // Leaves find another superpeer through their standby.
         let leaves: Vec<PeerId> = self.leaves.peers().copied().collect();
         for leaf in leaves {

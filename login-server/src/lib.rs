@@ -232,6 +232,11 @@ pub enum Error {
     Sql(#[from] rusqlite::Error),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
+    #[error("cannot serve metrics on {addr}: {reason}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
     /// A listen port is taken by another process, or cannot be bound at all.
     #[error(transparent)]
     Port(#[from] natter_net::PortUnavailable),

@@ -92,7 +92,7 @@ impl Server {
         for addr in &config.listen {
             let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
                 addr: addr.clone(),
-                reason: e.to_string(),
+                reason: natter_net::error_chain(&e),
             })?;
             pending.insert(id, addr.clone());
         }
@@ -138,7 +138,7 @@ impl Server {
                     if let Some(addr) = pending.remove(&listener_id) {
                         return Err(Error::Listen {
                             addr,
-                            reason: e.to_string(),
+                            reason: natter_net::error_chain(&e),
                         });
                     }
                 }
@@ -148,9 +148,9 @@ impl Server {
         let metrics =
             match config.metrics {
                 Some(addr) => Some(crate::metrics::MetricsServer::bind(addr).await.map_err(
-                    |e| Error::Listen {
-                        addr: Multiaddr::empty(),
-                        reason: format!("metrics on {addr}: {e}"),
+                    |e| Error::Metrics {
+                        addr,
+                        reason: e.to_string(),
                     },
                 )?),
                 None => None,

@@ -39,6 +39,26 @@ fn describe(error: &io::Error) -> String {
     }
 }
 
+/// `error` and its sources as one line, the empty ones skipped: libp2p's transport errors
+/// keep the system's reason ("Cannot assign requested address") in their source only, and
+/// `listen_on`'s error alone prints nothing.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p: &String| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    if parts.is_empty() {
+        "unknown error".into()
+    } else {
+        parts.join(": ")
+    }
+}
+
 /// Fails if another socket already holds `addr` (`/ip4|ip6/<ip>/tcp/<port>` or
 /// `/ip4|ip6/<ip>/udp/<port>/quic-v1`), which libp2p's `SO_REUSEPORT` listeners would share.
 /// Port 0 and every other kind of address pass unchecked, and so does an address that cannot

@@ -1067,3 +1067,69 @@ fn up_prints_its_progress_as_json_lines() {
         "{phases:?}"
     );
 }
+
+/// An address that is not on this host: both programs say why they cannot listen (before:
+/// `cannot listen on ADDR: ` and nothing after, as libp2p keeps the reason in its error's
+/// source), and the login server names a metrics address it cannot bind.
+#[test]
+fn a_listen_address_not_on_this_host_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("login");
+    let elsewhere = "/ip4/192.0.2.1/tcp/4747";
+    let reason_after = |out: &Output, prefix: &str| {
+        let err = stderr(out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let reason = err
+            .split_once(prefix)
+            .map(|(_, r)| r.trim())
+            .unwrap_or_else(|| panic!("{prefix:?} not in {err:?}"));
+        assert!(!reason.is_empty(), "no reason in {err:?}");
+    };
+    let out = run_expecting_exit(
+        "natter-login",
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "serve",
+            "--listen",
+            elsewhere,
+        ],
+        Duration::from_secs(30),
+    );
+    reason_after(&out, &format!("cannot listen on {elsewhere}:"));
+    let out = run_expecting_exit(
+        "natter-login",
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--metrics",
+            "192.0.2.1:9",
+        ],
+        Duration::from_secs(30),
+    );
+    reason_after(&out, "cannot serve metrics on 192.0.2.1:9:");
+
+    let server = LoginProcess::start(&data);
+    let home = tmp.path().join("ivy");
+    let registered = natter(
+        &home,
+        &["register", "ivy", "--login", &server.addr],
+        "password1\n",
+    );
+    assert!(registered.status.success(), "{}", stderr(&registered));
+    let out = run_expecting_exit(
+        "natter",
+        &[
+            "--home",
+            home.to_str().unwrap(),
+            "up",
+            "--listen",
+            elsewhere,
+        ],
+        Duration::from_secs(30),
+    );
+    reason_after(&out, &format!("cannot listen on {elsewhere}:"));
+}

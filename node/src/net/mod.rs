@@ -136,10 +136,10 @@ impl Network {
 
     /// Listens on `addr` now, so that a bad or taken address is an error at start-up.
     pub(crate) fn listen_on(&mut self, addr: Multiaddr) -> anyhow::Result<()> {
-        self.swarm
-            .listen_on(addr.clone())
-            .map(drop)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+        self.swarm.listen_on(addr.clone()).map(drop).map_err(|e| {
+            let reason = natter_net::error_chain(&e);
+            anyhow::anyhow!("cannot listen on {addr}: {reason}")
+        })
     }
 
     pub(crate) async fn run(mut self) {

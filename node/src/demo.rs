@@ -54,12 +54,11 @@ fn say(text: impl AsRef<str>) {
 pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     // Registered before anything starts, so that no signal ends the process abruptly.
     let stop = stop_on_signal()?;
-    let temp;
-    let root: PathBuf = match keep {
-        Some(dir) => dir,
+    let (root, temp) = match keep {
+        Some(dir) => (dir, None),
         None => {
-            temp = tempfile::Builder::new().prefix("natter-demo-").tempdir()?;
-            temp.path().to_owned()
+            let temp = tempfile::Builder::new().prefix("natter-demo-").tempdir()?;
+            (temp.path().to_owned(), Some(temp))
         }
     };
     let up = std::sync::atomic::AtomicBool::new(false);
@@ -71,13 +70,33 @@ pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = network(&root, &stop, &up) => result,
         () = during_setup => {
             say("stopping the demo network");
             Ok(())
         }
+    };
+    // A signal to the whole process group (the terminal closed) reaches the daemons too: one
+    // that exits before this process has seen the signal is part of the stop, not a failure.
+    if result.is_err()
+        && tokio::time::timeout(Duration::from_secs(1), stop.cancelled())
+            .await
+            .is_ok()
+    {
+        say("stopping the demo network");
+        return Ok(());
     }
+    // A failure points to the daemons' logs: keep them.
+    if result.is_err()
+        && let Some(temp) = temp
+    {
+        eprintln!(
+            "the demo's state and logs are kept in {}",
+            temp.keep().display()
+        );
+    }
+    result
 }
 
 /// The phases, then waiting for `stop`.
@@ -130,7 +149,7 @@ async fn network(
     for name in SUPERPEERS {
         daemons.push(spawn(&root, name, "auto")?);
     }
-    for d in &daemons {
+    for d in &mut daemons {
         let s = wait_status(d, Duration::from_secs(60), |s| s.role == "superpeer")
             .await
             .with_context(|| format!("phase 3: {} did not promote itself", d.name))?;
@@ -156,7 +175,7 @@ async fn network(
     for name in USERS {
         daemons.push(spawn(&root, name, "leaf")?);
     }
-    for d in &daemons[SUPERPEERS.len()..] {
+    for d in &mut daemons[SUPERPEERS.len()..] {
         let s = wait_status(d, Duration::from_secs(60), |s| s.superpeers.len() == 2)
             .await
             .with_context(|| format!("phase 4: {} did not attach", d.name))?;
@@ -347,16 +366,41 @@ where
     None
 }
 
+/// Polls `d`'s status until `ok`. A failure says why: the daemon exited (with the end of its
+/// log), or what its last status said.
 async fn wait_status(
-    d: &Daemon,
+    d: &mut Daemon,
     timeout: Duration,
     ok: impl Fn(&StatusView) -> bool,
 ) -> anyhow::Result<StatusView> {
-    poll(timeout, || async {
-        status(&d.home).await.ok().filter(|s| ok(s))
-    })
-    .await
-    .with_context(|| format!("see {}", d.home.join("daemon.log").display()))
+    let log = d.home.join("daemon.log");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match status(&d.home).await {
+            Ok(s) if ok(&s) => return Ok(s),
+            Ok(s) => format!("role {} ({})", s.role, s.role_reason),
+            Err(e) => format!("no status: {e:#}"),
+        };
+        if let Some(exit) = d.child.try_wait()? {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(10).collect();
+            bail!(
+                "{} exited ({exit}); the end of {}:\n{}",
+                d.name,
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "not within {} s; last: {}; see {}",
+                timeout.as_secs(),
+                last,
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// A token cancelled at the first Ctrl-C, SIGTERM or SIGHUP.

@@ -22,6 +22,7 @@ mod metrics;
 mod netcheck;
 mod outbox;
 mod ping;
+mod reprobe;
 mod revocation;
 mod superpeer;
 
@@ -191,6 +192,8 @@ pub(crate) struct Daemon {
     seq: u64,
     /// Addresses AutoNAT v2 confirmed (never relayed ones).
     confirmed: BTreeSet<Multiaddr>,
+    /// When to probe reachability again while none is confirmed.
+    reprobe: reprobe::ReprobeSchedule,
     /// The address each connected peer says it sees this node at (identify), at most
     /// [`MAX_OBSERVED`]: what `netcheck` infers the NAT's behaviour from.
     observed: HashMap<PeerId, Multiaddr>,
@@ -373,6 +376,7 @@ impl Daemon {
             presence: Status::Online,
             seq: 0,
             confirmed: BTreeSet::new(),
+            reprobe: reprobe::ReprobeSchedule::new(Instant::now()),
             observed: HashMap::new(),
             probes: VecDeque::new(),
             candidates,
@@ -517,6 +521,7 @@ impl Daemon {
 
     fn on_tick(&mut self) {
         self.evaluate_role();
+        self.reprobe_tick();
         match self.role {
             Current::Leaf => self.leaf_tick(),
             Current::Superpeer => self.superpeer_tick(),

@@ -94,6 +94,21 @@ impl Daemon {
         }
     }
 
+    /// A node that may promote but has no public address confirmed probes again now and then:
+    /// libp2p's AutoNAT client never retries an address whose first test went wrong.
+    pub(super) fn reprobe_tick(&mut self) {
+        let waiting = self.config.role == Role::Auto
+            && self.role == Current::Leaf
+            && self.confirmed.is_empty()
+            && self.listeners.iter().any(|a| !super::is_relayed(a));
+        if self.reprobe.due(waiting, Instant::now()) {
+            self.net.send(Command::Reprobe {
+                server: self.login_peer,
+                addr: self.identity.login.clone(),
+            });
+        }
+    }
+
     /// Same process, same PeerId, same listeners: only the behaviours' status flips.
     fn promote(&mut self, need: Option<String>) {
         self.role = Current::Superpeer;

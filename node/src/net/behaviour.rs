@@ -54,7 +54,7 @@ pub(crate) struct Behaviour {
     pub(crate) dcutr: dcutr::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
-    pub(crate) autonat_client: autonat::v2::client::Behaviour,
+    pub(crate) autonat_client: super::reprobe::Reprobing,
     pub(crate) autonat_server: autonat::v2::server::Behaviour,
     /// The directory, among admitted peers only.
     pub(crate) kad: Admitted<kad::Behaviour<DirectoryRecords>>,
@@ -144,8 +144,7 @@ pub(crate) fn build(
                         .with_push_listen_addr_updates(true),
                 ),
                 ping: ping::Behaviour::default(),
-                autonat_client: autonat::v2::client::Behaviour::new(
-                    rand::make_rng::<rand::rngs::StdRng>(),
+                autonat_client: super::reprobe::Reprobing::new(
                     autonat::v2::client::Config::default()
                         .with_probe_interval(Duration::from_secs(2)),
                 ),

@@ -77,6 +77,12 @@ pub(crate) enum Command {
     /// Refuses `peer`'s connections for a while and closes the open ones.
     Ban(PeerId, std::time::Duration),
     AddExternalAddress(Multiaddr),
+    /// Restarts the AutoNAT client (see [`super::reprobe`]) and opens a new connection to
+    /// `server` at `addr`, an AutoNAT server, to test the candidates on.
+    Reprobe {
+        server: PeerId,
+        addr: Multiaddr,
+    },
     /// Kademlia server mode and relay HOP on (`true`) or off: promotion and demotion.
     SetSuperpeer(bool),
     KadAddAddress(PeerId, Multiaddr),

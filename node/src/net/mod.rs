@@ -17,6 +17,7 @@ pub(crate) mod codec;
 pub(crate) mod gate;
 mod handle;
 pub(crate) mod records;
+pub(crate) mod reprobe;
 
 use std::collections::HashMap;
 
@@ -244,6 +245,23 @@ impl Network {
                 let _ = swarm.disconnect_peer_id(peer);
             }
             Command::AddExternalAddress(addr) => swarm.add_external_address(addr),
+            Command::Reprobe { server, addr } => {
+                let client = &mut swarm.behaviour_mut().autonat_client;
+                client.restart();
+                tracing::info!(
+                    candidates = client.candidates(),
+                    %server,
+                    "no public address confirmed yet: probing reachability again"
+                );
+                // The new client learns of AutoNAT servers on new connections only.
+                let dial = libp2p::swarm::dial_opts::DialOpts::peer_id(server)
+                    .addresses(vec![addr])
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                    .build();
+                if let Err(e) = swarm.dial(dial) {
+                    tracing::debug!(%server, error = %e, "cannot dial an AutoNAT server");
+                }
+            }
             Command::SetSuperpeer(on) => {
                 let b = swarm.behaviour_mut();
                 if on {

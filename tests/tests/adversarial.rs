@@ -313,3 +313,45 @@ fn a_superpeer_listing_fake_superpeers_does_not_keep_a_leaf_from_attaching() {
     }
     eprintln!("alice reattached in {:?}", restarted.elapsed());
 }
+
+/// A superpeer answers "not found" for everyone (a denial; replaying an older record of the
+/// user works the same way). Before, a leaf asked its primary alone: with the hostile one as
+/// alice's primary, bob stayed "offline" for her however long he was online. Now a leaf asks
+/// both its superpeers and a record beats no record (a newer record an older one), so one
+/// honest superpeer is enough.
+#[test]
+fn a_superpeer_denying_a_user_does_not_hide_him_when_the_other_superpeer_is_honest() {
+    let net = TestNet::new();
+    let hostile = net
+        .rt
+        .block_on(HostileSuperpeer::start(
+            &net.server.addr,
+            "mallory",
+            Box::new(plain_superpeer),
+        ))
+        .unwrap();
+    let mallory = hostile.attacker.peer.to_string();
+    // Alice comes first: the hostile superpeer, the only one listed, becomes her primary.
+    let alice = net.node("alice", &["--role", "leaf"]);
+    let primary = |node: &NodeProcess| {
+        node.status()
+            .and_then(|s| s["primary"].as_str().map(str::to_owned))
+    };
+    wait_for("alice attached to mallory", ATTACH, || {
+        (primary(&alice)? == mallory).then_some(())
+    });
+    // Then an honest superpeer, and bob, online on a superpeer node of his own.
+    let _honest = net.node("carol", &["--role", "superpeer"]);
+    let bob = net.node("bob", &["--role", "superpeer"]);
+    bob.wait_role("superpeer", ATTACH);
+    wait_for("alice's standby", ATTACH, || {
+        let s = alice.status()?;
+        (s["superpeers"].as_array()?.len() == 2).then_some(())
+    });
+    let found = wait_for("alice to find bob online", ATTACH, || {
+        alice.lookup("bob").filter(|v| v["status"] == "online")
+    });
+    assert_eq!(found["peer_id"], bob.peer_id(), "{found}");
+    // The denier is still her primary: the answer came from the other superpeer.
+    assert_eq!(primary(&alice).as_deref(), Some(mallory.as_str()));
+}

@@ -54,7 +54,7 @@ impl Shapes for Net {
 }
 
 fn wait_attached(leaf: &NodeProcess) {
-    wait_for("attached", Duration::from_secs(30), || {
+    wait_for("attached", Duration::from_secs(60), || {
         leaf.status()
             .filter(|s| s["primary"].is_string())
             .map(|_| ())

@@ -252,8 +252,9 @@ impl Daemon {
         );
     }
 
-    /// Looks `name` up: through the directory if this node is a superpeer, else through its
-    /// primary superpeer. The answer goes to `on_lookup_result`.
+    /// Looks `name` up: through the directory if this node is a superpeer, else through both
+    /// its superpeers (the freshest valid record wins, see `gather.rs`). The answer goes to
+    /// `on_lookup_result`.
     pub(super) fn lookup(&mut self, name: UserName, purpose: LookupFor) {
         if self.role == Current::Superpeer {
             self.start_lookup(name, super::superpeer::Requester::Local(purpose));
@@ -269,19 +270,63 @@ impl Daemon {
             );
             return;
         };
-        let request = OverlayRequest::Lookup {
-            name: name.to_string(),
+        let asked: Vec<PeerId> = std::iter::once(primary)
+            .chain(self.attach.standby().filter(|s| *s != primary))
+            .collect();
+        let text = name.to_string();
+        let lookup = match self.asking.open(name.clone(), purpose, asked.len()) {
+            Ok(id) => id,
+            Err(purpose) => {
+                let why = super::gather::TOO_MANY.into();
+                self.on_lookup_result(name, purpose, LookupOutcome::Failed(why));
+                return;
+            }
         };
-        let pending = OverlayPending::Lookup {
-            peer: primary,
-            name,
-            purpose,
-        };
-        self.send_overlay(primary, request, pending);
+        for peer in asked {
+            let request = OverlayRequest::Lookup { name: text.clone() };
+            self.send_overlay(peer, request, OverlayPending::Lookup { peer, lookup });
+        }
     }
 
-    /// Turns superpeer `peer`'s answer into a lookup outcome; asks the login server whether
-    /// the name exists when there is no record (not needed when only routing).
+    /// A superpeer's own lookup, through the directory: the same checks as a leaf's answer.
+    pub(super) fn answer_own_lookup(
+        &mut self,
+        name: UserName,
+        purpose: LookupFor,
+        answer: Result<OverlayResponse, String>,
+    ) {
+        match self.asking.open(name.clone(), purpose, 1) {
+            Ok(lookup) => self.answer_lookup(self.peer_id(), lookup, answer),
+            Err(purpose) => {
+                let why = super::gather::TOO_MANY.into();
+                self.on_lookup_result(name, purpose, LookupOutcome::Failed(why));
+            }
+        }
+    }
+
+    /// A lookup is decided: asks the login server whether the name exists when there
+    /// is no record (not needed when only routing).
+    fn lookup_decided(&mut self, name: UserName, purpose: LookupFor, outcome: LookupOutcome) {
+        if matches!(outcome, LookupOutcome::NotFound { exists: None })
+            && !matches!(purpose, LookupFor::Route | LookupFor::Push)
+        {
+            let request = natter_proto::login::LoginRequest::Exists {
+                name: name.to_string(),
+            };
+            self.send_login(request, LoginPending::Exists { name, purpose });
+            return;
+        }
+        self.on_lookup_result(name, purpose, outcome);
+    }
+
+    /// Lookups whose other superpeer is still silent a while after a record came in.
+    pub(super) fn gather_tick(&mut self) {
+        for (name, purpose, outcome) in self.asking.expired(std::time::Instant::now()) {
+            self.lookup_decided(name, purpose, outcome);
+        }
+    }
+
+    /// Turns superpeer `peer`'s answer into its part of lookup `lookup`.
     ///
     /// A superpeer is any user's node, so its answer is evidence, not truth: a record is used
     /// only if it is the record of the name asked for, signed by that user's certified device
@@ -290,10 +335,12 @@ impl Daemon {
     pub(super) fn answer_lookup(
         &mut self,
         peer: PeerId,
-        name: UserName,
-        purpose: LookupFor,
+        lookup: u64,
         answer: Result<OverlayResponse, String>,
     ) {
+        let Some(name) = self.asking.name(lookup).cloned() else {
+            return;
+        };
         let outcome = match answer {
             Ok(OverlayResponse::Found { record, .. })
                 if self.revocations.revokes(&record.body.cert) =>
@@ -318,24 +365,19 @@ impl Daemon {
                     }
                 }
             }
-            Ok(OverlayResponse::NotFound) => {
-                if matches!(purpose, LookupFor::Route | LookupFor::Push) {
-                    LookupOutcome::NotFound { exists: None }
-                } else {
-                    let request = natter_proto::login::LoginRequest::Exists {
-                        name: name.to_string(),
-                    };
-                    self.send_login(request, LoginPending::Exists { name, purpose });
-                    return;
-                }
-            }
+            Ok(OverlayResponse::NotFound) => LookupOutcome::NotFound { exists: None },
             Ok(OverlayResponse::Refused { message, .. }) => {
                 LookupOutcome::Failed(format!("lookup refused: {message}"))
             }
             Ok(other) => LookupOutcome::Failed(format!("unexpected lookup answer: {other:?}")),
             Err(e) => LookupOutcome::Failed(format!("lookup failed: {e}")),
         };
-        self.on_lookup_result(name, purpose, outcome);
+        if let Some((name, purpose, outcome)) =
+            self.asking
+                .answer(lookup, outcome, std::time::Instant::now())
+        {
+            self.lookup_decided(name, purpose, outcome);
+        }
     }
 
     /// Routes an answer to a request this node sent.
@@ -365,11 +407,7 @@ impl Daemon {
                     self.finish_down();
                 }
             }
-            OverlayPending::Lookup {
-                peer,
-                name,
-                purpose,
-            } => self.answer_lookup(peer, name, purpose, answer),
+            OverlayPending::Lookup { peer, lookup } => self.answer_lookup(peer, lookup, answer),
             OverlayPending::Liveness { lookup } => {
                 let attached = matches!(answer, Ok(OverlayResponse::Attachment { attached: true }));
                 self.on_liveness(lookup, Some(attached));
@@ -447,15 +485,20 @@ pub(super) fn lookup_view(record: &PresenceRecord, confirmed: bool) -> LookupVie
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(super) mod tests {
     use libp2p::identity::Keypair;
     use natter_proto::IssuerSigningKey;
 
     use super::*;
 
-    const NOW: u64 = 1_800_000_000;
+    pub(in crate::daemon) const NOW: u64 = 1_800_000_000;
 
-    fn record(name: &str, signer: &IssuerSigningKey, expires_at: u64) -> PresenceRecord {
+    /// `name`'s online record (sequence 1), its certificate issued by `signer`.
+    pub(in crate::daemon) fn record(
+        name: &str,
+        signer: &IssuerSigningKey,
+        expires_at: u64,
+    ) -> PresenceRecord {
         let device = Keypair::ed25519_from_bytes([7; 32]).unwrap();
         let public = device
             .clone()

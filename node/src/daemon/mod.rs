@@ -14,6 +14,7 @@ mod candidates;
 mod commands;
 mod config;
 mod contacts;
+mod gather;
 mod inbox;
 mod leaf;
 mod login;
@@ -66,11 +67,10 @@ enum OverlayPending {
         peer: PeerId,
         down: bool,
     },
-    /// A leaf's own lookup, answered by its superpeer `peer`.
+    /// A leaf's own lookup `lookup` (in `Daemon::asking`), answered by its superpeer `peer`.
     Lookup {
         peer: PeerId,
-        name: UserName,
-        purpose: LookupFor,
+        lookup: u64,
     },
     /// This superpeer asked a record's home superpeer whether the user is attached.
     Liveness {
@@ -218,6 +218,8 @@ pub(crate) struct Daemon {
     stats: DirectoryStats,
     /// Lookups this superpeer resolves (cache, directory, liveness).
     lookups: Lookups<superpeer::Requester>,
+    /// This leaf's lookups, asked of both its superpeers.
+    asking: gather::Gathers<LookupFor>,
     last_announce: Option<Instant>,
     last_own_publish: Option<Instant>,
     last_bootstrap: Option<Instant>,
@@ -354,6 +356,7 @@ impl Daemon {
             issuer,
             leaves: LeafTable::new(config.max_leaves),
             lookups: Lookups::new(key.public().to_peer_id(), identity.issuer_key),
+            asking: gather::Gathers::default(),
             net,
             me: key.public().to_peer_id(),
             records,
@@ -522,6 +525,7 @@ impl Daemon {
     fn on_tick(&mut self) {
         self.evaluate_role();
         self.reprobe_tick();
+        self.gather_tick();
         match self.role {
             Current::Leaf => self.leaf_tick(),
             Current::Superpeer => self.superpeer_tick(),

@@ -318,8 +318,7 @@ impl Daemon {
                     },
                 ),
                 Requester::Local(purpose) => {
-                    let me = self.peer_id();
-                    self.answer_lookup(me, name, purpose, Err(refused.to_string()))
+                    self.answer_own_lookup(name, purpose, Err(refused.to_string()));
                 }
             }
         }
@@ -448,10 +447,7 @@ impl Daemon {
         };
         match requester {
             Requester::Remote(channel) => self.respond(channel, response),
-            Requester::Local(purpose) => {
-                let me = self.peer_id();
-                self.answer_lookup(me, name, purpose, Ok(response))
-            }
+            Requester::Local(purpose) => self.answer_own_lookup(name, purpose, Ok(response)),
         }
     }
 

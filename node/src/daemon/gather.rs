@@ -1,0 +1,264 @@
+//! A leaf's lookup asks both its superpeers, and the freshest valid record wins.
+//!
+//! A superpeer is any user's node. Asked alone, a hostile one could answer "not found", or
+//! replay an older record it holds (validly signed, still within its lease: "online" after
+//! the user went away, or a sign-off after the user came back), and the leaf had nothing to
+//! compare it with. Asking the standby too means one honest superpeer is enough: a record
+//! beats no record, a higher sequence number beats a lower one. Answers are checked one by one
+//! before they get here (`leaf.rs` `answer_lookup`); this is the pure part that combines them.
+//!
+//! Once a record is in, the other answer is awaited for a short window only
+//! ([`WINDOW`]), so a silent superpeer delays a lookup by that at most.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use natter_proto::UserName;
+
+use super::LookupOutcome;
+
+/// How long the other answer is awaited once one brought a record.
+pub(crate) const WINDOW: Duration = Duration::from_millis(500);
+/// Lookups gathering at once; past it, a new one is refused.
+pub(crate) const MAX_OPEN: usize = 1024;
+/// Why a lookup was refused past [`MAX_OPEN`].
+pub(crate) const TOO_MANY: &str = "too many lookups in flight; try again in a few seconds";
+
+/// A decided lookup: the name, what it was for, and the outcome.
+pub(crate) type Decided<P> = (UserName, P, LookupOutcome);
+
+struct Gather<P> {
+    name: UserName,
+    purpose: P,
+    /// Answers still to come.
+    waiting: usize,
+    best: Option<LookupOutcome>,
+    /// Set by the first record: decide at this time even if an answer is missing.
+    deadline: Option<Instant>,
+}
+
+/// The lookups in flight, by id. See the module docs.
+pub(crate) struct Gathers<P> {
+    next: u64,
+    open: HashMap<u64, Gather<P>>,
+}
+
+impl<P> Default for Gathers<P> {
+    fn default() -> Self {
+        Self {
+            next: 0,
+            open: HashMap::new(),
+        }
+    }
+}
+
+impl<P> Gathers<P> {
+    /// Starts a lookup of `name` asked of `asked` superpeers (at least 1). `Err` gives the
+    /// purpose back when too many are open.
+    pub(crate) fn open(&mut self, name: UserName, purpose: P, asked: usize) -> Result<u64, P> {
+        if self.open.len() >= MAX_OPEN {
+            return Err(purpose);
+        }
+        self.next += 1;
+        self.open.insert(
+            self.next,
+            Gather {
+                name,
+                purpose,
+                waiting: asked.max(1),
+                best: None,
+                deadline: None,
+            },
+        );
+        Ok(self.next)
+    }
+
+    /// The name lookup `id` is for (to check answers against).
+    pub(crate) fn name(&self, id: u64) -> Option<&UserName> {
+        self.open.get(&id).map(|g| &g.name)
+    }
+
+    /// One superpeer's checked answer. Returns the lookup once decided: every answer is in,
+    /// or (see [`Self::expired`]) the window after a record ended.
+    pub(crate) fn answer(
+        &mut self,
+        id: u64,
+        outcome: LookupOutcome,
+        now: Instant,
+    ) -> Option<Decided<P>> {
+        let gather = self.open.get_mut(&id)?;
+        gather.waiting = gather.waiting.saturating_sub(1);
+        let best = match gather.best.take() {
+            None => outcome,
+            Some(best) => fresher(best, outcome),
+        };
+        if matches!(best, LookupOutcome::Found { .. }) && gather.deadline.is_none() {
+            gather.deadline = Some(now + WINDOW);
+        }
+        gather.best = Some(best);
+        if gather.waiting > 0 {
+            return None;
+        }
+        self.close(id)
+    }
+
+    /// Lookups whose window after a first record has ended.
+    pub(crate) fn expired(&mut self, now: Instant) -> Vec<Decided<P>> {
+        let due: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, g)| g.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        due.into_iter().filter_map(|id| self.close(id)).collect()
+    }
+
+    fn close(&mut self, id: u64) -> Option<Decided<P>> {
+        let g = self.open.remove(&id)?;
+        let outcome = g
+            .best
+            .unwrap_or_else(|| LookupOutcome::Failed("no superpeer answered".into()));
+        Some((g.name, g.purpose, outcome))
+    }
+}
+
+/// The better of two answers: a record beats no record, which beats a failure; of two
+/// records, the higher sequence number; at equal sequence, confirmed by its home if either
+/// says so (the record is the same user's, signed by the same device).
+fn fresher(a: LookupOutcome, b: LookupOutcome) -> LookupOutcome {
+    use LookupOutcome::{Failed, Found, NotFound};
+    match (a, b) {
+        (
+            Found {
+                record: ra,
+                confirmed: ca,
+            },
+            Found {
+                record: rb,
+                confirmed: cb,
+            },
+        ) => {
+            if rb.body.seq > ra.body.seq {
+                Found {
+                    record: rb,
+                    confirmed: cb,
+                }
+            } else if rb.body.seq == ra.body.seq {
+                Found {
+                    record: ra,
+                    confirmed: ca || cb,
+                }
+            } else {
+                Found {
+                    record: ra,
+                    confirmed: ca,
+                }
+            }
+        }
+        (found @ Found { .. }, _) | (_, found @ Found { .. }) => found,
+        (not_found @ NotFound { .. }, _) | (_, not_found @ NotFound { .. }) => not_found,
+        (failed @ Failed(_), Failed(_)) => failed,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::leaf::tests::NOW;
+    use super::*;
+
+    fn name() -> UserName {
+        UserName::parse("bob").unwrap()
+    }
+
+    fn found(seq: u64, confirmed: bool) -> LookupOutcome {
+        let issuer = natter_proto::IssuerSigningKey::from_bytes(&[1; 32]);
+        let mut record = super::super::leaf::tests::record("bob", &issuer, NOW + 60);
+        record.body.seq = seq;
+        LookupOutcome::Found { record, confirmed }
+    }
+
+    fn seq(outcome: &LookupOutcome) -> Option<(u64, bool)> {
+        match outcome {
+            LookupOutcome::Found { record, confirmed } => Some((record.body.seq, *confirmed)),
+            _ => None,
+        }
+    }
+
+    fn not_found() -> LookupOutcome {
+        LookupOutcome::NotFound { exists: None }
+    }
+
+    #[test]
+    fn the_higher_sequence_wins_in_either_order() {
+        let now = Instant::now();
+        for (first, second) in [
+            (found(1, true), found(2, false)),
+            (found(2, false), found(1, true)),
+        ] {
+            let mut g = Gathers::default();
+            let id = g.open(name(), (), 2).unwrap();
+            assert!(g.answer(id, first, now).is_none(), "waits for the other");
+            let (_, (), outcome) = g.answer(id, second, now).unwrap();
+            assert_eq!(seq(&outcome), Some((2, false)));
+        }
+    }
+
+    #[test]
+    fn a_record_beats_not_found_and_failure() {
+        let now = Instant::now();
+        for other in [not_found(), LookupOutcome::Failed("x".into())] {
+            let mut g = Gathers::default();
+            let id = g.open(name(), (), 2).unwrap();
+            g.answer(id, other, now);
+            let (_, (), outcome) = g.answer(id, found(5, true), now).unwrap();
+            assert_eq!(seq(&outcome), Some((5, true)));
+        }
+        let mut g = Gathers::default();
+        let id = g.open(name(), (), 2).unwrap();
+        g.answer(id, LookupOutcome::Failed("x".into()), now);
+        let (_, (), outcome) = g.answer(id, not_found(), now).unwrap();
+        assert!(matches!(outcome, LookupOutcome::NotFound { .. }));
+    }
+
+    #[test]
+    fn equal_sequences_are_confirmed_if_either_home_confirms() {
+        let now = Instant::now();
+        let mut g = Gathers::default();
+        let id = g.open(name(), (), 2).unwrap();
+        g.answer(id, found(3, false), now);
+        let (_, (), outcome) = g.answer(id, found(3, true), now).unwrap();
+        assert_eq!(seq(&outcome), Some((3, true)));
+    }
+
+    #[test]
+    fn a_silent_superpeer_delays_a_found_record_by_the_window_only() {
+        let now = Instant::now();
+        let mut g = Gathers::default();
+        let id = g.open(name(), 7u8, 2).unwrap();
+        assert!(g.answer(id, found(1, true), now).is_none());
+        assert!(g.expired(now + WINDOW / 2).is_empty());
+        let decided = g.expired(now + WINDOW);
+        assert_eq!(decided.len(), 1);
+        assert_eq!(decided[0].1, 7);
+        // A late answer finds nothing open.
+        assert!(g.answer(id, found(9, true), now + WINDOW).is_none());
+        // Without a record, nothing is decided early.
+        let id = g.open(name(), 8u8, 2).unwrap();
+        g.answer(id, not_found(), now);
+        assert!(g.expired(now + WINDOW * 10).is_empty());
+        assert!(g.answer(id, not_found(), now).is_some());
+    }
+
+    #[test]
+    fn one_superpeer_asked_decides_at_its_answer_and_the_map_is_bounded() {
+        let now = Instant::now();
+        let mut g = Gathers::default();
+        let id = g.open(name(), (), 1).unwrap();
+        assert!(g.answer(id, not_found(), now).is_some());
+        for _ in 0..MAX_OPEN {
+            g.open(name(), (), 2).unwrap();
+        }
+        assert_eq!(g.open(name(), (), 2), Err(()));
+    }
+}

@@ -121,6 +121,46 @@ impl NeedPolicy {
             )
         })
     }
+
+    /// Why the network would do without a superpeer of `capacity` that it lists in `supply`:
+    /// more than the minimum, and the others would carry every leaf under half the load
+    /// target. Half: so that a demotion does not bring the load back over the target, which
+    /// would promote somebody again (the gap is the hysteresis between the two rules).
+    pub fn surplus(&self, supply: Option<&Supply>, capacity: u64) -> Option<String> {
+        let supply = supply?;
+        if supply.superpeers <= self.min_superpeers {
+            return None;
+        }
+        let rest = supply.capacity.saturating_sub(capacity);
+        let load = supply.leaves.saturating_mul(100);
+        (load.saturating_mul(2) <= rest.saturating_mul(self.target_load_percent)).then(|| {
+            format!(
+                "the network has {} superpeers, more than the {} it needs, and the others \
+                 would be {}% full without this one",
+                supply.superpeers,
+                self.min_superpeers,
+                load / rest.max(1)
+            )
+        })
+    }
+
+    /// Why a leaf of `capacity` that may promote should not: it would be one too many
+    /// ([`Self::surplus`] as if it were listed already).
+    pub fn enough(&self, supply: Option<&Supply>, capacity: u64) -> Option<String> {
+        let supply = supply?;
+        let with_me = Supply {
+            superpeers: supply.superpeers.saturating_add(1),
+            leaves: supply.leaves,
+            capacity: supply.capacity.saturating_add(capacity),
+        };
+        self.surplus(Some(&with_me), capacity).map(|_| {
+            format!(
+                "the network has enough superpeers ({}, {}% full)",
+                supply.superpeers,
+                supply.leaves.saturating_mul(100) / supply.capacity.max(1)
+            )
+        })
+    }
 }
 
 /// What to do about a need seen in the supply: see [`NeedGate`].
@@ -188,13 +228,15 @@ pub enum Decision {
 
 /// Decides the role from the user's choice, reachability and resources; `need` (from
 /// [`NeedPolicy::need`]) waives the uptime rule, which applies to a leaf's promotion only
-/// (`is_superpeer`: the node is one now).
+/// (`is_superpeer`: the node is one now); `surplus` (from [`NeedPolicy::surplus`] for a
+/// superpeer, [`NeedPolicy::enough`] for a leaf) keeps an `auto` node a leaf or demotes it.
 pub fn decide(
     role: Role,
     public_addr_confirmed: bool,
     resources: &Resources,
     thresholds: &Thresholds,
     need: Option<&str>,
+    surplus: Option<&str>,
     is_superpeer: bool,
 ) -> Decision {
     match role {
@@ -225,6 +267,10 @@ pub fn decide(
             resources.uptime.as_secs(),
             thresholds.min_uptime.as_secs()
         ));
+    }
+    // Too many superpeers: a sitting one demotes (its gate staggered it), a leaf stays one.
+    if let Some(surplus) = surplus {
+        return Decision::Leaf(surplus.to_owned());
     }
     Decision::Superpeer
 }
@@ -403,39 +449,39 @@ mod tests {
     fn every_condition_is_needed_for_auto() {
         let t = Thresholds::default();
         assert_eq!(
-            decide(Role::Auto, true, &capable(), &t, None, false),
+            decide(Role::Auto, true, &capable(), &t, None, None, false),
             Decision::Superpeer
         );
         assert!(
-            matches!(decide(Role::Auto, false, &capable(), &t, None, false), Decision::Leaf(r) if r.contains("AutoNAT"))
+            matches!(decide(Role::Auto, false, &capable(), &t, None, None, false), Decision::Leaf(r) if r.contains("AutoNAT"))
         );
         let few_cores = Resources {
             cores: 1,
             ..capable()
         };
         assert!(
-            matches!(decide(Role::Auto, true, &few_cores, &t, None, false), Decision::Leaf(r) if r.contains("cores"))
+            matches!(decide(Role::Auto, true, &few_cores, &t, None, None, false), Decision::Leaf(r) if r.contains("cores"))
         );
         let low_mem = Resources {
             free_memory_mib: Some(10),
             ..capable()
         };
         assert!(
-            matches!(decide(Role::Auto, true, &low_mem, &t, None, false), Decision::Leaf(r) if r.contains("memory"))
+            matches!(decide(Role::Auto, true, &low_mem, &t, None, None, false), Decision::Leaf(r) if r.contains("memory"))
         );
         let young = Resources {
             uptime: Duration::from_secs(5),
             ..capable()
         };
         assert!(
-            matches!(decide(Role::Auto, true, &young, &t, None, false), Decision::Leaf(r) if r.contains("up 5 s"))
+            matches!(decide(Role::Auto, true, &young, &t, None, None, false), Decision::Leaf(r) if r.contains("up 5 s"))
         );
         let lab = Thresholds {
             min_uptime: Duration::ZERO,
             ..t
         };
         assert_eq!(
-            decide(Role::Auto, true, &young, &lab, None, false),
+            decide(Role::Auto, true, &young, &lab, None, None, false),
             Decision::Superpeer
         );
     }
@@ -470,24 +516,83 @@ mod tests {
         assert_eq!(policy.need(Some(&supply(3, 0, 0))), None);
         for need in [&few, &full] {
             assert_eq!(
-                decide(Role::Auto, true, &young, &t, need.as_deref(), false),
+                decide(Role::Auto, true, &young, &t, need.as_deref(), None, false),
                 Decision::Superpeer
             );
         }
         assert!(matches!(
-            decide(Role::Auto, true, &young, &t, None, false),
+            decide(Role::Auto, true, &young, &t, None, None, false),
             Decision::Leaf(r) if r.contains("enough superpeers")
         ));
         assert_eq!(
-            decide(Role::Auto, true, &young, &t, None, true),
+            decide(Role::Auto, true, &young, &t, None, None, true),
             Decision::Superpeer,
             "a superpeer stays when the need passes"
         );
         // Need never waives reachability or resources.
         assert!(matches!(
-            decide(Role::Auto, false, &young, &t, few.as_deref(), false),
+            decide(Role::Auto, false, &young, &t, few.as_deref(), None, false),
             Decision::Leaf(_)
         ));
+    }
+
+    /// Too many superpeers for the load: the surplus rule holds a capable old leaf back and
+    /// demotes a sitting superpeer, with a gap to the need rule so that neither undoes the
+    /// other.
+    #[test]
+    fn surplus_is_more_than_the_minimum_with_the_rest_under_half_the_target() {
+        let policy = NeedPolicy::default();
+        let t = Thresholds::default();
+        let supply = |superpeers, leaves, capacity| Supply {
+            superpeers,
+            leaves,
+            capacity,
+        };
+        assert_eq!(policy.surplus(None, 1000), None, "nothing known yet");
+        // Three are the minimum, however idle.
+        assert_eq!(policy.surplus(Some(&supply(3, 0, 3000)), 1000), None);
+        // Five, 1000 leaves: the other four would be 25% full, half the target.
+        let surplus = policy.surplus(Some(&supply(5, 1000, 5000)), 1000);
+        assert!(
+            surplus.as_deref().is_some_and(|r| r.contains("25% full")),
+            "{surplus:?}"
+        );
+        assert_eq!(policy.surplus(Some(&supply(5, 1001, 5000)), 1000), None);
+        // After one demoted, the others are not surplus, and nobody is needed either.
+        let after = supply(4, 1000, 4000);
+        assert_eq!(policy.surplus(Some(&after), 1000), None);
+        assert_eq!(policy.need(Some(&after)), None);
+        // A leaf that would be one too many stays a leaf, even up long enough.
+        let enough = policy.enough(Some(&supply(4, 0, 4000)), 1000);
+        assert!(
+            enough
+                .as_deref()
+                .is_some_and(|r| r.contains("enough superpeers (4, 0% full)")),
+            "{enough:?}"
+        );
+        assert_eq!(policy.enough(Some(&supply(2, 0, 2000)), 1000), None);
+        assert_eq!(policy.enough(Some(&supply(3, 1600, 3000)), 1000), None);
+        assert!(matches!(
+            decide(Role::Auto, true, &capable(), &t, None, enough.as_deref(), false),
+            Decision::Leaf(r) if r.contains("enough superpeers")
+        ));
+        assert!(matches!(
+            decide(Role::Auto, true, &capable(), &t, None, surplus.as_deref(), true),
+            Decision::Leaf(r) if r.contains("more than the 3 it needs")
+        ));
+        // Forced roles are not the policy's to change.
+        assert_eq!(
+            decide(
+                Role::Superpeer,
+                true,
+                &capable(),
+                &t,
+                None,
+                surplus.as_deref(),
+                true
+            ),
+            Decision::Superpeer
+        );
     }
 
     /// A need is acted on only after the random wait and a fresh answer; without a need the
@@ -543,11 +648,11 @@ mod tests {
             uptime: Duration::ZERO,
         };
         assert_eq!(
-            decide(Role::Superpeer, false, &weak, &t, None, false),
+            decide(Role::Superpeer, false, &weak, &t, None, None, false),
             Decision::Superpeer
         );
         assert!(matches!(
-            decide(Role::Leaf, true, &capable(), &t, None, false),
+            decide(Role::Leaf, true, &capable(), &t, None, None, false),
             Decision::Leaf(_)
         ));
     }

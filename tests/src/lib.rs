@@ -284,8 +284,8 @@ impl NodeProcess {
 
     /// Like [`NodeProcess::start`], but `natter up` with the default promotion rules (no
     /// `--min-uptime 0`, no `--min-cores`): as a user starts it, only on loopback.
-    pub fn start_plain(dir: &Path, user: &str, login: &Multiaddr) -> Self {
-        Self::register_and_spawn(dir, user, login, &[], true)
+    pub fn start_plain(dir: &Path, user: &str, login: &Multiaddr, extra: &[&str]) -> Self {
+        Self::register_and_spawn(dir, user, login, extra, true)
     }
 
     fn register_and_spawn(

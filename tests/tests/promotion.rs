@@ -24,7 +24,7 @@ fn plain_nodes_promote_by_need_and_the_rest_attach_to_two() {
     let names = ["ann", "ben", "cat", "dan", "eve", "fay"];
     let nodes: Vec<NodeProcess> = names
         .iter()
-        .map(|n| NodeProcess::start_plain(net.dir.path(), n, &net.server.addr))
+        .map(|n| NodeProcess::start_plain(net.dir.path(), n, &net.server.addr, &[]))
         .collect();
     let start = Instant::now();
     let superpeers = wait_for("two superpeers", Duration::from_secs(30), || {
@@ -105,5 +105,105 @@ fn a_superpeer_that_signs_off_leaves_the_bootstrap_lists_at_once() {
     sp.wait_exit(Duration::from_secs(30));
     wait_for("no longer listed", Duration::from_secs(10), || {
         (!net.server.lists(&peer)).then_some(())
+    });
+}
+
+/// The load rises and falls. All nodes carry at most 4 leaves. Three plain nodes promote (the
+/// network has fewer than three superpeers); six leaves fill them past the 50% target, so two
+/// more plain nodes promote by load; then five leaves sign off, and the surplus demotes (the
+/// others would be at most 25% full without it), never below three, while a message queued
+/// for an offline user is delivered when she comes back.
+///
+/// Before, a superpeer never demoted for lack of work: a network kept every superpeer it ever
+/// had, however idle.
+#[test]
+fn superpeers_follow_the_load_up_and_the_surplus_demotes() {
+    let net = TestNet::new();
+    let cap = ["--max-leaves", "4"];
+    let plain = |name: &str| NodeProcess::start_plain(net.dir.path(), name, &net.server.addr, &cap);
+    let leaf = |name: &str| net.node(name, &["--role", "leaf", "--max-leaves", "4"]);
+    let mut nodes: Vec<NodeProcess> = ["ann", "ben", "cat"].into_iter().map(plain).collect();
+    for node in &nodes {
+        node.wait_role("superpeer", Duration::from_secs(90));
+    }
+    let mut zed = leaf("zed");
+    let mut leaves: Vec<NodeProcess> = ["lea", "leb", "lec", "led", "lee"]
+        .into_iter()
+        .map(leaf)
+        .collect();
+    for l in leaves.iter().chain([&zed]) {
+        wait_for("attached", Duration::from_secs(60), || {
+            l.status().filter(|s| s["primary"].is_string()).map(drop)
+        });
+    }
+    nodes.extend(["dan", "eve"].into_iter().map(plain));
+    let by_load = wait_for(
+        "a plain node to promote by load",
+        Duration::from_secs(240),
+        || {
+            nodes[3..].iter().find_map(|n| {
+                let s = n.status()?;
+                let reason = s["role_reason"].as_str()?;
+                (s["role"] == "superpeer" && reason.contains("% full")).then(|| reason.to_owned())
+            })
+        },
+    );
+    eprintln!("promoted by load: {by_load}");
+    let superpeers = || {
+        nodes
+            .iter()
+            .filter(|n| role(n).as_deref() == Some("superpeer"))
+            .count()
+    };
+    let most = superpeers();
+    assert!(most >= 4, "{most} superpeers");
+
+    // Zed goes offline; a message to him waits in lea's outbox.
+    let out = natter_tests::natter(&zed.home, &["down"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    zed.wait_exit(Duration::from_secs(30));
+    let sent = leaves[0].send("zed", "sent before the surplus demoted");
+    assert_eq!(sent["status"], "queued", "{sent}");
+    // Four more leaves sign off: one is left.
+    for l in leaves.drain(1..) {
+        let mut l = l;
+        let out = natter_tests::natter(&l.home, &["down"], "");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        l.wait_exit(Duration::from_secs(30));
+    }
+    let demoted = wait_for(
+        "a surplus superpeer to demote",
+        Duration::from_secs(300),
+        || {
+            nodes.iter().find_map(|n| {
+                let out = n.output();
+                let line = out.lines().find(|l| l.contains("demoted to leaf"))?;
+                (line.contains("more than the 3 it needs") && role(n).as_deref() == Some("leaf"))
+                    .then(|| line.to_owned())
+            })
+        },
+    );
+    eprintln!("demoted: {demoted}");
+    let roles: Vec<Option<String>> = nodes.iter().map(role).collect();
+    let now = superpeers();
+    assert!(now >= 3, "never below three: {now} superpeers: {roles:?}");
+
+    // Nothing lost: zed comes back and gets the message queued meanwhile.
+    zed.restart();
+    wait_for("zed's message", Duration::from_secs(90), || {
+        let inbox = natter_tests::natter_json(&zed.home, &["inbox"])?;
+        inbox
+            .as_array()?
+            .iter()
+            .any(|m| m["text"] == "sent before the surplus demoted")
+            .then_some(())
     });
 }

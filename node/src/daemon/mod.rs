@@ -186,6 +186,8 @@ pub(crate) struct Daemon {
     supply_at: Option<Instant>,
     /// Staggers promotion by need (see `natter_superpeer::promotion::NeedGate`).
     need_gate: natter_superpeer::promotion::NeedGate,
+    /// Staggers demotion of surplus superpeers (the same gate, on the surplus).
+    surplus_gate: natter_superpeer::promotion::NeedGate,
     /// When a reachable leaf that may promote last asked for the supply.
     supply_asked: Option<Instant>,
     presence: Status,
@@ -374,6 +376,7 @@ impl Daemon {
             supply: None,
             supply_at: None,
             need_gate: Default::default(),
+            surplus_gate: Default::default(),
             supply_asked: None,
             role_gate: natter_superpeer::promotion::RoleGate::new(config.hysteresis),
             presence: Status::Online,

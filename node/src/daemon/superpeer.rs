@@ -21,6 +21,12 @@ use crate::net::{Command, Token};
 
 /// The most a node that sees a need for superpeers waits before asking again (random).
 const NEED_JITTER_MS: u64 = 10_000;
+/// A superpeer that sees a surplus waits a random 0 to 20 s, plus a second per leaf it carries
+/// (at most a minute more), before asking again: the least loaded tend to go first, one at
+/// a time.
+const SURPLUS_JITTER_MS: u64 = 20_000;
+const SURPLUS_PER_LEAF: Duration = Duration::from_secs(1);
+const SURPLUS_LOAD_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// Who asked for a lookup this superpeer is resolving.
 pub(crate) enum Requester {
@@ -36,9 +42,13 @@ impl Daemon {
         }
         let resources = Resources::probe(self.started.elapsed());
         let is_superpeer = self.role == Current::Superpeer;
-        let mut need = NeedPolicy::default().need(self.supply.as_ref());
+        let policy = NeedPolicy::default();
+        let capacity = self.leaves.capacity() as u64;
+        let mut need = policy.need(self.supply.as_ref());
+        let mut surplus = None;
         let mut waiting = None;
         let mut acted_on_need = false;
+        let mut acted_on_surplus = false;
         // Only where the need decides: a young, reachable leaf that may promote. It waits a
         // random 0 to 10 s and asks again, so that nodes started together do not all promote.
         if self.config.role == Role::Auto
@@ -62,12 +72,38 @@ impl Daemon {
                 NeedStep::Wait(at) => waiting = Some(at),
             }
         }
+        if self.config.role == Role::Auto && !is_superpeer && need.is_none() {
+            // Up long enough, but one more would be one too many.
+            surplus = policy.enough(self.supply.as_ref(), capacity);
+        }
+        // A sitting `auto` superpeer the network would do without: staggered like the need,
+        // so that one goes at a time and the supply is asked again in between.
+        if self.config.role == Role::Auto && is_superpeer {
+            let leaves = self.leaves.len() as u32;
+            let delay = || {
+                Duration::from_millis(rand::random_range(0..=SURPLUS_JITTER_MS))
+                    + (SURPLUS_PER_LEAF * leaves).min(SURPLUS_LOAD_WAIT_MAX)
+            };
+            let seen = policy.surplus(self.supply.as_ref(), capacity);
+            match self
+                .surplus_gate
+                .observe(seen, self.supply_at, Instant::now(), delay)
+            {
+                NeedStep::Act(s) => {
+                    acted_on_surplus = s.is_some();
+                    surplus = s;
+                }
+                NeedStep::Ask => self.bootstrap(),
+                NeedStep::Wait(_) => {}
+            }
+        }
         let decision = decide(
             self.config.role,
             !self.confirmed.is_empty(),
             &resources,
             &self.config.thresholds,
             need.as_deref(),
+            surplus.as_deref(),
             is_superpeer,
         );
         if let (Decision::Leaf(reason), false) = (&decision, is_superpeer) {
@@ -83,7 +119,7 @@ impl Daemon {
         }
         // The need gate has waited already: a need it acted on promotes at once, so that the
         // login server lists this node before others ask again.
-        let forced = self.config.role != Role::Auto || acted_on_need;
+        let forced = self.config.role != Role::Auto || acted_on_need || acted_on_surplus;
         match self
             .role_gate
             .observe(is_superpeer, decision, forced, Instant::now())
@@ -112,8 +148,9 @@ impl Daemon {
     /// Same process, same PeerId, same listeners: only the behaviours' status flips.
     fn promote(&mut self, need: Option<String>) {
         self.role = Current::Superpeer;
-        // A later need (after a demotion) waits and asks again afresh.
+        // A later need (after a demotion) waits and asks again afresh; so does a surplus.
         self.need_gate = Default::default();
+        self.surplus_gate = Default::default();
         self.role_reason = match (self.config.role, need) {
             (Role::Superpeer, _) => "role is superpeer (forced)".into(),
             (_, Some(need)) => format!(

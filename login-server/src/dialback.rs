@@ -73,6 +73,21 @@ pub fn plausible(addr: &Multiaddr, peer: &PeerId) -> Option<Multiaddr> {
     parts.next().is_none().then_some(out)
 }
 
+/// Whether the login server may dial `addr` (from [`plausible`]) for a caller connected from
+/// `ip`: an IP address must be the caller's own, so that an account cannot make the login
+/// server connect to other hosts (internal ones included) on its word. A DNS name could name
+/// any host, and a caller without an IP (relayed) proves none: neither is dialable.
+pub fn from_caller(addr: &Multiaddr, ip: Option<std::net::IpAddr>) -> bool {
+    let Some(ip) = ip else {
+        return false;
+    };
+    match addr.iter().next() {
+        Some(Protocol::Ip4(a)) => std::net::IpAddr::V4(a) == ip.to_canonical(),
+        Some(Protocol::Ip6(a)) => std::net::IpAddr::V6(a) == ip,
+        _ => false,
+    }
+}
+
 /// What a dial-back produced, for the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -449,6 +464,31 @@ mod tests {
         ] {
             assert_eq!(plausible(&addr(&bad), &me), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn only_the_callers_own_ip_is_dialed() {
+        let v4 = Some("1.2.3.4".parse().unwrap());
+        assert!(from_caller(&addr("/ip4/1.2.3.4/tcp/1"), v4));
+        assert!(from_caller(&addr("/ip4/1.2.3.4/udp/1/quic-v1"), v4));
+        // An IPv4 caller seen through an IPv6 socket, as a mapped address.
+        assert!(from_caller(
+            &addr("/ip4/1.2.3.4/tcp/1"),
+            Some("::ffff:1.2.3.4".parse().unwrap())
+        ));
+        for other in [
+            "/ip4/1.2.3.5/tcp/1",
+            "/ip4/10.0.0.1/tcp/22",
+            "/ip6/::1/tcp/1",
+            "/dns4/internal.example/tcp/1",
+        ] {
+            assert!(!from_caller(&addr(other), v4), "{other}");
+        }
+        assert!(from_caller(
+            &addr("/ip6/2001:db8::1/tcp/1"),
+            Some("2001:db8::1".parse().unwrap())
+        ));
+        assert!(!from_caller(&addr("/ip4/1.2.3.4/tcp/1"), None), "relayed");
     }
 
     /// A dial function that hands out connection ids and records what it dialed.

@@ -388,6 +388,7 @@ impl Service {
         for a in parsed
             .iter()
             .filter_map(|a| dialback::plausible(a, &caller.peer))
+            .filter(|a| dialback::from_caller(a, caller.ip))
         {
             if !dialable.contains(&a) {
                 dialable.push(a);
@@ -396,8 +397,9 @@ impl Service {
         if dialable.is_empty() {
             return Err(Refusal::new(
                 RefusalCode::BadRequest,
-                "no announced address can be dialed back: announce /ip4, /ip6 or /dns addresses \
-                 with /tcp or /udp/quic-v1, neither unspecified nor relayed",
+                "no announced address can be dialed back: announce /ip4 or /ip6 addresses of the \
+                 host you connect from, with /tcp or /udp/quic-v1, neither unspecified nor \
+                 relayed",
             ));
         }
         let now = Instant::now();

@@ -207,3 +207,34 @@ fn check_list(
         }
     }
 }
+
+/// Issue 11, item 6: an account announces a superpeer at another host's address (127.0.0.2,
+/// while it connects from 127.0.0.1). Before, the login server dialed any announced address
+/// on the announcer's word, internal hosts included; now only the announcer's own IP.
+#[tokio::test]
+async fn the_login_server_dials_back_only_the_announcers_own_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LoginServer::start(loopback_config(dir.path())).await;
+    let victim = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let target = format!("/ip4/127.0.0.2/tcp/{}", victim.local_addr().unwrap().port());
+    let client = LoginClient::new(Keypair::generate_ed25519(), server.addr.clone()).unwrap();
+    let cert = client.register(&name("mallory"), pw()).await.unwrap().cert;
+    let response = client
+        .request(LoginRequest::Announce {
+            cert,
+            addrs: vec![target],
+            leaves: 0,
+            capacity: 100,
+        })
+        .await
+        .unwrap();
+    let dialed = tokio::time::timeout(Duration::from_secs(5), victim.accept()).await;
+    assert!(
+        dialed.is_err(),
+        "the login server connected to another host ({response:?})"
+    );
+    assert!(
+        matches!(&response, LoginResponse::Refused(r) if r.message.contains("host you connect from")),
+        "{response:?}"
+    );
+}

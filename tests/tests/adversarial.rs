@@ -28,26 +28,29 @@ fn attached_to(node: &NodeProcess, peer: &str) {
     );
 }
 
+/// Mallory's hostile superpeer, registered at `net`'s login server, serving `script`.
+fn mallory(net: &TestNet, script: natter_tests::hostile::Script) -> HostileSuperpeer {
+    net.rt
+        .block_on(HostileSuperpeer::start(&net.server.addr, "mallory", script))
+        .unwrap()
+}
+
 /// A superpeer answers every lookup with a record that routes to itself: a certificate for
 /// the looked-up name under the attacker's own signing key. Before leaves checked answers,
 /// `send bob` reported "delivered" while the attacker kept the text and bob got nothing.
 #[test]
 fn a_superpeer_forging_lookup_answers_gets_no_message_and_is_dropped() {
     let net = TestNet::new();
-    let hostile = net
-        .rt
-        .block_on(HostileSuperpeer::start(
-            &net.server.addr,
-            "mallory",
-            Box::new(|me, from, request| match request {
-                OverlayRequest::Lookup { name } => OverlayResponse::Found {
-                    record: me.forged_record(&UserName::parse(&name).unwrap()),
-                    confirmed: true,
-                },
-                other => plain_superpeer(me, from, other),
-            }),
-        ))
-        .unwrap();
+    let hostile = mallory(
+        &net,
+        Box::new(|me, from, request| match request {
+            OverlayRequest::Lookup { name } => OverlayResponse::Found {
+                record: me.forged_record(&UserName::parse(&name).unwrap()),
+                confirmed: true,
+            },
+            other => plain_superpeer(me, from, other),
+        }),
+    );
     let mallory = hostile.attacker.peer.to_string();
     // Bob has an account (so the name exists) but is not even online.
     let bob = net.node("bob", &["--role", "leaf"]);
@@ -255,20 +258,16 @@ fn a_superpeer_listing_fake_superpeers_does_not_keep_a_leaf_from_attaching() {
         })
         .collect();
     let net = TestNet::new();
-    let hostile = net
-        .rt
-        .block_on(HostileSuperpeer::start(
-            &net.server.addr,
-            "mallory",
-            Box::new(move |me, from, request| match request {
-                OverlayRequest::Attach { .. } => OverlayResponse::Attached {
-                    lease_secs: 120,
-                    superpeers: fakes.clone(),
-                },
-                other => plain_superpeer(me, from, other),
-            }),
-        ))
-        .unwrap();
+    let hostile = mallory(
+        &net,
+        Box::new(move |me, from, request| match request {
+            OverlayRequest::Attach { .. } => OverlayResponse::Attached {
+                lease_secs: 120,
+                superpeers: fakes.clone(),
+            },
+            other => plain_superpeer(me, from, other),
+        }),
+    );
     let mallory = hostile.attacker.peer.to_string();
     let mut alice = net.node("alice", &["--role", "leaf"]);
     attached_to(&alice, &mallory);
@@ -322,14 +321,7 @@ fn a_superpeer_listing_fake_superpeers_does_not_keep_a_leaf_from_attaching() {
 #[test]
 fn a_superpeer_denying_a_user_does_not_hide_him_when_the_other_superpeer_is_honest() {
     let net = TestNet::new();
-    let hostile = net
-        .rt
-        .block_on(HostileSuperpeer::start(
-            &net.server.addr,
-            "mallory",
-            Box::new(plain_superpeer),
-        ))
-        .unwrap();
+    let hostile = mallory(&net, Box::new(plain_superpeer));
     let mallory = hostile.attacker.peer.to_string();
     // Alice comes first: the hostile superpeer, the only one listed, becomes her primary.
     let alice = net.node("alice", &["--role", "leaf"]);

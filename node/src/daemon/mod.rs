@@ -223,6 +223,8 @@ pub(crate) struct Daemon {
     /// This leaf's lookups, asked of both its superpeers.
     asking: gather::Gathers<LookupFor>,
     last_announce: Option<Instant>,
+    /// The leaf count in the last announcement.
+    announced_leaves: usize,
     last_own_publish: Option<Instant>,
     last_bootstrap: Option<Instant>,
     superpeers_seen: BTreeSet<PeerId>,
@@ -395,6 +397,7 @@ impl Daemon {
             stats: DirectoryStats::default(),
             queries: HashMap::new(),
             last_announce: None,
+            announced_leaves: 0,
             last_own_publish: None,
             last_bootstrap: None,
             superpeers_seen: BTreeSet::new(),

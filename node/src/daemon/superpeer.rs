@@ -234,8 +234,12 @@ impl Daemon {
             }
         }
         // Announce every minute; every 5 s while no other superpeer is known, so that
-        // superpeers starting together find each other quickly.
-        let announce_every = Duration::from_secs(if lonely { 5 } else { 60 });
+        // superpeers starting together find each other quickly, or while the leaf count moved
+        // by a quarter of the capacity since the last announcement, so that promotion by load
+        // and demotion of a surplus see the load soon.
+        let moved =
+            self.leaves.len().abs_diff(self.announced_leaves) * 4 >= self.leaves.capacity().max(4);
+        let announce_every = Duration::from_secs(if lonely || moved { 5 } else { 60 });
         if self.last_announce.is_none_or(|t| now - t > announce_every) {
             let addrs: Vec<String> = self
                 .public_addrs()
@@ -245,6 +249,7 @@ impl Daemon {
                 .collect();
             if !addrs.is_empty() {
                 self.last_announce = Some(now);
+                self.announced_leaves = self.leaves.len();
                 let request = LoginRequest::Announce {
                     cert: self.identity.cert.clone(),
                     addrs,

@@ -7,8 +7,9 @@
 //! beats no record, a higher sequence number beats a lower one. Answers are checked one by one
 //! before they get here (`leaf.rs` `answer_lookup`); this is the pure part that combines them.
 //!
-//! Once a record is in, the other answer is awaited for a short window only
-//! ([`WINDOW`]), so a silent superpeer delays a lookup by that at most.
+//! Once a record is in, the other answer is awaited for a short window only ([`WINDOW`]);
+//! after a "not found", for a longer one ([`NOT_FOUND_WINDOW`]: the other superpeer may still
+//! be asking the directory). A silent superpeer delays a lookup by that at most.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ use super::LookupOutcome;
 
 /// How long the other answer is awaited once one brought a record.
 pub(crate) const WINDOW: Duration = Duration::from_millis(500);
+/// How long the other answer is awaited once one said "not found".
+pub(crate) const NOT_FOUND_WINDOW: Duration = Duration::from_secs(3);
 /// Lookups gathering at once; past it, a new one is refused.
 pub(crate) const MAX_OPEN: usize = 1024;
 /// Why a lookup was refused past [`MAX_OPEN`].
@@ -33,7 +36,8 @@ struct Gather<P> {
     /// Answers still to come.
     waiting: usize,
     best: Option<LookupOutcome>,
-    /// Set by the first record: decide at this time even if an answer is missing.
+    /// Set by the first record or "not found": decide at this time even if an answer is
+    /// missing.
     deadline: Option<Instant>,
 }
 
@@ -92,8 +96,14 @@ impl<P> Gathers<P> {
             None => outcome,
             Some(best) => fresher(best, outcome),
         };
-        if matches!(best, LookupOutcome::Found { .. }) && gather.deadline.is_none() {
-            gather.deadline = Some(now + WINDOW);
+        let window = match best {
+            LookupOutcome::Found { .. } => Some(WINDOW),
+            LookupOutcome::NotFound { .. } => Some(NOT_FOUND_WINDOW),
+            LookupOutcome::Failed(_) => None,
+        };
+        if let Some(window) = window {
+            let at = now + window;
+            gather.deadline = Some(gather.deadline.map_or(at, |d| d.min(at)));
         }
         gather.best = Some(best);
         if gather.waiting > 0 {
@@ -243,10 +253,21 @@ mod tests {
         assert_eq!(decided[0].1, 7);
         // A late answer finds nothing open.
         assert!(g.answer(id, found(9, true), now + WINDOW).is_none());
-        // Without a record, nothing is decided early.
+        // "Not found" waits longer for the other answer, and a record then shortens it.
         let id = g.open(name(), 8u8, 2).unwrap();
         g.answer(id, not_found(), now);
-        assert!(g.expired(now + WINDOW * 10).is_empty());
+        assert!(g.expired(now + WINDOW * 2).is_empty());
+        assert_eq!(g.expired(now + NOT_FOUND_WINDOW).len(), 1);
+        let id = g.open(name(), 9u8, 3).unwrap();
+        g.answer(id, not_found(), now);
+        g.answer(id, found(1, true), now + WINDOW);
+        assert!(g.expired(now + WINDOW * 3 / 2).is_empty());
+        let decided = g.expired(now + WINDOW * 2);
+        assert!(matches!(decided[0].2, LookupOutcome::Found { .. }));
+        // A failure alone sets no deadline: the other answer decides.
+        let id = g.open(name(), 10u8, 2).unwrap();
+        g.answer(id, LookupOutcome::Failed("x".into()), now);
+        assert!(g.expired(now + NOT_FOUND_WINDOW * 10).is_empty());
         assert!(g.answer(id, not_found(), now).is_some());
     }
 

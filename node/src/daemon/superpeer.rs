@@ -79,10 +79,10 @@ impl Daemon {
         // A sitting `auto` superpeer the network would do without: staggered like the need,
         // so that one goes at a time and the supply is asked again in between.
         if self.config.role == Role::Auto && is_superpeer {
-            let leaves = self.leaves.len() as u32;
+            let leaves = u32::try_from(self.leaves.len()).unwrap_or(u32::MAX);
             let delay = || {
                 Duration::from_millis(rand::random_range(0..=SURPLUS_JITTER_MS))
-                    + (SURPLUS_PER_LEAF * leaves).min(SURPLUS_LOAD_WAIT_MAX)
+                    + SURPLUS_PER_LEAF.saturating_mul(leaves).min(SURPLUS_LOAD_WAIT_MAX)
             };
             let seen = policy.surplus(self.supply.as_ref(), capacity);
             match self

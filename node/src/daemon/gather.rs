@@ -83,7 +83,7 @@ impl<P> Gathers<P> {
     }
 
     /// One superpeer's checked answer. Returns the lookup once decided: every answer is in,
-    /// or (see [`Self::expired`]) the window after a record ended.
+    /// or (see [`Self::expired`]) the window after a record or a "not found" ended.
     pub(crate) fn answer(
         &mut self,
         id: u64,
@@ -112,7 +112,7 @@ impl<P> Gathers<P> {
         self.close(id)
     }
 
-    /// Lookups whose window after a first record has ended.
+    /// Lookups whose window after a first record or "not found" has ended.
     pub(crate) fn expired(&mut self, now: Instant) -> Vec<Decided<P>> {
         let due: Vec<u64> = self
             .open

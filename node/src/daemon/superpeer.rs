@@ -82,7 +82,9 @@ impl Daemon {
             let leaves = u32::try_from(self.leaves.len()).unwrap_or(u32::MAX);
             let delay = || {
                 Duration::from_millis(rand::random_range(0..=SURPLUS_JITTER_MS))
-                    + SURPLUS_PER_LEAF.saturating_mul(leaves).min(SURPLUS_LOAD_WAIT_MAX)
+                    + SURPLUS_PER_LEAF
+                        .saturating_mul(leaves)
+                        .min(SURPLUS_LOAD_WAIT_MAX)
             };
             let seen = policy.surplus(self.supply.as_ref(), capacity);
             match self

@@ -155,9 +155,12 @@ impl NeedPolicy {
         };
         self.surplus(Some(&with_me), capacity).map(|_| {
             format!(
-                "the network has enough superpeers ({}, {}% full)",
+                "the network has enough superpeers ({}, {}% full); this node promotes when \
+                 they are fewer than {} or over {}% full",
                 supply.superpeers,
-                supply.leaves.saturating_mul(100) / supply.capacity.max(1)
+                supply.leaves.saturating_mul(100) / supply.capacity.max(1),
+                self.min_superpeers,
+                self.target_load_percent
             )
         })
     }

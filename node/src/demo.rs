@@ -80,7 +80,7 @@ pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     // A signal to the whole process group (the terminal closed) reaches the daemons too: one
     // that exits before this process has seen the signal is part of the stop, not a failure.
     if result.is_err()
-        && tokio::time::timeout(Duration::from_secs(1), stop.cancelled())
+        && tokio::time::timeout(Duration::from_secs(3), stop.cancelled())
             .await
             .is_ok()
     {

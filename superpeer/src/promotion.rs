@@ -126,12 +126,20 @@ impl NeedPolicy {
     /// more than the minimum, and the others would carry every leaf under half the load
     /// target. Half: so that a demotion does not bring the load back over the target, which
     /// would promote somebody again (the gap is the hysteresis between the two rules).
+    ///
+    /// Capacities are each superpeer's own claim: the others are counted at most as large as
+    /// this one, so that one account claiming a huge capacity cannot talk the honest
+    /// superpeers into demoting.
     pub fn surplus(&self, supply: Option<&Supply>, capacity: u64) -> Option<String> {
         let supply = supply?;
         if supply.superpeers <= self.min_superpeers {
             return None;
         }
-        let rest = supply.capacity.saturating_sub(capacity);
+        let others = u64::from(supply.superpeers - 1);
+        let rest = supply
+            .capacity
+            .saturating_sub(capacity)
+            .min(others.saturating_mul(capacity));
         let load = supply.leaves.saturating_mul(100);
         (load.saturating_mul(2) <= rest.saturating_mul(self.target_load_percent)).then(|| {
             format!(

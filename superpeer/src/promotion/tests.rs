@@ -187,6 +187,10 @@ fn surplus_is_more_than_the_minimum_with_the_rest_under_half_the_target() {
         "{surplus:?}"
     );
     assert_eq!(policy.surplus(Some(&supply(5, 1001, 5000)), 1000), None);
+    // One account claiming a huge capacity does not make the honest ones a surplus: the
+    // others count at most as large as this one (3 x 1000 here, so 1000 leaves are 33%).
+    let inflated = supply(4, 1000, 3000 + u64::from(u32::MAX));
+    assert_eq!(policy.surplus(Some(&inflated), 1000), None);
     // After one demoted, the others are not surplus, and nobody is needed either.
     let after = supply(4, 1000, 4000);
     assert_eq!(policy.surplus(Some(&after), 1000), None);

@@ -559,6 +559,11 @@ impl Service {
     pub fn lists(&self, peer: &PeerId) -> bool {
         lock(&self.registry).is_listed(peer, Instant::now())
     }
+
+    /// The supply bootstrap answers carry now (what promotion by need decides on).
+    pub fn supply(&self) -> natter_proto::login::Supply {
+        lock(&self.registry).supply(Instant::now())
+    }
 }
 
 /// The raw ed25519 key behind a PeerId. Ed25519 PeerIds inline the public key (identity

@@ -118,6 +118,11 @@ impl LoginServer {
         peer.parse().is_ok_and(|peer| self.service.lists(&peer))
     }
 
+    /// The supply (superpeers, their leaves and capacity) bootstrap answers carry now.
+    pub fn supply(&self) -> natter_proto::login::Supply {
+        self.service.supply()
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {

@@ -31,6 +31,8 @@ pub struct FileConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// Publish the node's IP addresses in the directory (default true).
     pub publish_direct_addrs: Option<bool>,
+    /// Seconds the presence record vouches for this node, 15 to 120 (default 90).
+    pub lease_secs: Option<u64>,
     /// The inbox's quotas and retention (`[inbox]`).
     pub inbox: Option<InboxConfig>,
 }

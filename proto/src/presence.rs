@@ -189,8 +189,9 @@ impl PresenceRecord {
     }
 
     /// Every check but the sequence and the directory key: what anyone holding the issuer key
-    /// can check of a record in isolation. An offline record may outlive its lease (it tells
-    /// "last seen"), but not its certificate's validity.
+    /// can check of a record in isolation. Every record, offline ones too, ends with its
+    /// lease: an old offline record cannot be replayed to hide a later sign-on, and "last
+    /// seen" after the lease is what each node remembers, not what the directory keeps.
     pub fn verify(&self, issuer: &IssuerKey, now: u64) -> Result<(), RecordError> {
         let b = &self.body;
         check_lists(b)?;
@@ -210,7 +211,7 @@ impl PresenceRecord {
         if lease > MAX_RECORD_LEASE_SECS || b.expires_at < b.last_seen {
             return Err(RecordError::LeaseTooLong(lease));
         }
-        if b.status != Status::Offline && now >= b.expires_at {
+        if now >= b.expires_at {
             return Err(RecordError::Expired {
                 expires_at: b.expires_at,
                 now,
@@ -446,12 +447,24 @@ mod tests {
         ));
     }
 
+    /// Before, an offline record stayed valid for its certificate's life (a day), so an old
+    /// one could be replayed long after the user signed on again.
     #[test]
-    fn offline_record_outlives_its_lease_but_is_not_live() {
+    fn an_offline_record_ends_with_its_lease_like_an_online_one() {
         let alice = user("alice", 7, NOW - 10, 86_400);
         let rec = body(&alice, 5, Status::Offline).sign(&alice.key).unwrap();
-        assert_eq!(rec.verify(&issuer().public(), NOW + 3600), Ok(()));
         assert!(!rec.is_live(NOW));
+        assert_eq!(rec.verify(&issuer().public(), NOW), Ok(()));
+        let end = rec.body.expires_at;
+        assert_eq!(rec.verify(&issuer().public(), end - 1), Ok(()));
+        assert!(matches!(
+            rec.verify(&issuer().public(), end),
+            Err(RecordError::Expired { .. })
+        ));
+        assert!(matches!(
+            rec.verify(&issuer().public(), NOW + 3600),
+            Err(RecordError::Expired { .. })
+        ));
     }
 
     #[test]

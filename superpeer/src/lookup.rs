@@ -149,7 +149,12 @@ impl<R> Lookups<R> {
         now_unix: u64,
         now: Instant,
     ) -> Result<(), (LookupRefused, R)> {
-        if let Some((record, confirmed)) = self.cache.get(&name, now) {
+        // A cached record whose lease ended meanwhile is no answer any more.
+        let cached = self
+            .cache
+            .get(&name, now)
+            .filter(|(record, _)| record.as_ref().is_none_or(|r| now_unix < r.body.expires_at));
+        if let Some((record, confirmed)) = cached {
             self.started += 1;
             self.actions.push_back(LookupAction::Answer {
                 requester,

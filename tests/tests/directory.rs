@@ -135,3 +135,75 @@ fn forged_records_are_refused_by_a_superpeer() {
     assert_eq!(sp.lookup("alice").unwrap()["status"], "unknown");
     drop(server);
 }
+
+/// "Last seen" outlives the directory record, and a restart. Alice publishes with a 15 s lease
+/// and signs off; her offline record ends with its lease like an online one (before, it stayed
+/// valid for her certificate's day, so an old one could be replayed); bob's lookup then
+/// finds no record and still says when he last saw her, remembered by his node, also after
+/// his node restarts. Before, "last seen" disappeared with the record.
+#[test]
+fn last_seen_outlives_the_directory_record_and_a_restart() {
+    let net = natter_tests::TestNet::new();
+    let sp = net.node("spa", &["--role", "superpeer"]);
+    sp.wait_role("superpeer", Duration::from_secs(30));
+    let mut bob = net.node("bob", &["--role", "leaf"]);
+    wait_for("bob attached", Duration::from_secs(60), || {
+        bob.is_attached().then_some(())
+    });
+    let started = std::time::Instant::now();
+    let alice = net.node("alice", &["--role", "leaf", "--lease", "15"]);
+    let online = wait_for("alice online", Duration::from_secs(60), || {
+        bob.lookup("alice").filter(|v| v["status"] == "online")
+    });
+    eprintln!("alice online for bob after {:?}", started.elapsed());
+    let seen = online["last_seen"].as_u64().unwrap();
+
+    let out = natter_tests::natter(&alice.home, &["down"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut alice = alice;
+    alice.wait_exit(Duration::from_secs(30));
+    let gone = wait_for(
+        "the directory to forget alice",
+        Duration::from_secs(90),
+        || bob.lookup("alice").filter(|v| v["seq"].is_null()),
+    );
+    assert_eq!(gone["status"], "offline", "{gone}");
+    let remembered = gone["last_seen"].as_u64();
+    assert!(remembered >= Some(seen), "{gone}: seen online at {seen}");
+
+    bob.restart();
+    wait_for("bob attached again", Duration::from_secs(60), || {
+        bob.is_attached().then_some(())
+    });
+    let out = natter_tests::natter(&bob.home, &["lookup", "alice"], "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("alice: offline, last seen "),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = bob.lookup("alice").unwrap();
+    assert_eq!(after["last_seen"].as_u64(), remembered, "{after}");
+
+    // A user this node never saw online: offline, "not seen online yet".
+    let out = natter_tests::natter(
+        &net.dir.path().join("carol"),
+        &["register", "carol", "--login", &net.server.addr.to_string()],
+        "password1\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = natter_tests::natter(&bob.home, &["lookup", "carol"], "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("carol: offline (not seen online yet"),
+        "{text}"
+    );
+}

@@ -367,11 +367,11 @@ fn print_contacts(list: &[ContactView], json: bool) -> anyhow::Result<()> {
             outln!("{}", escape(&c.name));
             continue;
         };
-        let seen = c
-            .last_seen
-            .filter(|_| status == "offline")
-            .map(|s| format!(", last seen {}", format_ms(s.saturating_mul(1000))))
-            .unwrap_or_default();
+        let seen = match (status.as_str(), c.last_seen) {
+            ("offline", Some(s)) => format!(", last seen {}", format_ms(s.saturating_mul(1000))),
+            ("offline", None) => super::presence::NOT_SEEN_YET.into(),
+            _ => String::new(),
+        };
         outln!("{}: {}{seen}", escape(&c.name), escape(status));
     }
     Ok(())

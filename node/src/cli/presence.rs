@@ -45,6 +45,11 @@ pub(crate) async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What follows "offline" for a user this node has never seen online: a user who signed
+/// on moments ago may not be in the directory yet.
+pub(crate) const NOT_SEEN_YET: &str = " (not seen online yet; someone who just signed on \
+                                       shows up within seconds)";
+
 /// `lookup NAME`: an unknown user is an error (exit 1), after the JSON in `--json` mode.
 pub(crate) async fn lookup(home: &Home, name: &str, json: bool) -> anyhow::Result<()> {
     let name = parse_name(name)?;
@@ -59,18 +64,16 @@ pub(crate) async fn lookup(home: &Home, name: &str, json: bool) -> anyhow::Resul
     if json {
         outln!("{}", serde_json::to_string_pretty(&view)?);
     } else if !unknown {
-        let seen = view
-            .last_seen
-            .filter(|_| view.status == "offline")
-            .map(|s| {
-                format!(
-                    ", last seen {}",
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)
-                    )
+        let seen = match (view.status.as_str(), view.last_seen) {
+            ("offline", Some(s)) => format!(
+                ", last seen {}",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)
                 )
-            })
-            .unwrap_or_default();
+            ),
+            ("offline", None) => NOT_SEEN_YET.into(),
+            _ => String::new(),
+        };
         outln!("{}: {}{seen}", escape(&view.user), escape(&view.status));
     }
     if unknown {

@@ -21,7 +21,8 @@ pub struct DaemonConfig {
     /// How long a presence record vouches for its user (default 90 s): a crashed user reads
     /// offline within this lease at the latest.
     pub lease: Duration,
-    /// How often a leaf re-publishes its record (default 30 s).
+    /// How often a leaf re-publishes its record (default 30 s, a third of the lease: see
+    /// [`DaemonConfig::set_lease`]).
     pub publish_interval: Duration,
     /// Where to serve Prometheus metrics (default: nowhere).
     pub metrics: Option<std::net::SocketAddr>,
@@ -68,6 +69,12 @@ impl Default for DaemonConfig {
 }
 
 impl DaemonConfig {
+    /// Sets the lease, and the re-publication to a third of it (so that two may be lost).
+    pub fn set_lease(&mut self, lease: Duration) {
+        self.lease = lease;
+        self.publish_interval = lease / 3;
+    }
+
     /// Refuses settings the daemon cannot run with, named as `natter.toml` spells them, with
     /// their range.
     pub fn validate(&self) -> Result<(), String> {
@@ -108,6 +115,12 @@ impl DaemonConfig {
         if let Some(keep) = self.retention {
             within("inbox.retention_days", keep.as_secs() / 86_400, 1, 36_500)?;
         }
+        within(
+            "lease_secs",
+            self.lease.as_secs(),
+            15,
+            natter_proto::limits::MAX_RECORD_LEASE_SECS,
+        )?;
         if self.listen.is_empty() {
             return Err("listen needs at least one address".into());
         }

@@ -49,6 +49,9 @@ pub(crate) struct Messaging {
     ids: crate::ulid::UlidGenerator,
     /// When the inbox was last pruned by the retention setting.
     pruned_at: Option<Instant>,
+    /// The last-seen times already written to the store, so that a lookup per `send` does
+    /// not write one each (bounded: cleared when full).
+    seen_noted: HashMap<UserName, u64>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -64,6 +67,7 @@ impl Messaging {
         Self {
             pending: HashMap::new(),
             certs: inbox::VerifiedCerts::new(issuer),
+            seen_noted: HashMap::new(),
             outbox: Outbox::default(),
             feeding: false,
             feed_again: false,
@@ -358,28 +362,29 @@ impl Daemon {
         purpose: LookupFor,
         outcome: LookupOutcome,
     ) {
+        if let LookupOutcome::Found { record, .. } = &outcome {
+            self.note_seen(record);
+        }
         match purpose {
             LookupFor::Control(reply) => {
                 let view = match outcome {
                     LookupOutcome::Found { record, confirmed } => {
                         Ok(lookup_view(&record, confirmed))
                     }
-                    LookupOutcome::NotFound { exists } => Ok(super::api::LookupView {
-                        user: name.to_string(),
-                        status: if exists == Some(true) {
-                            "offline"
-                        } else {
-                            "unknown"
-                        }
-                        .into(),
-                        peer_id: None,
-                        superpeers: vec![],
-                        direct_addrs: vec![],
-                        last_seen: None,
-                        home: None,
-                        confirmed: false,
-                        seq: None,
-                    }),
+                    LookupOutcome::NotFound { exists: Some(true) } => {
+                        // Registered, and no record in the directory: offline (or signed on
+                        // seconds ago), last seen when this node saw the user last.
+                        let user = name.to_string();
+                        self.store_then(
+                            move |s| s.last_seen(&user),
+                            move |_, seen| {
+                                let view = not_found_view(&name, "offline", seen.ok().flatten());
+                                let _ = reply.try_send(Ok(ControlResponse::Lookup(view)));
+                            },
+                        );
+                        return;
+                    }
+                    LookupOutcome::NotFound { .. } => Ok(not_found_view(&name, "unknown", None)),
                     LookupOutcome::Failed(e) => Err(e),
                 };
                 let _ = reply.try_send(view.map(ControlResponse::Lookup));
@@ -583,6 +588,7 @@ impl Daemon {
                     response: MsgResponse::Noted,
                 });
                 let name = record.username().clone();
+                self.note_seen(&record);
                 self.learn_route(&name, &record);
                 let event = FollowEvent::Presence {
                     user: name.to_string(),
@@ -693,6 +699,22 @@ impl Daemon {
         }
     }
 
+    /// Remembers when a verified record says its user was last seen: "last seen" outlives
+    /// the record, which ends with its lease.
+    fn note_seen(&mut self, record: &natter_proto::PresenceRecord) {
+        let at = record.body.last_seen;
+        let noted = &mut self.msg.seen_noted;
+        if noted.get(record.username()).is_some_and(|t| *t >= at) {
+            return;
+        }
+        if noted.len() >= crate::store::MAX_LAST_SEEN {
+            noted.clear();
+        }
+        noted.insert(record.username().clone(), at);
+        let name = record.username().to_string();
+        self.store_write("remembering last seen", move |s| s.note_seen(&name, at));
+    }
+
     fn push_presence_to(&mut self, name: &UserName) {
         let Some(route) = self.msg.outbox.route(name, TokioInstant::now()).cloned() else {
             return;
@@ -717,5 +739,20 @@ impl Daemon {
             OutRequest::Msg(MsgRequest::Presence { record }),
         );
         self.msg.pending.insert(token, MsgPending::Presence);
+    }
+}
+
+/// A lookup's answer without a record: `status` "offline" (the user exists) or "unknown".
+fn not_found_view(name: &UserName, status: &str, last_seen: Option<u64>) -> super::api::LookupView {
+    super::api::LookupView {
+        user: name.to_string(),
+        status: status.into(),
+        peer_id: None,
+        superpeers: vec![],
+        direct_addrs: vec![],
+        last_seen,
+        home: None,
+        confirmed: false,
+        seq: None,
     }
 }

@@ -36,6 +36,7 @@ mod inbox;
 mod outbox;
 mod quota;
 mod schema;
+mod seen;
 mod sql;
 
 use std::fs;
@@ -58,6 +59,7 @@ pub use hosts::{
 };
 pub use inbox::{InboxEntry, InboxLimits, IncomingMessage, OverQuota, Receipt};
 pub use outbox::{MAX_OUTBOX, OutgoingMessage, QueuedMessage, SentMessage};
+pub use seen::MAX_LAST_SEEN;
 
 /// The store's file name inside the home directory.
 pub const DB_FILE: &str = "natter.sqlite3";
@@ -150,6 +152,8 @@ pub struct Store {
     max_outbox: usize,
     /// [`MAX_CONTACTS`], lowered by tests.
     max_contacts: usize,
+    /// [`MAX_LAST_SEEN`], lowered by tests.
+    max_last_seen: usize,
     /// The inbox quotas.
     inbox_limits: InboxLimits,
 }
@@ -190,6 +194,7 @@ impl Store {
             group_ended: Condvar::new(),
             max_outbox: MAX_OUTBOX,
             max_contacts: MAX_CONTACTS,
+            max_last_seen: MAX_LAST_SEEN,
             inbox_limits: InboxLimits::default(),
         })
     }

@@ -14,7 +14,7 @@ use super::StoreError;
 /// The schema version this build writes.
 pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// Version 1: host cache, outbox, sent, inbox, contacts.
 const V1: &str = "
@@ -170,6 +170,19 @@ CREATE TABLE blocked (
 /// `natter outbox`, and no longer tried; it no longer holds back the ones after it.
 const V5: &str = "
 ALTER TABLE outbox ADD COLUMN refused INTEGER NOT NULL DEFAULT 0 CHECK (refused IN (0, 1));
+";
+
+/// Version 6: when this node last saw each user online.
+///
+/// Version 5 showed "last seen" only while the directory kept the user's record; offline
+/// records now end with their lease like online ones (issue 11), so the node remembers
+/// (bounded, `seen::MAX_LAST_SEEN`).
+const V6: &str = "
+CREATE TABLE last_seen (
+    name TEXT PRIMARY KEY NOT NULL,
+    at   INTEGER NOT NULL  -- unix seconds, from the user's signed record
+) STRICT;
+CREATE INDEX last_seen_at ON last_seen (at);
 ";
 
 /// Brings `conn` up to [`VERSION`]; refuses a file from a newer build.

@@ -378,6 +378,40 @@ fn version_names_the_programs() {
     assert_eq!(stdout(&out), format!("natter-login {version}\n"));
 }
 
+/// What users build (`cargo install`, `cargo build --release`, the Docker image) carries no
+/// debug info: 171 MB for `natter` with line tables before, a few tens of MB without. Read
+/// from the workspace manifest: a release build takes longer than this whole suite.
+#[test]
+fn release_binaries_carry_no_debug_info() {
+    let manifest = std::fs::read_to_string(natter_tests::workspace_root().join("Cargo.toml"))
+        .expect("the workspace manifest");
+    let release: Vec<&str> = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "[profile.release]")
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let value = |key: &str| {
+        release.iter().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().to_owned())
+        })
+    };
+    assert!(
+        matches!(value("debug").as_deref(), Some("false" | "0" | "\"none\"")),
+        "[profile.release] must set debug = false: {release:?}"
+    );
+    assert!(
+        matches!(
+            value("strip").as_deref(),
+            Some("\"debuginfo\"" | "\"symbols\"" | "true")
+        ),
+        "[profile.release] must strip debug info: {release:?}"
+    );
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let tmp = tempfile::tempdir().unwrap();

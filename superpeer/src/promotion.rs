@@ -200,6 +200,11 @@ pub struct NeedGate {
 const NEED_ASK_AGAIN: Duration = Duration::from_secs(10);
 
 impl NeedGate {
+    /// When the need it saw is asked about again (`None`: it saw none).
+    pub fn pending(&self) -> Option<Instant> {
+        self.recheck_at
+    }
+
     /// `need` from the supply learned at `supply_at` (from [`NeedPolicy::need`]).
     pub fn observe(
         &mut self,

@@ -181,6 +181,14 @@ fn superpeers_follow_the_load_up_and_the_surplus_demotes() {
     };
     let most = superpeers(&nodes);
     assert!(most >= 4, "{most} superpeers");
+    // A superpeer's status says what would demote it.
+    let status = nodes[0].status().unwrap();
+    let reason = status["role_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("it demotes when the network has more than 3 superpeers and the others")
+            || reason.contains("the network would do without it: demoting in"),
+        "{status}"
+    );
 
     // Zed goes offline; a message to him waits in lea's outbox.
     let out = natter_tests::natter(&zed.home, &["down"], "");

@@ -117,7 +117,7 @@ fn status(d: &Daemon) -> StatusView {
             Current::Leaf => "leaf".into(),
             Current::Superpeer => "superpeer".into(),
         },
-        role_reason: d.role_reason.clone(),
+        role_reason: d.role_text(),
         reachability: reachability(d).into(),
         superpeers,
         primary: d.attach.primary().map(|p| p.to_string()),

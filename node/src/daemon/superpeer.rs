@@ -132,6 +132,29 @@ impl Daemon {
         }
     }
 
+    /// Why the node has its role, for `status`: a sitting `auto` superpeer also says what
+    /// would demote it (or that it is about to).
+    pub(super) fn role_text(&self) -> String {
+        if self.role != Current::Superpeer || self.config.role != Role::Auto {
+            return self.role_reason.clone();
+        }
+        let policy = NeedPolicy::default();
+        let hint = match self.surplus_gate.pending() {
+            Some(at) => format!(
+                "the network would do without it: demoting in {} s unless it needs it again \
+                 by then",
+                at.saturating_duration_since(Instant::now()).as_secs()
+            ),
+            None => format!(
+                "it demotes when the network has more than {} superpeers and the others could \
+                 carry every leaf at {}% of their capacity, or when it loses its public address",
+                policy.min_superpeers,
+                policy.target_load_percent / 2
+            ),
+        };
+        format!("{}; {hint}", self.role_reason)
+    }
+
     /// A node that may promote but has no public address confirmed probes again now and then:
     /// libp2p's AutoNAT client never retries an address whose first test went wrong.
     pub(super) fn reprobe_tick(&mut self) {

@@ -218,6 +218,50 @@ fn the_daemon_renews_its_certificate_before_expiry_without_a_password() {
     drop(server);
 }
 
+/// Certificates renewed while connected: each node introduces its new certificate on the
+/// connections it has, so its peers serve it on past the old one's expiry. With 12 s
+/// certificates (renewed at 80%), a leaf stays attached to its superpeer without a break for
+/// three lifetimes, and each lookup through it is answered the first time.
+#[test]
+fn a_renewed_certificate_keeps_a_leaf_served_past_the_first_ones_expiry() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = loopback_config(&dir.path().join("login"));
+    config.cert_lifetime = Duration::from_secs(12);
+    let server = rt.block_on(LoginServer::start(config));
+    let start = |name: &str, role: &str| {
+        NodeProcess::start(dir.path(), name, &server.addr, &["--role", role])
+    };
+    let sp = start("spa", "superpeer");
+    sp.wait_role("superpeer", PROMOTE);
+    let alice = start("alice", "leaf");
+    let bob = start("bob", "leaf");
+    for (from, to) in [(&alice, "bob"), (&bob, "alice")] {
+        wait_for(&format!("{to} online"), ATTACH, || {
+            from.lookup(to)
+                .filter(|v| v["status"] == "online")
+                .map(drop)
+        });
+    }
+    let first = alice.status().unwrap()["cert_expires_at"].as_u64().unwrap();
+    let until = first + 24;
+    let mut renewed = first;
+    while natter_login_server::service::unix_now() < until {
+        let status = alice.status().unwrap();
+        assert_eq!(status["primary"], sp.peer_id().as_str(), "{status}");
+        renewed = renewed.max(status["cert_expires_at"].as_u64().unwrap());
+        let out = natter_tests::natter(&alice.home, &["lookup", "bob", "--json"], "");
+        let view: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("lookup failed: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(view["status"], "online", "{view}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        renewed > first + 12,
+        "alice renewed twice: {first} -> {renewed}"
+    );
+}
+
 /// A leaf whose only superpeer comes back on another port asks the login server for a fresh
 /// bootstrap list instead of retrying the old address for minutes (issue 17, item 3).
 #[test]

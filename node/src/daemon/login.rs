@@ -91,6 +91,10 @@ impl Daemon {
                     .send(crate::net::Command::SetCertificate(Box::new(cert.clone())));
                 self.identity.cert = cert;
                 self.renew_failed_at = None;
+                // The record in the directory carries the old certificate, and becomes
+                // unusable when it expires: publish one with the new certificate now.
+                self.last_publish = None;
+                self.last_own_publish = None;
                 if let Err(e) = self.home.save_identity(&self.identity) {
                     tracing::error!(error = %e, "cannot save the renewed certificate");
                 }

@@ -347,3 +347,74 @@ fn a_superpeer_denying_a_user_does_not_hide_him_when_the_other_superpeer_is_hone
     // The denier is still her primary: the answer came from the other superpeer.
     assert_eq!(primary(&alice).as_deref(), Some(mallory.as_str()));
 }
+
+/// A superpeer replays an older record of a user, validly signed by his own device (one it
+/// saw earlier: here signed with bob's key from his home, status "online", sequence 1).
+/// Bob has since set his status to "busy". Before, a leaf asked its primary alone: with the
+/// replayer as alice's primary she saw bob "online" for as long as it kept replaying (the
+/// test then times out). Now the freshest record of both superpeers wins: the honest one's.
+#[test]
+fn a_superpeer_replaying_an_older_record_loses_to_the_newer_one() {
+    use natter_proto::{PresenceBody, Status};
+    use std::sync::{Arc, Mutex};
+
+    let net = TestNet::new();
+    let replay: Arc<Mutex<Option<natter_proto::PresenceRecord>>> = Arc::default();
+    let stale = Arc::clone(&replay);
+    let hostile = mallory(
+        &net,
+        Box::new(
+            move |me, from, request| match (&request, stale.lock().unwrap().clone()) {
+                (OverlayRequest::Lookup { name }, Some(record)) if *name == "bob" => {
+                    OverlayResponse::Found {
+                        record,
+                        confirmed: true,
+                    }
+                }
+                _ => plain_superpeer(me, from, request),
+            },
+        ),
+    );
+    let mallory = hostile.attacker.peer.to_string();
+    let alice = net.node("alice", &["--role", "leaf"]);
+    wait_for("alice attached to mallory", ATTACH, || {
+        (alice.status()?["primary"].as_str()? == mallory).then_some(())
+    });
+    let _honest = net.node("carol", &["--role", "superpeer"]);
+    let bob = net.node("bob", &["--role", "superpeer"]);
+    bob.wait_role("superpeer", ATTACH);
+    wait_for("alice's standby", ATTACH, || {
+        (alice.status()?["superpeers"].as_array()?.len() == 2).then_some(())
+    });
+
+    // The older record: what bob's device signed before he went busy.
+    let home = natter_node::Home::new(Some(bob.home.clone())).unwrap();
+    let key = home.device_key().unwrap();
+    let now = natter_login_server::service::unix_now();
+    let old = PresenceBody {
+        cert: home.identity().unwrap().cert,
+        status: Status::Online,
+        seq: 1,
+        last_seen: now,
+        expires_at: now + 90,
+        home: None,
+        relay_addrs: vec![],
+        direct_addrs: vec![],
+    }
+    .sign(&key)
+    .unwrap();
+    *replay.lock().unwrap() = Some(old);
+    let out = natter(&bob.home, &["set-status", "busy"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let seen = wait_for("alice to see bob busy", ATTACH, || {
+        alice.lookup("bob").filter(|v| v["status"] == "busy")
+    });
+    assert!(seen["seq"].as_u64() > Some(1), "{seen}");
+    // The replayer is still her primary: the newer record came from the other superpeer.
+    assert_eq!(alice.status().unwrap()["primary"], mallory.as_str());
+}

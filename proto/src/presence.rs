@@ -267,9 +267,21 @@ fn check_lists(b: &PresenceBody) -> Result<(), RecordError> {
     {
         return Err(RecordError::Malformed("too many addresses".into()));
     }
-    for a in b.relay_addrs.iter().chain(&b.direct_addrs) {
-        if a.len() > MAX_ADDR_LEN || a.parse::<multiaddr::Multiaddr>().is_err() {
-            return Err(RecordError::Malformed(format!("bad address {a:?}")));
+    let device = b.cert.peer_id();
+    let lists = [(&b.relay_addrs, true), (&b.direct_addrs, false)];
+    for (a, relayed) in lists
+        .into_iter()
+        .flat_map(|(l, r)| l.iter().map(move |a| (a, r)))
+    {
+        let shape = (a.len() <= MAX_ADDR_LEN)
+            .then(|| a.parse::<multiaddr::Multiaddr>().ok())
+            .flatten()
+            .is_some_and(|m| dialable_shape(&m, &device, relayed));
+        if !shape {
+            return Err(RecordError::Malformed(format!(
+                "bad {} address {a:?}",
+                if relayed { "relay" } else { "direct" }
+            )));
         }
     }
     if let Some(home) = &b.home
@@ -278,6 +290,41 @@ fn check_lists(b: &PresenceBody) -> Result<(), RecordError> {
         return Err(RecordError::Malformed("home is not a peer id".into()));
     }
     Ok(())
+}
+
+/// The only address shapes a record may carry, so that nobody is made to resolve names or
+/// dial anything but the device's own transports on a record's word: an IP address, a port
+/// (not 0) over TCP or QUIC, then for a relay address the relay's `/p2p/` and `/p2p-circuit`;
+/// last, optionally, the device's own `/p2p/` (Noise checks it on every dial anyway). A node
+/// keeps other addresses out of its own record with it.
+pub fn dialable_shape(
+    addr: &multiaddr::Multiaddr,
+    device: &libp2p_identity::PeerId,
+    relayed: bool,
+) -> bool {
+    use multiaddr::Protocol as P;
+    let mut parts = addr.iter().peekable();
+    if !matches!(parts.next(), Some(P::Ip4(_) | P::Ip6(_))) {
+        return false;
+    }
+    match parts.next() {
+        Some(P::Tcp(port)) if port != 0 => {}
+        Some(P::Udp(port)) if port != 0 => {
+            if parts.next() != Some(P::QuicV1) {
+                return false;
+            }
+        }
+        _ => return false,
+    }
+    if relayed && !(matches!(parts.next(), Some(P::P2p(_))) && parts.next() == Some(P::P2pCircuit))
+    {
+        return false;
+    }
+    match parts.next() {
+        None => true,
+        Some(P::P2p(peer)) => peer == *device && parts.next().is_none(),
+        Some(_) => false,
+    }
 }
 
 mod b64_sig {
@@ -328,22 +375,84 @@ mod tests {
         User { key, cert }
     }
 
+    fn home() -> libp2p_identity::PeerId {
+        libp2p_identity::Keypair::ed25519_from_bytes([3; 32])
+            .unwrap()
+            .public()
+            .to_peer_id()
+    }
+
     fn body(u: &User, seq: u64, status: Status) -> PresenceBody {
+        let me = u.key.public().to_peer_id();
         PresenceBody {
             cert: u.cert.clone(),
             status,
             seq,
             last_seen: NOW,
             expires_at: NOW + 90,
-            home: Some(
-                libp2p_identity::Keypair::ed25519_from_bytes([3; 32])
-                    .unwrap()
-                    .public()
-                    .to_peer_id()
-                    .to_string(),
-            ),
-            relay_addrs: vec!["/ip4/192.0.2.1/tcp/4001/p2p-circuit".into()],
-            direct_addrs: vec![],
+            home: Some(home().to_string()),
+            relay_addrs: vec![format!(
+                "/ip4/192.0.2.1/tcp/4001/p2p/{}/p2p-circuit/p2p/{me}",
+                home()
+            )],
+            direct_addrs: vec![format!("/ip6/2001:db8::1/udp/4001/quic-v1/p2p/{me}")],
+        }
+    }
+
+    /// Addresses are IP, TCP or QUIC, a relay's circuit, and the device's own peer id: no
+    /// names to resolve, no other transports, nobody else's peer id.
+    #[test]
+    fn only_dialable_address_shapes_are_accepted() {
+        let alice = user("alice", 7, NOW - 10, 86_400);
+        let me = alice.key.public().to_peer_id();
+        let other = home();
+        let check = |relay: &[&str], direct: &[&str]| {
+            let mut b = body(&alice, 5, Status::Online);
+            b.relay_addrs = relay.iter().map(|a| a.to_string()).collect();
+            b.direct_addrs = direct.iter().map(|a| a.to_string()).collect();
+            b.sign(&alice.key).unwrap().verify(&issuer().public(), NOW)
+        };
+        let good_relay = [
+            format!("/ip4/192.0.2.1/tcp/4001/p2p/{other}/p2p-circuit"),
+            format!("/ip4/192.0.2.1/udp/4001/quic-v1/p2p/{other}/p2p-circuit/p2p/{me}"),
+        ];
+        let good_direct = [
+            "/ip4/192.0.2.7/tcp/4001".to_owned(),
+            format!("/ip4/192.0.2.7/udp/9/quic-v1/p2p/{me}"),
+        ];
+        for a in &good_relay {
+            assert_eq!(check(&[a.as_str()], &[]), Ok(()), "{a}");
+        }
+        for a in &good_direct {
+            assert_eq!(check(&[], &[a.as_str()]), Ok(()), "{a}");
+        }
+        let bad_relay = [
+            "/ip4/192.0.2.1/tcp/4001/p2p-circuit".to_owned(),
+            format!("/ip4/192.0.2.1/tcp/4001/p2p/{other}"),
+            format!("/dns4/example.com/tcp/4001/p2p/{other}/p2p-circuit"),
+            format!("/ip4/192.0.2.1/tcp/4001/p2p/{other}/p2p-circuit/p2p/{other}"),
+        ];
+        for a in &bad_relay {
+            assert!(
+                matches!(check(&[a.as_str()], &[]), Err(RecordError::Malformed(_))),
+                "{a}"
+            );
+        }
+        let bad_direct = [
+            "/dns4/example.com/tcp/4001".to_owned(),
+            "/ip4/192.0.2.7/tcp/0".to_owned(),
+            "/ip4/192.0.2.7/udp/4001".to_owned(),
+            "/ip4/192.0.2.7/tcp/4001/ws".to_owned(),
+            "/unix/tmp%2Fsock".to_owned(),
+            format!("/ip4/192.0.2.7/tcp/4001/p2p/{other}"),
+            format!("/ip4/192.0.2.7/tcp/4001/p2p/{me}/p2p-circuit"),
+            format!("/ip4/192.0.2.1/tcp/4001/p2p/{other}/p2p-circuit/p2p/{me}"),
+        ];
+        for a in &bad_direct {
+            assert!(
+                matches!(check(&[], &[a.as_str()]), Err(RecordError::Malformed(_))),
+                "{a}"
+            );
         }
     }
 

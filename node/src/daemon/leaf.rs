@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use natter_proto::overlay::{OverlayRequest, OverlayResponse};
+use natter_proto::presence::dialable_shape;
 use natter_proto::{PresenceBody, PresenceRecord, Status, UserName};
 
 use super::api::LookupView;
@@ -197,10 +198,14 @@ impl Daemon {
         home: Option<PeerId>,
     ) -> Option<PresenceRecord> {
         let now = unix_now();
+        // Only shapes every verifier accepts: one odd address would make the whole record
+        // refused.
+        let me = self.peer_id();
         let relay_addrs = match self.role {
             Current::Leaf => self
                 .relay_addrs
                 .iter()
+                .filter(|a| dialable_shape(a, &me, true))
                 .map(|a| a.to_string())
                 .take(8)
                 .collect(),
@@ -211,7 +216,9 @@ impl Daemon {
             .public_addrs()
             .into_iter()
             .filter(|_| !hide)
-            .map(|a| a.with_p2p(self.peer_id()).unwrap_or_else(|a| a).to_string())
+            .map(|a| a.with_p2p(me).unwrap_or_else(|a| a))
+            .filter(|a| dialable_shape(a, &me, false))
+            .map(|a| a.to_string())
             .take(8)
             .collect();
         let body = PresenceBody {

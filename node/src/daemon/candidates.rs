@@ -163,6 +163,15 @@ impl Candidates {
             .map(|c| &c.info)
     }
 
+    /// The addresses of `peer` if this node reached it or the login server lists it (which
+    /// dialled it there): what may enter the directory's routing table. Empty for hearsay.
+    pub(crate) fn vouched_addrs(&self, peer: PeerId) -> Vec<String> {
+        self.find(peer)
+            .filter(|c| c.source != Source::Hearsay)
+            .map(|c| c.info.addrs.clone())
+            .unwrap_or_default()
+    }
+
     /// The addresses known for `peer`.
     pub(crate) fn addrs(&self, peer: PeerId) -> Vec<String> {
         self.find(peer)

@@ -667,9 +667,7 @@ impl Daemon {
                 if is_superpeer {
                     self.superpeers_seen.insert(peer);
                     if self.role == Current::Superpeer {
-                        for addr in info.listen_addrs.iter().filter(|a| !is_relayed(a)) {
-                            self.net.send(Command::KadAddAddress(peer, addr.clone()));
-                        }
+                        self.kad_add_vouched(peer);
                     }
                 } else {
                     self.superpeers_seen.remove(&peer);

@@ -2,7 +2,7 @@
 //! ([`super::outbox`], a state machine) decides delivery; this file carries its actions out
 //! (store jobs, lookups, requests, answers). The receiver authenticates the sender,
 //! deduplicates by sender and id and streams new messages to `inbox --follow`. Also `ping`
-//! probes and presence pushed to contacts.
+//! probes; presence pushed to contacts is in `presence.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -51,7 +51,7 @@ pub(crate) struct Messaging {
     pruned_at: Option<Instant>,
     /// The last-seen times already written to the store, so that a lookup per `send` does
     /// not write one each (bounded: cleared when full).
-    seen_noted: HashMap<UserName, u64>,
+    pub(super) seen_noted: HashMap<UserName, u64>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -378,13 +378,19 @@ impl Daemon {
                         self.store_then(
                             move |s| s.last_seen(&user),
                             move |_, seen| {
-                                let view = not_found_view(&name, "offline", seen.ok().flatten());
+                                let view = super::presence::not_found_view(
+                                    &name,
+                                    "offline",
+                                    seen.ok().flatten(),
+                                );
                                 let _ = reply.try_send(Ok(ControlResponse::Lookup(view)));
                             },
                         );
                         return;
                     }
-                    LookupOutcome::NotFound { .. } => Ok(not_found_view(&name, "unknown", None)),
+                    LookupOutcome::NotFound { .. } => {
+                        Ok(super::presence::not_found_view(&name, "unknown", None))
+                    }
                     LookupOutcome::Failed(e) => Err(e),
                 };
                 let _ = reply.try_send(view.map(ControlResponse::Lookup));
@@ -671,88 +677,5 @@ impl Daemon {
         } else {
             let _ = reply.try_send(Err("too many inbox followers".into()));
         }
-    }
-
-    /// Tells online contacts of this node's new status directly (best effort; crashes are
-    /// caught by the presence lease instead).
-    pub(super) fn push_presence(&mut self) {
-        self.store_then(
-            |s| s.contacts(),
-            |d, contacts| {
-                if let Ok(contacts) = contacts {
-                    d.push_presence_to_contacts(contacts);
-                }
-            },
-        );
-    }
-
-    fn push_presence_to_contacts(&mut self, contacts: Vec<String>) {
-        for c in contacts.into_iter().take(1000) {
-            let Ok(name) = UserName::parse_canonical(&c) else {
-                continue;
-            };
-            if self.msg.outbox.route(&name, TokioInstant::now()).is_some() {
-                self.push_presence_to(&name);
-            } else {
-                self.lookup(name, LookupFor::Push);
-            }
-        }
-    }
-
-    /// Remembers when a verified record says its user was last seen: "last seen" outlives
-    /// the record, which ends with its lease.
-    fn note_seen(&mut self, record: &natter_proto::PresenceRecord) {
-        let at = record.body.last_seen;
-        let noted = &mut self.msg.seen_noted;
-        if noted.get(record.username()).is_some_and(|t| *t >= at) {
-            return;
-        }
-        if noted.len() >= crate::store::MAX_LAST_SEEN {
-            noted.clear();
-        }
-        noted.insert(record.username().clone(), at);
-        let name = record.username().to_string();
-        self.store_write("remembering last seen", move |s| s.note_seen(&name, at));
-    }
-
-    fn push_presence_to(&mut self, name: &UserName) {
-        let Some(route) = self.msg.outbox.route(name, TokioInstant::now()).cloned() else {
-            return;
-        };
-        let status = if self.going_down.is_some() {
-            natter_proto::Status::Offline
-        } else {
-            self.presence
-        };
-        let home = match self.role {
-            super::Current::Leaf => self.attach.primary(),
-            super::Current::Superpeer => Some(self.peer_id()),
-        };
-        let Some(record) = self.own_record(status, home) else {
-            return;
-        };
-        let token = self.token();
-        self.net.request(
-            token,
-            route.peer,
-            route.addrs,
-            OutRequest::Msg(MsgRequest::Presence { record }),
-        );
-        self.msg.pending.insert(token, MsgPending::Presence);
-    }
-}
-
-/// A lookup's answer without a record: `status` "offline" (the user exists) or "unknown".
-fn not_found_view(name: &UserName, status: &str, last_seen: Option<u64>) -> super::api::LookupView {
-    super::api::LookupView {
-        user: name.to_string(),
-        status: status.into(),
-        peer_id: None,
-        superpeers: vec![],
-        direct_addrs: vec![],
-        last_seen,
-        home: None,
-        confirmed: false,
-        seq: None,
     }
 }

@@ -23,6 +23,7 @@ mod metrics;
 mod netcheck;
 mod outbox;
 mod ping;
+mod presence;
 mod reprobe;
 mod revocation;
 mod superpeer;

@@ -303,7 +303,7 @@ pub fn dialable_shape(
     relayed: bool,
 ) -> bool {
     use multiaddr::Protocol as P;
-    let mut parts = addr.iter().peekable();
+    let mut parts = addr.iter();
     if !matches!(parts.next(), Some(P::Ip4(_) | P::Ip6(_))) {
         return false;
     }

@@ -295,6 +295,9 @@ async fn serve(
 pub struct KadPeer {
     pub kad: libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>,
     pub introduce: request_response::Behaviour<IntroduceCodec>,
+    /// Tells the protocols it speaks (the directory's, in server mode) and the addresses it
+    /// claims (its external addresses), as a superpeer does.
+    pub identify: identify::Behaviour,
 }
 
 /// A [`KadPeer`] on `key` (TCP only), in client mode, queries timing out after 20 s.
@@ -317,6 +320,10 @@ pub fn kad_peer(key: Keypair) -> anyhow::Result<libp2p::Swarm<KadPeer>> {
                 )],
                 request_response::Config::default(),
             ),
+            identify: identify::Behaviour::new(identify::Config::new(
+                protocol::IDENTIFY_VERSION.into(),
+                key.public(),
+            )),
         }
     })?;
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Client));

@@ -418,3 +418,103 @@ fn a_superpeer_replaying_an_older_record_loses_to_the_newer_one() {
     // The replayer is still her primary: the newer record came from the other superpeer.
     assert_eq!(alice.status().unwrap()["primary"], mallory.as_str());
 }
+
+/// An account holder's node claims to be a superpeer: it speaks the directory's protocol in
+/// server mode and tells (identify) a listen address of its choosing. Before, a superpeer put
+/// every such claim in its routing table at once, and handed it on to everyone who asked for
+/// the closest peers: any account could make superpeers route directory queries to it, at
+/// any address. Now only superpeers that this node dialled itself, or that the login server
+/// lists (it dialled them back), enter the table.
+#[test]
+fn a_claimed_superpeer_does_not_enter_the_routing_table() {
+    use futures::StreamExt as _;
+    use libp2p::identity::Keypair;
+    use libp2p::kad;
+    use libp2p::swarm::SwarmEvent;
+    use natter_tests::hostile::{KadPeerEvent, kad_peer, kad_peer_event};
+
+    let net = TestNet::new();
+    let sp = net.node("seed", &["--role", "superpeer"]);
+    sp.wait_role("superpeer", Duration::from_secs(60));
+    let (sp_peer, sp_addr) = sp.tcp_endpoint();
+    let issuer =
+        natter_login_server::keys::load_or_create_issuer_key(&net.dir.path().join("login"))
+            .unwrap();
+    let now = natter_login_server::service::unix_now();
+    let certified = |name: &str| {
+        let key = Keypair::generate_ed25519();
+        let device = key.clone().try_into_ed25519().unwrap().public().to_bytes();
+        let cert = issuer
+            .issue(UserName::parse(name).unwrap(), device, 1, now - 10, 3600)
+            .unwrap();
+        (key, cert)
+    };
+    let (eve_key, eve_cert) = certified("eve");
+    let (fay_key, fay_cert) = certified("fay");
+    let eve_peer = eve_key.public().to_peer_id();
+
+    let listed = net.rt.block_on(async {
+        // Eve: a directory peer in server mode, claiming an address nobody listens on.
+        let mut eve = kad_peer(eve_key).unwrap();
+        eve.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+        eve.add_external_address("/ip4/127.0.0.1/tcp/9".parse().unwrap());
+        eve.dial(sp_addr.clone().with_p2p(sp_peer).unwrap())
+            .unwrap();
+        let mut fay = kad_peer(fay_key).unwrap();
+        fay.behaviour_mut().kad.add_address(&sp_peer, sp_addr);
+        let deadline = tokio::time::sleep(Duration::from_secs(30));
+        tokio::pin!(deadline);
+        let (mut identified, mut query, mut listed) = (None, None, None);
+        let mut dialled_eve = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while listed.is_none() {
+            tokio::select! {
+                () = &mut deadline => panic!("no answer to fay's query within 30 s"),
+                _ = tick.tick() => {}
+                event = eve.select_next_some() => {
+                    if let SwarmEvent::Behaviour(KadPeerEvent::Identify(
+                        libp2p::identify::Event::Sent { peer_id, .. },
+                    )) = &event
+                        && *peer_id == sp_peer
+                    {
+                        identified.get_or_insert_with(tokio::time::Instant::now);
+                    }
+                    kad_peer_event(&mut eve, Some(&eve_cert), event);
+                }
+                event = fay.select_next_some() => {
+                    // Fay's query dials the peers the superpeer names, eve at her claim.
+                    if let SwarmEvent::Dialing { peer_id: Some(peer), .. } = &event
+                        && *peer == eve_peer
+                    {
+                        dialled_eve = true;
+                    }
+                    if let Some(kad::Event::OutboundQueryProgressed {
+                        id,
+                        result: kad::QueryResult::GetClosestPeers(result),
+                        ..
+                    }) = kad_peer_event(&mut fay, Some(&fay_cert), event)
+                        && Some(id) == query
+                    {
+                        let peers = match result {
+                            Ok(ok) => ok.peers,
+                            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                        };
+                        assert!(peers.iter().any(|p| p.peer_id == sp_peer), "{peers:?}");
+                        listed = Some(dialled_eve);
+                    }
+                }
+            }
+            // A second after the superpeer heard eve's claim, fay asks it for the peers
+            // closest to eve.
+            if query.is_none() && identified.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
+                query = Some(fay.behaviour_mut().kad.get_closest_peers(eve_peer));
+            }
+        }
+        listed
+    });
+    assert_eq!(
+        listed,
+        Some(false),
+        "the superpeer handed on eve, who claimed to be a superpeer"
+    );
+}

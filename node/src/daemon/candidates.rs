@@ -75,6 +75,9 @@ struct Candidate {
     peer: PeerId,
     info: SuperpeerInfo,
     source: Source,
+    /// The addresses the login server last listed it at (it dialled the peer back there):
+    /// the only ones that may enter the directory's routing table.
+    listed: Vec<String>,
     /// Consecutive failures since it was last reached (or heard of for the first time).
     failures: u32,
     /// Order of arrival: among equals, the earlier ranks first (a list's own order is kept).
@@ -163,6 +166,15 @@ impl Candidates {
             .map(|c| &c.info)
     }
 
+    /// The addresses the login server last listed `peer` at (it dialled the peer back
+    /// there): what may enter the directory's routing table. Addresses heard elsewhere, even
+    /// of a listed superpeer, are not.
+    pub(crate) fn vouched_addrs(&self, peer: PeerId) -> Vec<String> {
+        self.find(peer)
+            .map(|c| c.listed.clone())
+            .unwrap_or_default()
+    }
+
     /// The addresses known for `peer`.
     pub(crate) fn addrs(&self, peer: PeerId) -> Vec<String> {
         self.find(peer)
@@ -183,6 +195,9 @@ impl Candidates {
     pub(crate) fn heard(&mut self, peer: PeerId, info: SuperpeerInfo, source: Source) -> bool {
         let new = match self.list.iter_mut().find(|c| c.peer == peer) {
             Some(known) => {
+                if source == Source::LoginServer {
+                    known.listed.clone_from(&info.addrs);
+                }
                 if source <= known.source {
                     known.info = info;
                     known.source = source;
@@ -240,10 +255,16 @@ impl Candidates {
 
     fn insert(&mut self, peer: PeerId, info: SuperpeerInfo, source: Source, failures: u32) {
         self.arrivals += 1;
+        let listed = if source == Source::LoginServer {
+            info.addrs.clone()
+        } else {
+            Vec::new()
+        };
         self.list.push(Candidate {
             peer,
             info,
             source,
+            listed,
             failures,
             arrival: self.arrivals,
         });
@@ -411,6 +432,28 @@ mod tests {
             last_failure: None,
             verified,
         }
+    }
+
+    /// Only what the login server listed may enter the routing table: not hearsay, not the
+    /// addresses hearsay adds to a listed superpeer, not a host cache's word.
+    #[test]
+    fn only_the_login_servers_addresses_are_vouched_for() {
+        let (listed, heard) = (PeerId::random(), PeerId::random());
+        let mut c = Candidates::from_hosts(vec![host(heard, true, 0)], PeerId::random());
+        assert!(
+            c.vouched_addrs(heard).is_empty(),
+            "reached once, per the cache"
+        );
+        c.heard(listed, info(listed, &[&tcp(2)]), Source::LoginServer);
+        c.heard(listed, info(listed, &[&tcp(3)]), Source::Hearsay);
+        assert_eq!(c.addrs(listed), [tcp(2), tcp(3)]);
+        assert_eq!(c.vouched_addrs(listed), [tcp(2)]);
+        c.reached(listed);
+        c.heard(listed, info(listed, &[&tcp(4)]), Source::LoginServer);
+        assert_eq!(c.vouched_addrs(listed), [tcp(4)]);
+        c.heard(heard, info(heard, &[&tcp(5)]), Source::Hearsay);
+        assert!(c.vouched_addrs(heard).is_empty());
+        assert!(c.vouched_addrs(PeerId::random()).is_empty());
     }
 
     #[test]

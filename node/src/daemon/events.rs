@@ -1,6 +1,6 @@
 //! What the network task reports, dispatched: listen and external addresses, connections,
-//! identify (which peers are superpeers, and their addresses for the routing table), AutoNAT
-//! probes, inbound requests, and the answers to this node's own requests,
+//! identify (which peers are superpeers; see `kad_add_vouched` for what enters the routing
+//! table), AutoNAT probes, inbound requests, and the answers to this node's own requests,
 //! each handed to the part of the daemon it is for.
 
 use libp2p::PeerId;
@@ -75,9 +75,7 @@ impl Daemon {
                 if is_superpeer {
                     self.superpeers_seen.insert(peer);
                     if self.role == Current::Superpeer {
-                        for addr in info.listen_addrs.iter().filter(|a| !is_relayed(a)) {
-                            self.net.send(Command::KadAddAddress(peer, addr.clone()));
-                        }
+                        self.kad_add_vouched(peer);
                     }
                 } else {
                     self.superpeers_seen.remove(&peer);

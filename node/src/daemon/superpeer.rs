@@ -132,6 +132,20 @@ impl Daemon {
         }
     }
 
+    /// Puts `peer` in the directory's routing table at the addresses vouched for (see
+    /// `Candidates::vouched_addrs`), if any. What a peer claims (identify's listen addresses)
+    /// never goes in by itself: any account holder could otherwise make every superpeer route
+    /// directory queries to it, or to an address of its choosing.
+    pub(super) fn kad_add_vouched(&mut self, peer: PeerId) {
+        for addr in self.candidates.vouched_addrs(peer) {
+            if let Ok(addr) = addr.parse::<libp2p::Multiaddr>()
+                && !super::is_relayed(&addr)
+            {
+                self.net.send(Command::KadAddAddress(peer, addr));
+            }
+        }
+    }
+
     /// Why the node has its role, for `status`: a sitting `auto` superpeer also says what
     /// would demote it (or that it is about to).
     pub(super) fn role_text(&self) -> String {
@@ -231,7 +245,13 @@ impl Daemon {
         let now = Instant::now();
         // Meet the other superpeers, so the directory has a routing table: every 30 s, every
         // 5 s while none is met yet.
-        let lonely = self.superpeers_seen.is_empty();
+        // Lonely: no other superpeer met that the login server lists (or this node reached),
+        // the only ones that enter the routing table; one that is met before it is listed
+        // enters with the next list, 5 s later at most.
+        let lonely = !self
+            .superpeers_seen
+            .iter()
+            .any(|p| !self.candidates.vouched_addrs(*p).is_empty());
         let meet_every = Duration::from_secs(if lonely { 5 } else { 30 });
         if self.last_bootstrap.is_none_or(|t| now - t > meet_every) {
             self.last_bootstrap = Some(now);
@@ -247,9 +267,9 @@ impl Daemon {
                 if let Ok(peer) = c.peer_id.parse::<PeerId>() {
                     let addrs: Vec<libp2p::Multiaddr> =
                         c.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-                    for a in &addrs {
-                        self.net.send(Command::KadAddAddress(peer, a.clone()));
-                    }
+                    // Hearsay is dialled, not put in the routing table: Kademlia adds a peer
+                    // this node dialled by itself, at the address that answered.
+                    self.kad_add_vouched(peer);
                     self.net.send(Command::AddAddresses(peer, addrs));
                     self.net.send(Command::Dial(peer));
                 }

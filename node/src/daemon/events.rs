@@ -3,6 +3,8 @@
 //! table), AutoNAT probes, inbound requests, and the answers to this node's own requests,
 //! each handed to the part of the daemon it is for.
 
+use std::time::Instant;
+
 use libp2p::PeerId;
 
 use super::{Current, Daemon, MAX_OBSERVED, api, is_relayed};
@@ -46,7 +48,7 @@ impl Daemon {
                 }
             }
             NetEvent::DialFailed(peer)
-                if self.superpeers_seen.contains(&peer) || self.role == Current::Superpeer =>
+                if self.superpeers_seen.contains_key(&peer) || self.role == Current::Superpeer =>
             {
                 // A superpeer that cannot be dialled must not slow every directory query
                 // down by a dial timeout; identify adds it back when it returns.
@@ -54,7 +56,7 @@ impl Daemon {
             }
             NetEvent::DialFailed(_) => {}
             NetEvent::Disconnected { peer, error } => {
-                if error && self.superpeers_seen.contains(&peer) {
+                if error && self.superpeers_seen.contains_key(&peer) {
                     self.net.send(Command::KadRemovePeer(peer));
                 }
                 if peer == self.login_peer {
@@ -73,7 +75,9 @@ impl Daemon {
                     .iter()
                     .any(|p| p.as_ref() == natter_proto::protocol::KAD);
                 if is_superpeer {
-                    self.superpeers_seen.insert(peer);
+                    self.superpeers_seen
+                        .entry(peer)
+                        .or_insert_with(Instant::now);
                     if self.role == Current::Superpeer {
                         self.kad_add_vouched(peer);
                     }

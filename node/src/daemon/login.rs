@@ -166,6 +166,12 @@ impl Daemon {
                     // New superpeers: meet them now rather than at the next round.
                     self.last_bootstrap = None;
                 }
+                // Superpeers met before the login server listed them enter the routing
+                // table now that it does.
+                let met: Vec<PeerId> = self.superpeers_seen.keys().copied().collect();
+                for peer in met {
+                    self.kad_add_vouched(peer);
+                }
             }
             (LoginPending::Announce, other) => {
                 tracing::warn!(?other, "announcement to the login server failed");

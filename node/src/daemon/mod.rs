@@ -29,7 +29,7 @@ mod reprobe;
 mod revocation;
 mod superpeer;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
@@ -229,7 +229,8 @@ pub(crate) struct Daemon {
     announced_leaves: usize,
     last_own_publish: Option<Instant>,
     last_bootstrap: Option<Instant>,
-    superpeers_seen: BTreeSet<PeerId>,
+    /// Peers that speak the directory's protocol, met now, with when each was first met.
+    superpeers_seen: BTreeMap<PeerId, Instant>,
 
     overlay_pending: HashMap<Token, OverlayPending>,
     login_pending: HashMap<Token, LoginPending>,
@@ -402,7 +403,7 @@ impl Daemon {
             announced_leaves: 0,
             last_own_publish: None,
             last_bootstrap: None,
-            superpeers_seen: BTreeSet::new(),
+            superpeers_seen: BTreeMap::new(),
             overlay_pending: HashMap::new(),
             login_pending: HashMap::new(),
             renew_failed_at: None,

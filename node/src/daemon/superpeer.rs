@@ -27,6 +27,9 @@ const NEED_JITTER_MS: u64 = 10_000;
 const SURPLUS_JITTER_MS: u64 = 20_000;
 const SURPLUS_PER_LEAF: Duration = Duration::from_secs(1);
 const SURPLUS_LOAD_WAIT_MAX: Duration = Duration::from_secs(60);
+/// How long after meeting a superpeer the login server does not list this node asks for the
+/// list every 5 s rather than every minute.
+const UNLISTED_WAIT: Duration = Duration::from_secs(120);
 
 /// Who asked for a lookup this superpeer is resolving.
 pub(crate) enum Requester {
@@ -250,8 +253,15 @@ impl Daemon {
         // enters with the next list, 5 s later at most.
         let lonely = !self
             .superpeers_seen
-            .iter()
+            .keys()
             .any(|p| !self.candidates.vouched_addrs(*p).is_empty());
+        // A superpeer met in the last two minutes that the login server does not list yet
+        // (a newly promoted one, typically): ask for the list every 5 s, so it enters the
+        // routing table within seconds of being listed. Bounded in time, so that a peer that
+        // only claims to be a superpeer does not keep this node asking.
+        let unlisted = self.superpeers_seen.iter().any(|(p, met)| {
+            now.duration_since(*met) < UNLISTED_WAIT && self.candidates.vouched_addrs(*p).is_empty()
+        });
         let meet_every = Duration::from_secs(if lonely { 5 } else { 30 });
         if self.last_bootstrap.is_none_or(|t| now - t > meet_every) {
             self.last_bootstrap = Some(now);
@@ -284,7 +294,7 @@ impl Daemon {
         // and demotion of a surplus see the load soon.
         let moved =
             self.leaves.len().abs_diff(self.announced_leaves) * 4 >= self.leaves.capacity().max(4);
-        let announce_every = Duration::from_secs(if lonely || moved { 5 } else { 60 });
+        let announce_every = Duration::from_secs(if lonely || unlisted || moved { 5 } else { 60 });
         if self.last_announce.is_none_or(|t| now - t > announce_every) {
             let addrs: Vec<String> = self
                 .public_addrs()
@@ -374,7 +384,7 @@ impl Daemon {
             revocations: &self.revocations,
             now: unix_now(),
             lease_secs: self.config.lease.as_secs(),
-            asker_is_superpeer: self.superpeers_seen.contains(&peer),
+            asker_is_superpeer: self.superpeers_seen.contains_key(&peer),
             stored: &stored,
             others: &others,
         };
@@ -540,7 +550,7 @@ impl Daemon {
 
     /// Only attached leaves may hold a relay reservation here: the relay is for them.
     pub(super) fn on_relay_reservation(&mut self, peer: PeerId) {
-        if !self.leaves.contains(&peer) && !self.superpeers_seen.contains(&peer) {
+        if !self.leaves.contains(&peer) && !self.superpeers_seen.contains_key(&peer) {
             tracing::info!(%peer, "relay reservation without attachment: banned for a minute");
             self.net
                 .send(Command::Ban(peer, std::time::Duration::from_secs(60)));

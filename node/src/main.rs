@@ -314,7 +314,18 @@ fn login_addr(text: &str) -> Result<Multiaddr, String> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    // The daemon runs on one thread (its store has a thread of its own): the control
+    // connections, the network task and the event loop hand each message on to one another
+    // several times, and on one thread that is a function call, not a wake-up of another
+    // thread (the bench's `msg` suite measures the difference; see docs/BENCHMARKS.md).
+    let runtime = if matches!(cli.command, Command::Up { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
+    .context("starting the runtime")?;
     if let Command::Demo { dir } = cli.command {
         return runtime.block_on(demo::run(dir));
     }

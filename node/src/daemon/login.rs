@@ -214,7 +214,7 @@ impl Daemon {
                 sp.addrs.clone(),
                 (sp.leaves, sp.capacity),
             );
-            self.store_write("host cache write", move |s| {
+            self.store_write_lazy("host cache write", move |s| {
                 s.learn_host(&id, &addrs, Some(load), unix_now())
             });
             if self.candidates.heard(peer, sp, source) {
@@ -234,7 +234,7 @@ impl Daemon {
             return;
         }
         let (id, addrs) = (peer.to_string(), self.candidates.addrs(peer));
-        self.store_write("host cache write", move |s| {
+        self.store_write_lazy("host cache write", move |s| {
             s.record_host(&id, &addrs, None, None, unix_now())
         });
     }
@@ -246,7 +246,7 @@ impl Daemon {
             tracing::debug!(%peer, "unreached superpeer failed out of the candidates");
         }
         let id = peer.to_string();
-        self.store_write("host cache write", move |s| {
+        self.store_write_lazy("host cache write", move |s| {
             s.host_failed(&id, unix_now()).map(drop)
         });
     }

@@ -108,6 +108,8 @@ const MAX_RECIPIENTS_PER_PASS: usize = 64;
 /// Messages `inbox` answers over the control API at most (the newest): 100 of the largest
 /// fit the reply limit even escaped.
 const CONTROL_INBOX: usize = 100;
+/// Most messages one feeding read of `inbox --follow` takes (the rest at the next pass).
+const FEED_READ: usize = 1000;
 /// How often received messages past the retention are deleted.
 const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -286,7 +288,7 @@ impl Daemon {
                         m.delivered.inc_by(ids.len() as u64);
                     }
                     let at = now_ms();
-                    self.store_write("recording deliveries", move |s| {
+                    self.store_write_lazy("recording deliveries", move |s| {
                         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
                         s.mark_all_delivered(&refs, path, at).map(drop)
                     });
@@ -454,7 +456,7 @@ impl Daemon {
     /// Pushes every due message of `to` back by its backoff.
     fn postpone(&mut self, to: &UserName, why: &str) {
         let (to, why) = (to.to_string(), why.to_owned());
-        self.store_write("postponing messages", move |s| {
+        self.store_write_lazy("postponing messages", move |s| {
             s.postpone(&to, now_ms(), outbox::BACKOFF, &why).map(drop)
         });
     }
@@ -573,17 +575,30 @@ impl Daemon {
             }
             MsgDecision::Store(batch) => {
                 // One transaction for the whole batch, in order, committed together with
-                // whatever else reached the store meanwhile; acknowledged once durable.
+                // whatever else reached the store meanwhile; acknowledged once durable. The
+                // same job reads what `inbox --follow` streams, saving a store round trip.
+                let follow = self.start_feeding();
                 self.store_then(
-                    move |s| s.receive_all(&batch),
-                    move |d, receipts| {
+                    move |s| {
+                        let receipts = s.receive_all(&batch)?;
+                        let new = follow.map(|from| s.inbox(from, FEED_READ));
+                        Ok((receipts, new))
+                    },
+                    move |d, done| {
+                        let (receipts, new) = match done {
+                            Ok((receipts, new)) => (Ok(receipts), new),
+                            Err(e) => (Err(e), None),
+                        };
                         let (response, stored) = inbox::stored_answer(&receipts);
                         d.net.send(Command::RespondMsg { channel, response });
                         if let Some(m) = &d.metrics {
                             m.received.inc_by(u64::from(stored));
                         }
-                        if stored > 0 {
-                            d.feed_followers();
+                        match new {
+                            Some(new) => d.fed(new),
+                            None if follow.is_some() => d.fed(Ok(Vec::new())),
+                            None if stored > 0 => d.feed_followers(),
+                            None => {}
                         }
                     },
                 );
@@ -611,29 +626,36 @@ impl Daemon {
     /// Streams messages stored since each follower's last one: one read for all of them on
     /// the store thread, one at a time (a call meanwhile asks for another pass after it).
     fn feed_followers(&mut self) {
-        self.msg.followers.retain(|(r, _)| !r.is_closed());
-        if self.msg.followers.is_empty() {
-            return;
-        }
-        if self.msg.feeding {
+        if let Some(from) = self.start_feeding() {
+            self.store_then(move |s| s.inbox(from, FEED_READ), |d, new| d.fed(new));
+        } else if self.msg.feeding {
             self.msg.feed_again = true;
-            return;
+        }
+    }
+
+    /// Takes the one feeding read there may be at a time, if someone follows and no read
+    /// runs: the row after which the read starts (the followers' earliest last one). The
+    /// read's result goes to [`Daemon::fed`].
+    fn start_feeding(&mut self) -> Option<Option<i64>> {
+        self.msg.followers.retain(|(r, _)| !r.is_closed());
+        if self.msg.followers.is_empty() || self.msg.feeding {
+            return None;
         }
         self.msg.feeding = true;
-        let from = self.msg.followers.iter().map(|(_, last)| *last).min();
-        self.store_then(
-            move |s| s.inbox(from, 1000),
-            |d, new| {
-                d.msg.feeding = false;
-                match new {
-                    Ok(new) => d.msg.feed(&new),
-                    Err(e) => tracing::warn!(error = %e, "reading the inbox failed"),
-                }
-                if std::mem::take(&mut d.msg.feed_again) {
-                    d.feed_followers();
-                }
-            },
-        );
+        Some(self.msg.followers.iter().map(|(_, last)| *last).min())
+    }
+
+    /// A feeding read's result: streamed to the followers; another pass if one was asked
+    /// for meanwhile.
+    fn fed(&mut self, new: Result<Vec<crate::store::InboxEntry>, StoreError>) {
+        self.msg.feeding = false;
+        match new {
+            Ok(new) => self.msg.feed(&new),
+            Err(e) => tracing::warn!(error = %e, "reading the inbox failed"),
+        }
+        if std::mem::take(&mut self.msg.feed_again) {
+            self.feed_followers();
+        }
     }
 
     /// `inbox` over the control API: the newest [`CONTROL_INBOX`] messages (the CLI reads

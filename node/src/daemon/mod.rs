@@ -430,6 +430,17 @@ impl Daemon {
         C: FnOnce(&mut Daemon, Result<T, StoreError>) + Send + 'static,
     {
         let done = self.store.submit(job);
+        self.after_store(done, then);
+    }
+
+    fn after_store<T, C>(
+        &mut self,
+        done: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+        then: C,
+    ) where
+        T: Send + 'static,
+        C: FnOnce(&mut Daemon, Result<T, StoreError>) + Send + 'static,
+    {
         self.store_jobs.push(Box::pin(async move {
             let result = done.await;
             Box::new(move |d: &mut Daemon| then(d, result)) as Then
@@ -442,6 +453,20 @@ impl Daemon {
         F: FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
     {
         self.store_then(job, move |_, result| {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "{what} failed");
+            }
+        });
+    }
+
+    /// [`Daemon::store_write`] for a write whose loss in a power cut costs only a repeat
+    /// (see `StoreHandle::submit_lazy`): it does not add an fsync of its own.
+    fn store_write_lazy<F>(&mut self, what: &'static str, job: F)
+    where
+        F: FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
+    {
+        let done = self.store.submit_lazy(job);
+        self.after_store(done, move |_, result| {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "{what} failed");
             }

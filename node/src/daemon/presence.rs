@@ -51,7 +51,7 @@ impl Daemon {
         }
         noted.insert(record.username().clone(), at);
         let name = record.username().to_string();
-        self.store_write("remembering last seen", move |s| s.note_seen(&name, at));
+        self.store_write_lazy("remembering last seen", move |s| s.note_seen(&name, at));
     }
 
     pub(super) fn push_presence_to(&mut self, name: &UserName) {

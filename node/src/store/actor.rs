@@ -6,7 +6,8 @@
 //! [group](Store::group): one transaction, one fsync. Each job runs in a savepoint of its own, so
 //! a job that fails or panics is undone alone. Answers go out only after the group's `COMMIT`
 //! returned: a job's `Ok` means what it wrote is on disk; if the commit fails, every job of the
-//! group gets [`StoreError::CommitFailed`].
+//! group gets [`StoreError::CommitFailed`]. A group of only [lazy](StoreHandle::submit_lazy)
+//! jobs (writes whose loss in a power cut costs only a repeat) commits without the fsync.
 //!
 //! The busier the daemon, the more jobs wait during each commit and the fewer fsyncs per job.
 
@@ -75,6 +76,20 @@ impl StoreHandle {
         self.submit(f).await
     }
 
+    /// [`StoreHandle::submit`] for a write whose loss in a power cut costs only a repeat: its
+    /// group commits without waiting for the disk (see [`Store::lazy_group`]) unless a job
+    /// that must be durable shares it. `Ok` means committed, not necessarily on disk.
+    pub fn submit_lazy<T, F>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.queue(f, false)
+    }
+
     /// [`StoreHandle::run`] without borrowing the handle: the job is queued now if there is
     /// room (so jobs submitted one after another run in that order), otherwise the returned
     /// future waits for room first. The future is `'static`, ready for a `FuturesUnordered`.
@@ -87,8 +102,20 @@ impl StoreHandle {
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
+        self.queue(f, true)
+    }
+
+    fn queue<T, F>(
+        &self,
+        f: F,
+        durable: bool,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Pending { f, reply });
+        let job: Box<dyn Job> = Box::new(Pending { f, reply, durable });
         // A waiting `send` keeps its place: try_send fails while anyone waits for room.
         let waiting = match self.jobs.try_send(job) {
             Ok(()) => Ok(None),
@@ -129,6 +156,8 @@ trait Job: Send {
     fn run(self: Box<Self>, store: &Store) -> Box<dyn Ran>;
     /// Answers without running: the group could not begin.
     fn fail(self: Box<Self>, error: Arc<StoreError>);
+    /// Must its group's commit wait for the disk?
+    fn durable(&self) -> bool;
 }
 
 /// A job that ran, waiting for its group's commit before it answers.
@@ -139,6 +168,7 @@ trait Ran: Send {
 struct Pending<F, T> {
     f: F,
     reply: oneshot::Sender<Result<T, StoreError>>,
+    durable: bool,
 }
 
 impl<F, T> Job for Pending<F, T>
@@ -147,7 +177,7 @@ where
     F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 {
     fn run(self: Box<Self>, store: &Store) -> Box<dyn Ran> {
-        let Pending { f, reply } = *self;
+        let Pending { f, reply, .. } = *self;
         let result = store.atomically(|| {
             // Caught inside the savepoint, so the panicking job's writes are rolled back.
             panic::catch_unwind(AssertUnwindSafe(|| f(store)))
@@ -159,6 +189,10 @@ where
     fn fail(self: Box<Self>, error: Arc<StoreError>) {
         // The caller may have stopped waiting; nothing to tell then.
         let _ = self.reply.send(Err(StoreError::CommitFailed(error)));
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
     }
 }
 
@@ -227,9 +261,15 @@ fn next_job(
 /// Runs `batch` as one group and answers every job once the commit's outcome is known.
 fn run_group(store: &Store, batch: Vec<Box<dyn Job>>, commits: &AtomicU64) {
     let jobs = batch.len();
+    let durable = batch.iter().any(|job| job.durable());
     let mut ran = Vec::with_capacity(jobs);
     let mut waiting = batch.into_iter();
-    let committed = store.group(|| ran.extend(waiting.by_ref().map(|job| job.run(store))));
+    let run = || ran.extend(waiting.by_ref().map(|job| job.run(store)));
+    let committed = if durable {
+        store.group(run)
+    } else {
+        store.lazy_group(run)
+    };
     match committed {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
@@ -313,6 +353,38 @@ mod tests {
         let err = handle.run(|s| s.add_contact("Alice")).await.unwrap_err();
         assert!(matches!(err, StoreError::BadName { .. }), "{err}");
         assert_eq!(handle.commits(), 3);
+        thread.shutdown().unwrap();
+    }
+
+    /// The `synchronous` setting a job runs under (1 = NORMAL, 2 = FULL).
+    fn synchronous(s: &Store) -> Result<i64, StoreError> {
+        Ok(s.conn().query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+    }
+
+    /// A lazy job's group commits without waiting for the disk, unless a durable job shares
+    /// the group; a durable job alone is back to waiting for it.
+    #[tokio::test]
+    async fn only_groups_of_lazy_jobs_skip_the_fsync() {
+        let (_dir, store) = fresh();
+        let (handle, thread) = StoreHandle::spawn(store, 16).unwrap();
+        assert_eq!(handle.submit_lazy(synchronous).await.unwrap(), 1, "NORMAL");
+        assert_eq!(handle.run(synchronous).await.unwrap(), 2, "FULL");
+        let gate = close_gate(&handle).await;
+        let lazy = handle.submit_lazy(synchronous);
+        let durable = handle.submit(synchronous);
+        gate.send(()).unwrap();
+        assert_eq!(
+            lazy.await.unwrap(),
+            2,
+            "a lazy job beside a durable one waits too"
+        );
+        assert_eq!(durable.await.unwrap(), 2);
+        let id = msg(1, "alice");
+        handle.submit_lazy(move |s| s.enqueue(&id)).await.unwrap();
+        assert_eq!(
+            handle.run(|s| s.queued_for("alice")).await.unwrap().len(),
+            1
+        );
         thread.shutdown().unwrap();
     }
 

@@ -21,11 +21,33 @@ impl Store {
     /// calls on this store wait until the group ends. A group opened inside a group is part of
     /// the outer one. If `f` panics, the group is rolled back and the panic goes on.
     pub fn group<T>(&self, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+        self.group_synced(true, f)
+    }
+
+    /// [`Store::group`] whose commit does not wait for the disk (`synchronous = NORMAL`): for
+    /// writes whose loss in a power cut costs only a repeat (a delivery recorded again after
+    /// the recipient acknowledges the message a second time, a host heard of again). It stays
+    /// atomic and ordered: a power cut loses a suffix of commits, never a middle one, and the
+    /// next synced group's fsync makes it durable too. A crash of the process loses nothing.
+    pub fn lazy_group<T>(&self, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+        self.group_synced(false, f)
+    }
+
+    fn group_synced<T>(&self, synced: bool, f: impl FnOnce() -> T) -> Result<T, StoreError> {
         {
             let mut conn = self.conn();
             if conn.group.is_some() {
                 drop(conn);
                 return Ok(f());
+            }
+            if conn.lazy == synced {
+                // Outside any transaction, where SQLite takes the change.
+                conn.sqlite.execute_batch(if synced {
+                    "PRAGMA synchronous = FULL"
+                } else {
+                    "PRAGMA synchronous = NORMAL"
+                })?;
+                conn.lazy = !synced;
             }
             TRANSACTION.open(&conn.sqlite)?;
             conn.group = Some(thread::current().id());

@@ -190,6 +190,7 @@ impl Store {
             conn: Mutex::new(Conn {
                 sqlite: conn,
                 group: None,
+                lazy: false,
             }),
             group_ended: Condvar::new(),
             max_outbox: MAX_OUTBOX,
@@ -259,6 +260,9 @@ struct Conn {
     /// The thread whose [group](Store::group) is open: its writes become savepoints in the
     /// group's transaction, and other threads wait until it ends.
     group: Option<ThreadId>,
+    /// The connection commits without waiting for the disk (`synchronous = NORMAL`), as
+    /// [`Store::lazy_group`] sets it for its group; `false` (`FULL`) otherwise.
+    lazy: bool,
 }
 
 impl Deref for Conn {

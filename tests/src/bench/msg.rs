@@ -32,9 +32,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use libp2p::identity::Keypair;
-use natter_node::daemon::api::{ControlRequest, ControlResponse};
+use natter_node::daemon::api::{ControlRequest, ControlResponse, InboxEdit};
 use natter_proto::msg::{MsgRequest, MsgResponse};
 
 use super::floors;
@@ -572,6 +572,16 @@ async fn burst(
     window: Duration,
     senders: usize,
 ) -> anyhow::Result<Burst> {
+    // Room for the whole burst within the recipient's quota for one sender (10,000 messages
+    // until they are deleted): what the suite sent before is deleted first.
+    let from_name = from.name.clone();
+    to.call(&ControlRequest::Edit {
+        edit: InboxEdit::Clear {
+            from: Some(from_name),
+        },
+    })
+    .await
+    .context("clearing the recipient's inbox before the burst")?;
     let base = to.inbox_count()?;
     // Below the outbox limit, so that a slow recipient shows as a low rate, not an error.
     let cap = (natter_node::store::MAX_OUTBOX as u64) * 9 / 10;

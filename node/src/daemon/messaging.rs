@@ -1,8 +1,8 @@
 //! Direct messages: `send` writes the outbox before any network I/O, and the outbox service
 //! ([`super::outbox`], a state machine) decides delivery; this file carries its actions out
 //! (store jobs, lookups, requests, answers). The receiver authenticates the sender,
-//! deduplicates by sender and id and streams new messages to `inbox --follow`. Also `ping`
-//! probes; presence pushed to contacts is in `presence.rs`.
+//! deduplicates by sender and id and streams new messages to `inbox --follow` (`follow.rs`).
+//! Also `ping` probes; presence pushed to contacts is in `presence.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -14,7 +14,8 @@ use libp2p::{Multiaddr, PeerId};
 use natter_proto::msg::{self, MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
 use natter_proto::{PresenceRecord, UserName};
 
-use super::api::{ControlResponse, FollowEvent, InboxItem, SendView};
+use super::api::{ControlResponse, FollowEvent, SendView};
+use super::follow::Followers;
 use super::inbox::{self, MsgDecision};
 use super::leaf::lookup_view;
 use super::outbox::{self, Action, Outbox, SendOutcome};
@@ -39,10 +40,8 @@ pub(crate) struct Messaging {
     certs: inbox::VerifiedCerts,
     /// Delivery decisions; `send` commands waiting for their message wait in it.
     pub(super) outbox: Outbox<Replier<ControlResponse>>,
-    /// An inbox read for the followers is running; another pass is wanted after it.
-    feeding: bool,
-    feed_again: bool,
-    followers: Vec<(Replier<ControlResponse>, i64)>,
+    /// `inbox --follow` streams (see `follow.rs`).
+    pub(super) follow: Followers,
     /// `natter ping` runs in progress (see `ping.rs`).
     pub(super) pings: Vec<PingRun>,
     pub(super) next_ping: u64,
@@ -69,32 +68,12 @@ impl Messaging {
             certs: inbox::VerifiedCerts::new(issuer),
             seen_noted: HashMap::new(),
             outbox: Outbox::default(),
-            feeding: false,
-            feed_again: false,
-            followers: Vec::new(),
+            follow: Followers::default(),
             pings: Vec::new(),
             next_ping: 0,
             ids: crate::ulid::UlidGenerator::default(),
             pruned_at: None,
         }
-    }
-
-    /// Sends each follower the entries past its last one; a full buffer stops that follower
-    /// here (the rest goes out at the next pass).
-    fn feed(&mut self, new: &[crate::store::InboxEntry]) {
-        for (reply, last) in &mut self.followers {
-            let from = *last;
-            for m in new.iter().filter(|m| m.rowid > from) {
-                if reply
-                    .try_send(Ok(ControlResponse::Event(FollowEvent::Message(item(m)))))
-                    .is_err()
-                {
-                    break;
-                }
-                *last = m.rowid;
-            }
-        }
-        self.followers.retain(|(r, _)| !r.is_closed());
     }
 
     /// The message request `token` was, if it was one.
@@ -105,11 +84,6 @@ impl Messaging {
 
 /// Recipients an outbox pass sends to at most; the next pass takes the others.
 const MAX_RECIPIENTS_PER_PASS: usize = 64;
-/// Messages `inbox` answers over the control API at most (the newest): 100 of the largest
-/// fit the reply limit even escaped.
-const CONTROL_INBOX: usize = 100;
-/// Most messages one feeding read of `inbox --follow` takes (the rest at the next pass).
-const FEED_READ: usize = 1000;
 /// How often received messages past the retention are deleted.
 const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -162,16 +136,6 @@ fn route_of(record: &PresenceRecord) -> (PeerId, Vec<Multiaddr>) {
         .filter_map(|a| a.parse().ok())
         .collect();
     (record.body.cert.peer_id(), addrs)
-}
-
-fn item(m: &crate::store::InboxEntry) -> InboxItem {
-    InboxItem {
-        id: m.id.clone(),
-        from: m.from.clone(),
-        text: m.text.clone(),
-        sent_at: m.sent_at_ms,
-        received_at: m.received_at_ms,
-    }
 }
 
 impl Daemon {
@@ -581,7 +545,7 @@ impl Daemon {
                 self.store_then(
                     move |s| {
                         let receipts = s.receive_all(&batch)?;
-                        let new = follow.map(|from| s.inbox(from, FEED_READ));
+                        let new = follow.map(|from| s.inbox(from, super::follow::FEED_READ));
                         Ok((receipts, new))
                     },
                     move |d, done| {
@@ -616,88 +580,8 @@ impl Daemon {
                     status: record.body.status.to_string(),
                     last_seen: Some(record.body.last_seen),
                 };
-                for (reply, _) in &self.msg.followers {
-                    let _ = reply.try_send(Ok(ControlResponse::Event(event.clone())));
-                }
+                self.msg.follow.presence(&event);
             }
-        }
-    }
-
-    /// Streams messages stored since each follower's last one: one read for all of them on
-    /// the store thread, one at a time (a call meanwhile asks for another pass after it).
-    fn feed_followers(&mut self) {
-        if let Some(from) = self.start_feeding() {
-            self.store_then(move |s| s.inbox(from, FEED_READ), |d, new| d.fed(new));
-        } else if self.msg.feeding {
-            self.msg.feed_again = true;
-        }
-    }
-
-    /// Takes the one feeding read there may be at a time, if someone follows and no read
-    /// runs: the row after which the read starts (the followers' earliest last one). The
-    /// read's result goes to [`Daemon::fed`].
-    fn start_feeding(&mut self) -> Option<Option<i64>> {
-        self.msg.followers.retain(|(r, _)| !r.is_closed());
-        if self.msg.followers.is_empty() || self.msg.feeding {
-            return None;
-        }
-        self.msg.feeding = true;
-        Some(self.msg.followers.iter().map(|(_, last)| *last).min())
-    }
-
-    /// A feeding read's result: streamed to the followers; another pass if one was asked
-    /// for meanwhile.
-    fn fed(&mut self, new: Result<Vec<crate::store::InboxEntry>, StoreError>) {
-        self.msg.feeding = false;
-        match new {
-            Ok(new) => self.msg.feed(&new),
-            Err(e) => tracing::warn!(error = %e, "reading the inbox failed"),
-        }
-        if std::mem::take(&mut self.msg.feed_again) {
-            self.feed_followers();
-        }
-    }
-
-    /// `inbox` over the control API: the newest [`CONTROL_INBOX`] messages (the CLI reads
-    /// the whole inbox from the store itself, page by page); with `follow`, the last 16, then
-    /// new ones as they come.
-    pub(super) fn cmd_inbox(&mut self, follow: bool, reply: Replier<ControlResponse>) {
-        let last = if follow { 16 } else { CONTROL_INBOX };
-        self.store_then(
-            move |s| s.inbox_tail(last),
-            move |d, all| d.answer_inbox(follow, reply, all),
-        );
-    }
-
-    fn answer_inbox(
-        &mut self,
-        follow: bool,
-        reply: Replier<ControlResponse>,
-        all: Result<Vec<crate::store::InboxEntry>, StoreError>,
-    ) {
-        let all = match all {
-            Ok(all) => all,
-            Err(e) => {
-                let _ = reply.try_send(Err(format!("cannot read the inbox: {e}")));
-                return;
-            }
-        };
-        if !follow {
-            let _ = reply.try_send(Ok(ControlResponse::Inbox(all.iter().map(item).collect())));
-            return;
-        }
-        // History first (the last ones, which fit the reply buffer), then new messages as
-        // they come; a slow follower is dropped rather than blocking the daemon.
-        let last = all.last().map(|m| m.rowid).unwrap_or(0);
-        for m in &all {
-            let _ = reply.try_send(Ok(ControlResponse::Event(FollowEvent::Message(item(m)))));
-        }
-        if self.msg.followers.len() < 16 {
-            self.msg.followers.push((reply, last));
-            // Anything stored while the history was read.
-            self.feed_followers();
-        } else {
-            let _ = reply.try_send(Err("too many inbox followers".into()));
         }
     }
 }

@@ -15,6 +15,7 @@ mod commands;
 mod config;
 mod contacts;
 mod events;
+mod follow;
 mod gather;
 mod inbox;
 mod leaf;

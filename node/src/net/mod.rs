@@ -16,6 +16,8 @@ pub(crate) mod behaviour;
 pub(crate) mod codec;
 pub(crate) mod gate;
 mod handle;
+mod introductions;
+mod kad_events;
 pub(crate) mod records;
 pub(crate) mod reprobe;
 
@@ -27,12 +29,9 @@ use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, relay};
 use tokio::sync::mpsc;
 
-use crate::daemon::unix_now;
-
 use admission::Admissions;
 use behaviour::{Behaviour, BehaviourEvent};
 pub(crate) use handle::{Command, InResponse, Net, NetEvent, NetHandle, OutRequest, Path, Token};
-use natter_proto::overlay::{Introduction, IntroductionResponse};
 use natter_proto::{Certificate, IssuerKey};
 pub(crate) use records::DirectoryRecords;
 
@@ -49,7 +48,7 @@ const RELAY_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How many times an introduction is sent again to a peer that stays connected, after its
 /// connection closed or its answer timed out.
-const MAX_REINTRODUCTIONS: u8 = 3;
+pub(super) const MAX_REINTRODUCTIONS: u8 = 3;
 
 /// The request-response exchanges whose answers the network task routes back by token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -478,95 +477,6 @@ impl Network {
 
     /// One request-response protocol's event: answers to our requests go back with their
     /// token (and the path they took); requests to us go up through `inbound`.
-    /// Sends this node's certificate to `peer`.
-    fn introduce(&mut self, peer: PeerId) {
-        let request = Introduction {
-            cert: self.cert.clone(),
-        };
-        self.swarm
-            .behaviour_mut()
-            .introduce
-            .send_request(&peer, request);
-    }
-
-    /// A peer's introduction (admitted if its certificate is valid and names the connection's
-    /// key), or the answer to ours.
-    fn on_introduce_event(
-        &mut self,
-        event: request_response::Event<Introduction, IntroductionResponse>,
-    ) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let cert = request.cert;
-                let verdict = if cert.peer_id() != peer {
-                    Err("the certificate names another device key".to_owned())
-                } else if self.revocations.revokes(&cert) {
-                    Err("the certificate was revoked by the login server".to_owned())
-                } else {
-                    cert.verify(&self.issuer, unix_now())
-                        .map_err(|e| e.to_string())
-                };
-                let response = match verdict {
-                    Ok(()) => {
-                        tracing::debug!(%peer, user = %cert.username(), "peer admitted");
-                        self.admissions.admit(peer, &cert);
-                        IntroductionResponse::Admitted
-                    }
-                    Err(message) => {
-                        tracing::info!(%peer, %message, "peer's introduction refused");
-                        IntroductionResponse::Refused { message }
-                    }
-                };
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .introduce
-                    .send_response(channel, response);
-            }
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Response {
-                        response: IntroductionResponse::Refused { message },
-                        ..
-                    },
-                ..
-            } => {
-                tracing::warn!(%peer, %message, "peer refused this node's certificate");
-            }
-            request_response::Event::OutboundFailure { peer, error, .. } => {
-                let again = matches!(
-                    error,
-                    request_response::OutboundFailure::ConnectionClosed
-                        | request_response::OutboundFailure::Timeout
-                );
-                if again && self.swarm.is_connected(&peer) {
-                    // Its connection closed (one of two dialled at once, a retired relayed
-                    // one) while another stays, or the answer did not come in time: without
-                    // saying it again, the peer would hold every answer for this node until
-                    // it gives up on it. A few times per peer, not forever.
-                    let tries = self.reintroduced.entry(peer).or_insert(0);
-                    if *tries < MAX_REINTRODUCTIONS {
-                        *tries += 1;
-                        tracing::debug!(%peer, %error, "introduction not answered; again");
-                        self.introduce(peer);
-                        return;
-                    }
-                }
-                // Peers without accounts (the login server, AutoNAT probes) do not speak it.
-                tracing::debug!(%peer, %error, "introduction not heard");
-            }
-            _ => {}
-        }
-    }
-
     fn on_response_event<Req, Resp>(
         &mut self,
         event: request_response::Event<Req, Resp>,
@@ -620,54 +530,6 @@ impl Network {
             }
             request_response::Event::ResponseSent { peer, .. } => {
                 self.done_with(peer);
-                None
-            }
-        }
-    }
-
-    fn on_kad_event(&mut self, event: kad::Event) -> Option<NetEvent> {
-        match event {
-            kad::Event::InboundRequest {
-                request:
-                    kad::InboundRequest::PutRecord {
-                        source,
-                        record: Some(record),
-                        ..
-                    },
-            } => Some(NetEvent::KadPut { source, record }),
-            kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
-            } => {
-                let token = *self.queries.get(&id)?;
-                match result {
-                    kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
-                        if step.last {
-                            self.queries.remove(&id);
-                            // The last step's value, then the end.
-                            self.ready.push_back(NetEvent::KadFound {
-                                token,
-                                value: found.record.value,
-                            });
-                            return Some(NetEvent::KadDone(token));
-                        }
-                        Some(NetEvent::KadFound {
-                            token,
-                            value: found.record.value,
-                        })
-                    }
-                    _ if step.last => {
-                        self.queries.remove(&id);
-                        Some(NetEvent::KadDone(token))
-                    }
-                    kad::QueryResult::GetRecord(Err(_)) => {
-                        self.queries.remove(&id);
-                        Some(NetEvent::KadDone(token))
-                    }
-                    _ => None,
-                }
-            }
-            other => {
-                tracing::trace!(?other, "kad event");
                 None
             }
         }

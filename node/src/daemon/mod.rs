@@ -28,6 +28,7 @@ mod ping;
 mod presence;
 mod reprobe;
 mod revocation;
+mod storage;
 mod superpeer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -47,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::control::{ControlServer, Incoming, Replier};
 use crate::home::{Home, Identity};
 use crate::net::{self, DirectoryRecords, Net, NetEvent, OutRequest, Token};
-use crate::store::{Host, Store, StoreError, StoreHandle};
+use crate::store::{Host, Store, StoreHandle};
 use api::{ControlRequest, ControlResponse};
 pub use config::DaemonConfig;
 use metrics::NodeMetrics;
@@ -136,9 +137,6 @@ enum LoginPending {
     },
 }
 
-/// What happens in the daemon's loop when a store job is done.
-type Then = Box<dyn FnOnce(&mut Daemon) + Send>;
-
 /// Store jobs queued towards the store thread; beyond it, callers wait (in the job's future,
 /// never in the loop).
 const STORE_QUEUE: usize = 1024;
@@ -172,7 +170,7 @@ pub(crate) struct Daemon {
     /// The store thread: every disk access goes through it (never blocking this loop).
     store: StoreHandle,
     /// Store jobs in flight, each with what to do with its result here.
-    store_jobs: FuturesUnordered<BoxFuture<'static, Then>>,
+    store_jobs: FuturesUnordered<BoxFuture<'static, storage::Then>>,
     identity: Identity,
     issuer: IssuerKey,
     key: libp2p::identity::Keypair,
@@ -420,66 +418,6 @@ impl Daemon {
 
     pub(crate) fn peer_id(&self) -> PeerId {
         self.me
-    }
-
-    /// Runs `job` on the store thread; `then` gets its result here, in this loop, once the
-    /// job's group is committed (durable).
-    fn store_then<T, F, C>(&mut self, job: F, then: C)
-    where
-        T: Send + 'static,
-        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-        C: FnOnce(&mut Daemon, Result<T, StoreError>) + Send + 'static,
-    {
-        let done = self.store.submit(job);
-        self.after_store(done, then);
-    }
-
-    fn after_store<T, C>(
-        &mut self,
-        done: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-        then: C,
-    ) where
-        T: Send + 'static,
-        C: FnOnce(&mut Daemon, Result<T, StoreError>) + Send + 'static,
-    {
-        self.store_jobs.push(Box::pin(async move {
-            let result = done.await;
-            Box::new(move |d: &mut Daemon| then(d, result)) as Then
-        }));
-    }
-
-    /// A store write nobody waits for; a failure is logged.
-    fn store_write<F>(&mut self, what: &'static str, job: F)
-    where
-        F: FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
-    {
-        self.store_then(job, move |_, result| {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "{what} failed");
-            }
-        });
-    }
-
-    /// [`Daemon::store_write`] for a write whose loss in a power cut costs only a repeat
-    /// (see `StoreHandle::submit_lazy`): it does not add an fsync of its own.
-    fn store_write_lazy<F>(&mut self, what: &'static str, job: F)
-    where
-        F: FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
-    {
-        let done = self.store.submit_lazy(job);
-        self.after_store(done, move |_, result| {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "{what} failed");
-            }
-        });
-    }
-
-    /// Waits for the store jobs in flight and runs what follows them (at shutdown).
-    async fn finish_store_jobs(&mut self) {
-        while let Some(then) = self.store_jobs.next().await {
-            then(self);
-        }
-        self.net.drain().await;
     }
 
     fn token(&mut self) -> Token {

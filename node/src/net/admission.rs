@@ -304,3 +304,126 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Admitted<B> {
         self.inner.poll(cx)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use libp2p::StreamProtocol;
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::{Swarm, SwarmEvent};
+    use libp2p_swarm_test::SwarmExt as _;
+    use natter_proto::{IssuerSigningKey, UserName};
+
+    use super::*;
+
+    type Echo = request_response::json::Behaviour<String, String>;
+
+    fn echo() -> Echo {
+        request_response::json::Behaviour::new(
+            [(StreamProtocol::new("/test/echo"), ProtocolSupport::Full)],
+            request_response::Config::default(),
+        )
+    }
+
+    /// A certificate valid for the next hour (admission only looks at the expiry; the
+    /// network task checks the rest before it admits).
+    fn cert() -> Certificate {
+        IssuerSigningKey::from_bytes(&[1; 32])
+            .issue(
+                UserName::parse("alice").unwrap(),
+                libp2p::identity::Keypair::generate_ed25519()
+                    .try_into_ed25519()
+                    .unwrap()
+                    .public()
+                    .to_bytes(),
+                1,
+                unix_now(),
+                3600,
+            )
+            .unwrap()
+    }
+
+    /// The requests the server's echo behaviour was handed, in order, until `until` passes
+    /// or `enough` came, while the client is driven too.
+    async fn served(
+        server: &mut Swarm<Admitted<Echo>>,
+        client: &mut Swarm<Echo>,
+        until: Duration,
+        enough: usize,
+    ) -> Vec<String> {
+        let mut heard = Vec::new();
+        let deadline = tokio::time::sleep(until);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => return heard,
+                event = server.next_swarm_event() => {
+                    if let SwarmEvent::Behaviour(request_response::Event::Message {
+                        message: request_response::Message::Request { request, .. },
+                        ..
+                    }) = event
+                    {
+                        heard.push(request);
+                        if heard.len() >= enough {
+                            return heard;
+                        }
+                    }
+                }
+                _ = client.next_swarm_event() => {}
+            }
+        }
+    }
+
+    /// A peer's requests reach the wrapped behaviour only once it is admitted: before, they
+    /// are held (nothing is served); on admission they are passed on in the order they came.
+    #[tokio::test]
+    async fn requests_wait_for_admission_and_then_go_through_in_order() {
+        let admissions = Admissions::default();
+        let mut server = Swarm::new_ephemeral_tokio(|_| {
+            Admitted::new(echo(), admissions.clone(), "test echo", false)
+        });
+        server.listen().with_memory_addr_external().await;
+        let mut client = Swarm::new_ephemeral_tokio(|_| echo());
+        client.connect(&mut server).await;
+        let server_id = *server.local_peer_id();
+        let client_id = *client.local_peer_id();
+        for text in ["first", "second", "third"] {
+            client
+                .behaviour_mut()
+                .send_request(&server_id, text.to_owned());
+        }
+        let before = served(&mut server, &mut client, Duration::from_millis(500), 1).await;
+        assert!(before.is_empty(), "served before admission: {before:?}");
+
+        admissions.admit(client_id, &cert());
+        let after = served(&mut server, &mut client, Duration::from_secs(10), 3).await;
+        assert_eq!(after, ["first", "second", "third"]);
+    }
+
+    /// A peer whose admission ends (revoked, or forgotten when it left) is held again.
+    #[tokio::test]
+    async fn a_forgotten_peer_is_not_served() {
+        let admissions = Admissions::default();
+        let mut server = Swarm::new_ephemeral_tokio(|_| {
+            Admitted::new(echo(), admissions.clone(), "test echo", false)
+        });
+        server.listen().with_memory_addr_external().await;
+        let mut client = Swarm::new_ephemeral_tokio(|_| echo());
+        client.connect(&mut server).await;
+        let server_id = *server.local_peer_id();
+        let client_id = *client.local_peer_id();
+        admissions.admit(client_id, &cert());
+        client
+            .behaviour_mut()
+            .send_request(&server_id, "admitted".to_owned());
+        let heard = served(&mut server, &mut client, Duration::from_secs(10), 1).await;
+        assert_eq!(heard, ["admitted"]);
+
+        admissions.forget(&client_id);
+        client
+            .behaviour_mut()
+            .send_request(&server_id, "forgotten".to_owned());
+        let heard = served(&mut server, &mut client, Duration::from_millis(500), 1).await;
+        assert!(heard.is_empty(), "served after being forgotten: {heard:?}");
+    }
+}

@@ -247,10 +247,9 @@ impl Daemon {
         }
         let now = Instant::now();
         // Meet the other superpeers, so the directory has a routing table: every 30 s, every
-        // 5 s while none is met yet.
-        // Lonely: no other superpeer met that the login server lists (or this node reached),
-        // the only ones that enter the routing table; one that is met before it is listed
-        // enters with the next list, 5 s later at most.
+        // 5 s while lonely: no other superpeer met that the login server lists (besides the
+        // peers Kademlia inserts itself after dialling them, the only ones that enter the
+        // routing table).
         let lonely = !self
             .superpeers_seen
             .keys()

@@ -343,6 +343,18 @@ mod tests {
             .unwrap()
     }
 
+    /// An echo server behind admission and a client connected to it, not admitted yet.
+    async fn connected() -> (Admissions, Swarm<Admitted<Echo>>, Swarm<Echo>) {
+        let admissions = Admissions::default();
+        let mut server = Swarm::new_ephemeral_tokio(|_| {
+            Admitted::new(echo(), admissions.clone(), "test echo", false)
+        });
+        server.listen().with_memory_addr_external().await;
+        let mut client = Swarm::new_ephemeral_tokio(|_| echo());
+        client.connect(&mut server).await;
+        (admissions, server, client)
+    }
+
     /// The requests the server's echo behaviour was handed, in order, until `until` passes
     /// or `enough` came, while the client is driven too.
     async fn served(
@@ -378,13 +390,7 @@ mod tests {
     /// are held (nothing is served); on admission they are passed on in the order they came.
     #[tokio::test]
     async fn requests_wait_for_admission_and_then_go_through_in_order() {
-        let admissions = Admissions::default();
-        let mut server = Swarm::new_ephemeral_tokio(|_| {
-            Admitted::new(echo(), admissions.clone(), "test echo", false)
-        });
-        server.listen().with_memory_addr_external().await;
-        let mut client = Swarm::new_ephemeral_tokio(|_| echo());
-        client.connect(&mut server).await;
+        let (admissions, mut server, mut client) = connected().await;
         let server_id = *server.local_peer_id();
         let client_id = *client.local_peer_id();
         for text in ["first", "second", "third"] {
@@ -403,13 +409,7 @@ mod tests {
     /// A peer whose admission ends (revoked, or forgotten when it left) is held again.
     #[tokio::test]
     async fn a_forgotten_peer_is_not_served() {
-        let admissions = Admissions::default();
-        let mut server = Swarm::new_ephemeral_tokio(|_| {
-            Admitted::new(echo(), admissions.clone(), "test echo", false)
-        });
-        server.listen().with_memory_addr_external().await;
-        let mut client = Swarm::new_ephemeral_tokio(|_| echo());
-        client.connect(&mut server).await;
+        let (admissions, mut server, mut client) = connected().await;
         let server_id = *server.local_peer_id();
         let client_id = *client.local_peer_id();
         admissions.admit(client_id, &cert());

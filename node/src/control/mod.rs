@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use client::ControlClient;
-pub use server::{ClientGone, ControlServer, Incoming, Replier, TryReplyError};
+pub use server::{ClientGone, ControlServer, Incoming, Lanes, Replier, TryReplyError};
 
 /// File name of the control socket inside the home directory.
 pub const SOCKET_FILE: &str = "control.sock";

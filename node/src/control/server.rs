@@ -41,6 +41,76 @@ pub struct Incoming<Req, Resp> {
     pub reply: Replier<Resp>,
 }
 
+/// Where [`ControlServer::serve`] hands the requests it reads. A daemon can give the requests
+/// it answers at once from its own state (`status`) a lane of their own, so that they never
+/// queue behind a burst of slower ones (a thousand `send`s waiting for the event loop).
+pub struct Lanes<Req, Resp> {
+    ordinary: mpsc::Sender<Incoming<Req, Resp>>,
+    quick: Option<QuickLane<Req, Resp>>,
+}
+
+struct QuickLane<Req, Resp> {
+    requests: mpsc::Sender<Incoming<Req, Resp>>,
+    takes: fn(&Req) -> bool,
+}
+
+impl<Req, Resp> Lanes<Req, Resp> {
+    /// Every request on one lane, in the order clients sent them.
+    pub fn new(ordinary: mpsc::Sender<Incoming<Req, Resp>>) -> Self {
+        Self {
+            ordinary,
+            quick: None,
+        }
+    }
+
+    /// Requests for which `takes` is true go to `quick` instead.
+    pub fn with_quick(
+        mut self,
+        quick: mpsc::Sender<Incoming<Req, Resp>>,
+        takes: fn(&Req) -> bool,
+    ) -> Self {
+        self.quick = Some(QuickLane {
+            requests: quick,
+            takes,
+        });
+        self
+    }
+
+    fn lane_for(&self, request: &Req) -> &mpsc::Sender<Incoming<Req, Resp>> {
+        match &self.quick {
+            Some(quick) if (quick.takes)(request) => &quick.requests,
+            _ => &self.ordinary,
+        }
+    }
+}
+
+impl<Req, Resp> fmt::Debug for Lanes<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lanes")
+            .field("quick", &self.quick.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req, Resp> From<mpsc::Sender<Incoming<Req, Resp>>> for Lanes<Req, Resp> {
+    fn from(ordinary: mpsc::Sender<Incoming<Req, Resp>>) -> Self {
+        Self::new(ordinary)
+    }
+}
+
+// Manual impl: deriving would require `Req: Clone` and `Resp: Clone` for no reason.
+impl<Req, Resp> Clone for Lanes<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            ordinary: self.ordinary.clone(),
+            quick: self.quick.as_ref().map(|q| QuickLane {
+                requests: q.requests.clone(),
+                takes: q.takes,
+            }),
+        }
+    }
+}
+
 /// The daemon's handle on one client connection. Each `send` becomes one reply line; dropping
 /// every clone of the `Replier` ends the reply and closes the connection.
 pub struct Replier<Resp> {
@@ -214,7 +284,7 @@ impl ControlServer {
     /// connections get a short grace period (1 s) to flush replies already queued, then are closed.
     pub async fn serve<Req, Resp>(
         self,
-        requests: mpsc::Sender<Incoming<Req, Resp>>,
+        requests: impl Into<Lanes<Req, Resp>>,
         shutdown: CancellationToken,
     ) where
         Req: DeserializeOwned + Send + 'static,
@@ -226,6 +296,7 @@ impl ControlServer {
             mut guard,
         } = self;
         let token: Arc<str> = token.into();
+        let requests = requests.into();
         let mut connections = JoinSet::new();
         let mut next_id: u64 = 0;
 
@@ -314,7 +385,7 @@ enum Refusal {
 async fn connection<Req, Resp>(
     stream: UnixStream,
     token: Arc<str>,
-    requests: mpsc::Sender<Incoming<Req, Resp>>,
+    requests: Lanes<Req, Resp>,
     shutdown: CancellationToken,
 ) where
     Req: DeserializeOwned + Send + 'static,
@@ -343,6 +414,7 @@ async fn connection<Req, Resp>(
     };
 
     let (lines, replies) = mpsc::channel(REPLY_BUFFER);
+    let requests = requests.lane_for(&request);
     let incoming = Incoming {
         request,
         reply: Replier { lines },

@@ -443,3 +443,59 @@ async fn clients_beyond_the_cap_are_turned_away() {
     shutdown.cancel();
     within(task).await.unwrap();
 }
+
+#[tokio::test]
+async fn quick_requests_do_not_queue_behind_ordinary_ones() {
+    let home = tempfile::tempdir().unwrap();
+    let server = ControlServer::bind(home.path()).await.unwrap();
+    // The ordinary lane holds one request and nobody reads it: a burst waits there.
+    let (ordinary, mut ordinary_rx) = mpsc::channel(1);
+    let (quick, mut quick_rx) = mpsc::channel(1);
+    let lanes: Lanes<ToyReq, ToyResp> =
+        Lanes::new(ordinary).with_quick(quick, |r| matches!(r, ToyReq::Fail));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.serve(lanes, shutdown.clone()));
+
+    let mut waiting = Vec::new();
+    for n in 0..3 {
+        let home = home.path().to_owned();
+        waiting.push(tokio::spawn(async move {
+            let mut client = ControlClient::connect(&home).await.unwrap();
+            client.call::<_, ToyResp>(&ToyReq::Count { n }).await
+        }));
+    }
+    let first = within(ordinary_rx.recv()).await.unwrap();
+    assert!(matches!(first.request, ToyReq::Count { .. }));
+
+    // With the ordinary lane full, the quick request still gets through and is answered.
+    let home_path = home.path().to_owned();
+    let asked = tokio::spawn(async move {
+        let mut client = ControlClient::connect(&home_path).await.unwrap();
+        client.call::<_, ToyResp>(&ToyReq::Fail).await
+    });
+    let incoming = within(quick_rx.recv()).await.unwrap();
+    assert!(matches!(incoming.request, ToyReq::Fail));
+    incoming
+        .reply
+        .send(Err("answered first".to_owned()))
+        .await
+        .unwrap();
+    let err = within(asked).await.unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "answered first");
+
+    // The ordinary requests were only held, not lost: they come next, in turn.
+    drop(first);
+    let mut ordinary_seen = 1;
+    while ordinary_seen < 3 {
+        let incoming = within(ordinary_rx.recv()).await.unwrap();
+        assert!(matches!(incoming.request, ToyReq::Count { .. }));
+        ordinary_seen += 1;
+    }
+    assert!(
+        quick_rx.try_recv().is_err(),
+        "only `Fail` takes the quick lane"
+    );
+    shutdown.cancel();
+    within(task).await.unwrap();
+    drop(waiting);
+}

@@ -47,6 +47,15 @@ pub enum ControlRequest {
     },
 }
 
+impl ControlRequest {
+    /// Requests answered at once from the daemon's own state, with no store or network work:
+    /// they take the control socket's quick lane, so `natter status` does not queue behind a
+    /// burst of `send`s.
+    pub fn is_quick(&self) -> bool {
+        matches!(self, Self::Status | Self::Netcheck)
+    }
+}
+
 /// A change to the inbox or to whom it takes messages from, done by the daemon when it runs
 /// and by the CLI on the store when it does not, with the same checks and sentences.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ mod candidates;
 mod commands;
 mod config;
 mod contacts;
+mod event_loop;
 mod events;
 mod follow;
 mod gather;
@@ -34,7 +35,6 @@ mod superpeer;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use libp2p::{Multiaddr, PeerId};
@@ -45,9 +45,9 @@ use natter_superpeer::{LeafTable, Role};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{ControlServer, Incoming, Replier};
+use crate::control::{ControlServer, Lanes, Replier};
 use crate::home::{Home, Identity};
-use crate::net::{self, DirectoryRecords, Net, NetEvent, OutRequest, Token};
+use crate::net::{self, DirectoryRecords, Net, OutRequest, Token};
 use crate::store::{Host, Store, StoreHandle};
 use api::{ControlRequest, ControlResponse};
 pub use config::DaemonConfig;
@@ -140,13 +140,6 @@ enum LoginPending {
 /// Store jobs queued towards the store thread; beyond it, callers wait (in the job's future,
 /// never in the loop).
 const STORE_QUEUE: usize = 1024;
-
-async fn sleep_until_or_never(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
 
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
@@ -322,9 +315,11 @@ pub async fn run(
     }
     let network_task = tokio::spawn(network.run());
     let (tx, rx) = mpsc::channel(64);
+    let (quick_tx, quick_rx) = mpsc::channel(16);
+    let lanes = Lanes::new(tx).with_quick(quick_tx, ControlRequest::is_quick);
     let control_shutdown = shutdown.child_token();
-    let control_task = tokio::spawn(control.serve(tx, control_shutdown.clone()));
-    let result = daemon.run(rx, events, shutdown).await;
+    let control_task = tokio::spawn(control.serve(lanes, control_shutdown.clone()));
+    let result = daemon.run([quick_rx, rx], events, shutdown).await;
     // The last commands (answers, the offline record) go out before the network stops.
     daemon.net.drain().await;
     // Writes already queued (an acknowledged message, a host) still reach the disk.
@@ -437,119 +432,6 @@ impl Daemon {
         tracing::info!(phase = text);
     }
 
-    async fn run(
-        &mut self,
-        mut control: mpsc::Receiver<Incoming<ControlRequest, ControlResponse>>,
-        mut events: mpsc::Receiver<NetEvent>,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        self.phase(&format!(
-            "natter {} as {} ({})",
-            env!("CARGO_PKG_VERSION"),
-            self.identity.user,
-            self.peer_id()
-        ));
-        self.phase(&format!("logging in to {}", self.identity.login));
-        self.renew();
-        self.phase("probing reachability (AutoNAT v2)");
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            // Each ping run has its own pace, not the tick's.
-            let ping_at = self.next_ping_at();
-            let gathered_at = self.lookups.deadline();
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    self.phase("stopping");
-                    break;
-                }
-                Some(incoming) = control.recv() => self.on_control(incoming),
-                event = events.recv() => match event {
-                    Some(event) => self.on_net_event(event),
-                    None => anyhow::bail!("the network task stopped"),
-                },
-                () = self.net.flush(), if self.net.has_backlog() => {}
-                Some(then) = self.store_jobs.next(), if !self.store_jobs.is_empty() => then(self),
-                () = sleep_until_or_never(ping_at), if ping_at.is_some() => self.ping_tick(),
-                () = sleep_until_or_never(gathered_at), if gathered_at.is_some() => {
-                    self.on_lookups_gathered();
-                }
-                _ = tick.tick() => {
-                    self.on_tick();
-                    if let Some((deadline, _)) = &self.going_down
-                        && Instant::now() >= *deadline
-                    {
-                        self.finish_down();
-                        break;
-                    }
-                }
-            }
-            if self
-                .going_down
-                .as_ref()
-                .is_some_and(|(_, reply)| reply.is_none())
-            {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn on_tick(&mut self) {
-        self.evaluate_role();
-        self.reprobe_tick();
-        self.gather_tick();
-        match self.role {
-            Current::Leaf => self.leaf_tick(),
-            Current::Superpeer => self.superpeer_tick(),
-        }
-        self.revocation_tick();
-        self.messaging_tick();
-        if let Some(m) = &self.metrics {
-            m.superpeer.set(i64::from(self.role == Current::Superpeer));
-            m.leaves.set(self.leaves.len() as i64);
-            m.records_stored.set(self.stats.records_stored as i64);
-            m.records_refused.set(self.stats.records_refused as i64);
-            m.lookups.set(self.stats.lookups as i64);
-            self.store_then(
-                |s| s.outbox_len(),
-                |d, n| {
-                    if let (Some(m), Ok(n)) = (&d.metrics, n) {
-                        m.outbox.set(n as i64);
-                    }
-                },
-            );
-        }
-        // A reachable leaf that may promote learns whether the network needs it (its
-        // superpeers may have filled up since it logged in).
-        if self.config.role == Role::Auto
-            && self.role == Current::Leaf
-            && !self.confirmed.is_empty()
-            && self.supply_asked.is_none_or(|t| t.elapsed() > SUPPLY_POLL)
-        {
-            self.supply_asked = Some(Instant::now());
-            if self.supply.is_some() {
-                self.bootstrap();
-            }
-        }
-        // Renew at 80% of the certificate lifetime; after a failure, retry every 30 s.
-        let cert = &self.identity.cert;
-        let lifetime = cert.expires_at().saturating_sub(cert.issued_at());
-        let renew_at = cert.issued_at() + lifetime * 4 / 5;
-        let pending = self
-            .login_pending
-            .values()
-            .any(|p| matches!(p, LoginPending::Renew));
-        if unix_now() >= renew_at
-            && !pending
-            && self
-                .renew_failed_at
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
-        {
-            self.renew();
-        }
-    }
-
     fn send_overlay(
         &mut self,
         peer: PeerId,
@@ -566,11 +448,6 @@ impl Daemon {
         self.net
             .request(token, peer, addrs, OutRequest::Overlay(request));
         self.overlay_pending.insert(token, pending);
-    }
-
-    fn on_control(&mut self, incoming: Incoming<ControlRequest, ControlResponse>) {
-        let Incoming { request, reply } = incoming;
-        commands::handle(self, request, reply);
     }
 
     /// Public addresses this node can give out (confirmed by AutoNAT, or listen addresses of a

@@ -252,13 +252,19 @@ async fn suite(mode: Mode) -> anyhow::Result<Report> {
 
     // Sustained durable messages/s, and what the burst costs besides.
     progress("msg: bursts");
-    let idle = cost::status_idle(&sps[0], sz.idle).await?;
+    let floor = cost::EchoFloor::start()?;
+    let (idle, floor_idle) = cost::status_idle(&sps[0], &floor, sz.idle).await?;
     let lookups_before = cost::lookups(&sps).await?;
     let everyone = [&sps[0], &sps[1], &alice, &bob];
     let cpu_before = cost::Cpu::read(&cluster, &everyone)?;
-    let sampler = cost::StatusSampler::start(&sps[0]);
+    let samplers = (
+        cost::Sampler::status(&sps[0])?,
+        cost::Sampler::echo(&floor)?,
+    );
     let b = burst(&sps[0], &sps[1], "sp01", sz.burst, sz.senders).await?;
-    let busy = sampler.stop().await?;
+    let busy = samplers.0.stop().await?;
+    let floor_busy = samplers.1.stop().await?;
+    drop(floor);
     // The sender's last acks (and its `sent` writes) come after the recipient's store: the
     // burst's work ends when the sender's outbox is empty.
     let drained = cost::drained(&sps[0], Duration::from_secs(30)).await?;
@@ -299,6 +305,8 @@ async fn suite(mode: Mode) -> anyhow::Result<Report> {
             sent: b.sent,
             idle,
             busy,
+            floor_idle,
+            floor_busy,
             lookups: (lookups_before, lookups_after),
             cpu,
             drained,

@@ -223,6 +223,7 @@ fn overlay_seeds() -> Seeds {
                 OverlayResponse::Found {
                     record: record("bob", BOB, 1, Status::Online),
                     confirmed: true,
+                    others: vec![],
                 },
                 OverlayResponse::Attached {
                     lease_secs: 90,

@@ -1,7 +1,7 @@
 //! Presence records as the directory gets them: `PresenceRecord::from_json` (what Kademlia
-//! stores), the superpeer's `directory::admit_record` (a PUT, against a stored record) and
-//! `directory::best_record` (a lookup's answers), and what a leaf checks of an answer (name,
-//! then `verify`). Also the body alone (JSON) and the status word.
+//! stores), `DeviceRecords::from_json` (a user's devices as one value), the superpeer's
+//! `directory::admit_record` (a PUT, merged into a stored value) and `DeviceRecords::gather`
+//! (a lookup's answers), and what a leaf checks of an answer (name, then `verify`). Also the body alone (JSON) and the status word.
 //!
 //! The same input, read as record fields, is also signed by a certified device and verified
 //! at a fuzzed time, so the lease and freshness rules after the signature are reached and
@@ -17,7 +17,8 @@ use natter_proto::Certificate;
 use natter_proto::cert::CLOCK_SKEW_SECS;
 use natter_proto::limits::MAX_RECORD_LEASE_SECS;
 use natter_proto::presence::{PresenceBody, PresenceRecord, RecordError, Status, directory_key};
-use natter_superpeer::directory::{admit_record, best_record};
+use natter_proto::DeviceRecords;
+use natter_superpeer::directory::admit_record;
 use std::sync::LazyLock;
 
 /// Alice's certificate and device key, which sign the records this target makes.
@@ -49,8 +50,14 @@ fn decode(data: &[u8]) {
         let _ = record.validate_for_store(&key, issuer(), NOW, Some(&stored));
     }
     // A Kademlia PUT for alice, and a lookup answer for her (a leaf checks answers alike).
-    let _ = admit_record(&alice_key, data, issuer(), NOW, Some(&STORED));
-    let _ = best_record(&alice, [data], issuer(), NOW);
+    if let Ok(merged) = admit_record(&alice_key, data, issuer(), NOW, Some(&STORED)) {
+        // A merged value reads back as itself, and holds alice's records only.
+        let again = DeviceRecords::from_json(&merged.to_json());
+        assert_eq!(again.as_ref().ok(), Some(&merged));
+        assert!(merged.records().all(|r| r.username() == &alice));
+    }
+    let gathered = DeviceRecords::gather(&alice, [data, STORED.as_slice()], issuer(), NOW);
+    assert!(gathered.len() <= natter_proto::limits::MAX_DEVICES_PER_USER);
     let _ = serde_json::from_slice::<PresenceBody>(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = text.parse::<Status>();

@@ -5,6 +5,7 @@
 //! every rule here is unit-testable and behaves the same on every peer.
 
 pub mod cert;
+pub mod devices;
 pub mod limits;
 pub mod login;
 pub mod msg;
@@ -15,6 +16,7 @@ pub mod protocol;
 pub mod revocation;
 
 pub use cert::{CertError, Certificate, IssuerKey, IssuerSigningKey, KeyId};
+pub use devices::DeviceRecords;
 pub use name::{NameError, UserName};
 pub use presence::{PresenceBody, PresenceRecord, RecordError, Status};
 pub use revocation::{RevocationList, Revocations};

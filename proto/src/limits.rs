@@ -29,6 +29,11 @@ pub const MAX_ADDR_LEN: usize = 256;
 pub const MAX_MESSAGE_TEXT_BYTES: usize = 64 * 1024;
 /// Largest presence record, as stored in the directory (JSON bytes).
 pub const MAX_RECORD_BYTES: usize = 4 * 1024;
+/// Most devices of one user the directory keeps a record of (login servers may certify more
+/// devices; the directory keeps those the user was seen on most recently).
+pub const MAX_DEVICES_PER_USER: usize = 8;
+/// Largest directory value: the records of [`MAX_DEVICES_PER_USER`] devices.
+pub const MAX_DEVICE_SET_BYTES: usize = MAX_DEVICES_PER_USER * MAX_RECORD_BYTES + 64;
 /// Most relay addresses in a presence record (primary and standby superpeer, TCP and QUIC).
 pub const MAX_RECORD_RELAY_ADDRS: usize = 8;
 /// Most direct addresses in a presence record.

@@ -42,10 +42,14 @@ pub enum OverlayResponse {
         alternatives: Vec<SuperpeerInfo>,
     },
     Published,
-    /// The user's newest valid record, and whether its home superpeer confirms the device.
+    /// The record of the user's most available device, whether its home superpeer confirms
+    /// that device, and the records of the user's other devices (none for one device, and
+    /// absent from the JSON then, as before users had several).
     Found {
         record: PresenceRecord,
         confirmed: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        others: Vec<PresenceRecord>,
     },
     /// No record: the user has not been online since records expired, or does not exist.
     NotFound,

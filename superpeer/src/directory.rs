@@ -1,10 +1,10 @@
 //! The directory as a superpeer keeps it: which records to store (every one validated first,
-//! refusals counted), which of several answers to believe, and a short lookup cache.
+//! refusals counted; each user's devices side by side) and a short lookup cache.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use natter_proto::{IssuerKey, PresenceRecord, RecordError, UserName};
+use natter_proto::{DeviceRecords, IssuerKey, PresenceRecord, RecordError, UserName};
 
 /// Counters an operator (and the tests) can read.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -14,32 +14,26 @@ pub struct DirectoryStats {
     pub lookups: u64,
 }
 
-/// Validates a record offered for `key`, against what is stored there now.
+/// Validates a directory value offered for `key` (a superpeer's PUT: one device's record or
+/// several devices' of one user) and merges it into what is stored there now; the merged
+/// value to store. See [`DeviceRecords::admit`].
 pub fn admit_record(
     key: &[u8],
     value: &[u8],
     issuer: &IssuerKey,
     now: u64,
     stored: Option<&[u8]>,
-) -> Result<PresenceRecord, RecordError> {
-    let record = PresenceRecord::from_json(value)?;
-    let stored = stored.and_then(|s| PresenceRecord::from_json(s).ok());
-    record.validate_for_store(key, issuer, now, stored.as_ref())?;
-    Ok(record)
+) -> Result<DeviceRecords, RecordError> {
+    DeviceRecords::admit(value, key, issuer, now, stored)
 }
 
-/// Of the answers a lookup collected, the valid one with the highest sequence for `name`.
-pub fn best_record<'a>(
-    name: &UserName,
-    values: impl IntoIterator<Item = &'a [u8]>,
-    issuer: &IssuerKey,
-    now: u64,
-) -> Option<PresenceRecord> {
-    values
-        .into_iter()
-        .filter_map(|v| PresenceRecord::from_json(v).ok())
-        .filter(|r| r.username() == name && r.verify(issuer, now).is_ok())
-        .max_by_key(|r| r.body.seq)
+/// A lookup's answer: the most available device's record (none: no record at all), whether
+/// that device's home superpeer confirmed it is attached, and the user's other devices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer {
+    pub record: Option<PresenceRecord>,
+    pub confirmed: bool,
+    pub others: Vec<PresenceRecord>,
 }
 
 /// Recent lookup results, so a burst of lookups for one user costs one DHT query. Bounded;
@@ -48,7 +42,7 @@ pub fn best_record<'a>(
 pub struct LookupCache {
     ttl: Duration,
     max_entries: usize,
-    entries: HashMap<UserName, (Instant, Option<PresenceRecord>, bool)>,
+    entries: HashMap<UserName, (Instant, Answer)>,
 }
 
 impl LookupCache {
@@ -60,30 +54,24 @@ impl LookupCache {
         }
     }
 
-    /// `Some((record, confirmed))` if a fresh answer is cached.
-    pub fn get(&self, name: &UserName, now: Instant) -> Option<(Option<PresenceRecord>, bool)> {
+    /// The answer, if a fresh one is cached.
+    pub fn get(&self, name: &UserName, now: Instant) -> Option<Answer> {
         self.entries
             .get(name)
-            .filter(|(at, _, _)| now.saturating_duration_since(*at) < self.ttl)
-            .map(|(_, r, c)| (r.clone(), *c))
+            .filter(|(at, _)| now.saturating_duration_since(*at) < self.ttl)
+            .map(|(_, answer)| answer.clone())
     }
 
-    pub fn put(
-        &mut self,
-        name: UserName,
-        record: Option<PresenceRecord>,
-        confirmed: bool,
-        now: Instant,
-    ) {
+    pub fn put(&mut self, name: UserName, answer: Answer, now: Instant) {
         if self.entries.len() >= self.max_entries {
             let ttl = self.ttl;
             self.entries
-                .retain(|_, (at, _, _)| now.saturating_duration_since(*at) < ttl);
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
             if self.entries.len() >= self.max_entries {
                 self.entries.clear();
             }
         }
-        self.entries.insert(name, (now, record, confirmed));
+        self.entries.insert(name, (now, answer));
     }
 
     /// Forgets a user, e.g. when a newer record for them passes through this superpeer.
@@ -101,11 +89,18 @@ mod tests {
         let t0 = Instant::now();
         let mut c = LookupCache::new(Duration::from_secs(5), 2);
         let a = UserName::parse("alice").unwrap();
-        c.put(a.clone(), None, false, t0);
-        assert_eq!(c.get(&a, t0 + Duration::from_secs(4)), Some((None, false)));
+        c.put(a.clone(), Answer::default(), t0);
+        assert_eq!(
+            c.get(&a, t0 + Duration::from_secs(4)),
+            Some(Answer::default())
+        );
         assert_eq!(c.get(&a, t0 + Duration::from_secs(5)), None);
+        let confirmed = Answer {
+            confirmed: true,
+            ..Answer::default()
+        };
         for n in ["bob", "carol", "dave"] {
-            c.put(UserName::parse(n).unwrap(), None, true, t0);
+            c.put(UserName::parse(n).unwrap(), confirmed.clone(), t0);
             assert!(c.entries.len() <= 2);
         }
         c.invalidate(&UserName::parse("dave").unwrap());
@@ -117,13 +112,13 @@ mod tests {
         let issuer = natter_proto::IssuerSigningKey::from_bytes(&[1; 32]).public();
         assert!(admit_record(b"k", b"not json", &issuer, 0, None).is_err());
         assert!(
-            best_record(
+            DeviceRecords::gather(
                 &UserName::parse("alice").unwrap(),
                 [b"{}".as_slice()],
                 &issuer,
                 0
             )
-            .is_none()
+            .is_empty()
         );
     }
 }

@@ -23,7 +23,9 @@ use libp2p::PeerId;
 use natter_proto::presence::directory_key;
 use natter_proto::{IssuerKey, PresenceRecord, UserName};
 
-use crate::directory::{LookupCache, best_record};
+use natter_proto::DeviceRecords;
+
+use crate::directory::{Answer, LookupCache};
 
 /// Lookups in progress at once on one superpeer; more are refused as busy.
 pub const MAX_LOOKUPS: usize = 4096;
@@ -33,6 +35,9 @@ pub const CACHE_TTL: Duration = Duration::from_secs(3);
 pub const GATHER: Duration = Duration::from_millis(200);
 /// Valid records that end the gathering at once.
 pub const ENOUGH: usize = 3;
+/// Live devices of one user whose home superpeers a lookup asks, one after the other, until
+/// one confirms its device.
+pub const MAX_HOME_ASKS: usize = 3;
 
 /// Identifies one lookup in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,12 +58,14 @@ pub enum LookupAction<R> {
         home: PeerId,
         device: PeerId,
     },
-    /// The lookup is over: `record` (if any) and whether its home confirmed the device.
+    /// The lookup is over: the most available device's `record` (if any), whether its home
+    /// confirmed the device, and the user's other devices' records.
     Answer {
         requester: R,
         name: UserName,
         record: Option<PresenceRecord>,
         confirmed: bool,
+        others: Vec<PresenceRecord>,
     },
 }
 
@@ -74,7 +81,11 @@ struct Lookup<R> {
     name: UserName,
     requester: R,
     values: Vec<Vec<u8>>,
-    record: Option<PresenceRecord>,
+    /// The user's devices once the answers are in, the most available first.
+    devices: Vec<PresenceRecord>,
+    /// Devices still to confirm, by index in `devices`, and the one being asked.
+    to_confirm: VecDeque<(usize, Confirm)>,
+    asking: usize,
     /// Valid records among `values`.
     valid: usize,
     /// Set by the first valid record: when the lookup stops gathering.
@@ -83,11 +94,22 @@ struct Lookup<R> {
     asking_home: bool,
 }
 
+/// How a device's liveness is confirmed.
+#[derive(Debug, Clone, Copy)]
+enum Confirm {
+    /// At home on this superpeer: attached here or not.
+    Here(bool),
+    /// Ask its home superpeer.
+    Ask { home: PeerId, device: PeerId },
+}
+
 impl<R> Lookup<R> {
     /// Keeps one answer (bounded: a query's answers are; see the caller's query).
     fn add(&mut self, value: Vec<u8>, issuer: &IssuerKey, now_unix: u64, now: Instant) {
-        let valid = PresenceRecord::from_json(&value)
-            .is_ok_and(|r| r.username() == &self.name && r.verify(issuer, now_unix).is_ok());
+        let valid = DeviceRecords::from_json(&value).is_ok_and(|set| {
+            set.records()
+                .any(|r| r.username() == &self.name && r.verify(issuer, now_unix).is_ok())
+        });
         if valid {
             self.valid += 1;
             self.gather_until.get_or_insert(now + GATHER);
@@ -150,17 +172,19 @@ impl<R> Lookups<R> {
         now: Instant,
     ) -> Result<(), (LookupRefused, R)> {
         // A cached record whose lease ended meanwhile is no answer any more.
-        let cached = self
-            .cache
-            .get(&name, now)
-            .filter(|(record, _)| record.as_ref().is_none_or(|r| now_unix < r.body.expires_at));
-        if let Some((record, confirmed)) = cached {
+        let cached = self.cache.get(&name, now).filter(|a| {
+            a.record
+                .as_ref()
+                .is_none_or(|r| now_unix < r.body.expires_at)
+        });
+        if let Some(answer) = cached {
             self.started += 1;
             self.actions.push_back(LookupAction::Answer {
                 requester,
                 name,
-                record,
-                confirmed,
+                record: answer.record,
+                confirmed: answer.confirmed,
+                others: answer.others,
             });
             return Ok(());
         }
@@ -175,7 +199,9 @@ impl<R> Lookups<R> {
             name,
             requester,
             values: vec![],
-            record: None,
+            devices: vec![],
+            to_confirm: VecDeque::new(),
+            asking: 0,
             valid: 0,
             gather_until: None,
             asking_home: false,
@@ -251,14 +277,22 @@ impl<R> Lookups<R> {
         }
     }
 
-    /// The home superpeer's answer (`None`: it could not be asked).
+    /// The home superpeer's answer (`None`: it could not be asked). Unconfirmed, the next
+    /// live device is tried.
     pub fn liveness(&mut self, id: LookupId, attached: Option<bool>, now: Instant) {
-        if self.running.get(&id).is_some_and(|l| l.asking_home) {
-            self.finish(id, attached.unwrap_or(false), now);
+        let Some(l) = self.running.get_mut(&id).filter(|l| l.asking_home) else {
+            return;
+        };
+        if attached == Some(true) {
+            let device = l.asking;
+            return self.finish(id, Some(device), now);
         }
+        l.asking_home = false;
+        self.confirm_next(id, now);
     }
 
-    /// All answers are in: the best record, then its liveness.
+    /// All answers are in: the user's devices, most available first, then the liveness of
+    /// the live ones in that order until one is confirmed.
     fn resolve(
         &mut self,
         id: LookupId,
@@ -269,290 +303,81 @@ impl<R> Lookups<R> {
         let Some(l) = self.running.get_mut(&id) else {
             return;
         };
-        let record = best_record(
+        let devices = DeviceRecords::gather(
             &l.name,
             l.values.iter().map(Vec::as_slice),
             &self.issuer,
             now_unix,
         );
-        l.record = record.clone();
-        let Some(record) = record else {
-            return self.finish(id, false, now);
-        };
-        if !record.is_live(now_unix) {
-            return self.finish(id, false, now);
-        }
-        let device = record.body.cert.peer_id();
-        let home = record
-            .body
-            .home
-            .as_deref()
-            .and_then(|h| h.parse::<PeerId>().ok());
-        match home {
-            Some(home) if home == self.me => {
-                let attached = attached_here(&device) || device == self.me;
-                self.finish(id, attached, now);
-            }
-            Some(home) => {
-                l.asking_home = true;
-                self.actions
-                    .push_back(LookupAction::AskHome { id, home, device });
-            }
-            None => self.finish(id, false, now),
-        }
+        l.devices = devices
+            .by_availability(now_unix)
+            .into_iter()
+            .cloned()
+            .collect();
+        l.to_confirm = l
+            .devices
+            .iter()
+            .enumerate()
+            .take_while(|(_, r)| r.is_live(now_unix))
+            .filter_map(|(i, record)| {
+                let device = record.body.cert.peer_id();
+                let home = record.body.home.as_deref()?.parse::<PeerId>().ok()?;
+                let how = if home == self.me {
+                    Confirm::Here(attached_here(&device) || device == self.me)
+                } else {
+                    Confirm::Ask { home, device }
+                };
+                Some((i, how))
+            })
+            .take(MAX_HOME_ASKS)
+            .collect();
+        self.confirm_next(id, now);
     }
 
-    fn finish(&mut self, id: LookupId, confirmed: bool, now: Instant) {
-        let Some(l) = self.running.remove(&id) else {
+    /// Confirms the next device in line, or answers unconfirmed when none is left.
+    fn confirm_next(&mut self, id: LookupId, now: Instant) {
+        let Some(l) = self.running.get_mut(&id) else {
             return;
         };
-        self.cache
-            .put(l.name.clone(), l.record.clone(), confirmed, now);
+        while let Some((i, how)) = l.to_confirm.pop_front() {
+            match how {
+                Confirm::Here(true) => return self.finish(id, Some(i), now),
+                Confirm::Here(false) => {}
+                Confirm::Ask { home, device } => {
+                    l.asking_home = true;
+                    l.asking = i;
+                    self.actions
+                        .push_back(LookupAction::AskHome { id, home, device });
+                    return;
+                }
+            }
+        }
+        self.finish(id, None, now);
+    }
+
+    /// Answers with device `confirmed` (confirmed by its home) or, if none, the most
+    /// available device unconfirmed.
+    fn finish(&mut self, id: LookupId, confirmed: Option<usize>, now: Instant) {
+        let Some(mut l) = self.running.remove(&id) else {
+            return;
+        };
+        let best = confirmed.unwrap_or(0);
+        let record = (best < l.devices.len()).then(|| l.devices.remove(best));
+        let answer = Answer {
+            record,
+            confirmed: confirmed.is_some(),
+            others: l.devices,
+        };
+        self.cache.put(l.name.clone(), answer.clone(), now);
         self.actions.push_back(LookupAction::Answer {
             requester: l.requester,
             name: l.name,
-            record: l.record,
-            confirmed,
+            record: answer.record,
+            confirmed: answer.confirmed,
+            others: answer.others,
         });
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use natter_proto::IssuerSigningKey;
-
-    use super::*;
-    use crate::test_support::{NOW, issuer, peer, record_by};
-
-    /// `name`'s record (device key from `seed`), sequence `seq`, at home on `home`, as stored.
-    fn record(name: &str, seed: u8, seq: u64, home: PeerId, signer: &IssuerSigningKey) -> Vec<u8> {
-        record_by(name, seed, seq, Some(home), signer).to_json()
-    }
-
-    fn drain(l: &mut Lookups<u32>) -> Vec<LookupAction<u32>> {
-        std::iter::from_fn(|| l.next_action()).collect()
-    }
-
-    fn bob() -> UserName {
-        UserName::parse("bob").unwrap()
-    }
-
-    #[test]
-    fn a_valid_record_ends_the_query_and_the_home_is_asked() {
-        let me = peer(9);
-        let home = peer(8);
-        let mut l = Lookups::new(me, issuer().public());
-        let t = Instant::now();
-        l.start(bob(), 7, None, NOW, t).unwrap();
-        let Some(LookupAction::Query { id, key }) = l.next_action() else {
-            panic!("a query first");
-        };
-        assert_eq!(key, directory_key(&bob()));
-        // Garbage and a forged record (another issuer) do not end it.
-        l.found(id, b"garbage".to_vec(), NOW, |_| false, t);
-        l.found(
-            id,
-            record("bob", 2, 5, home, &IssuerSigningKey::from_bytes(&[2; 32])),
-            NOW,
-            |_| false,
-            t,
-        );
-        assert!(drain(&mut l).is_empty());
-        l.found(id, record("bob", 2, 3, home, &issuer()), NOW, |_| false, t);
-        // A valid record opens the gathering window; it answers when the window ends.
-        assert!(drain(&mut l).is_empty());
-        assert_eq!(l.deadline(), Some(t + GATHER));
-        l.gathered(NOW, |_| false, t + GATHER - Duration::from_millis(1));
-        assert!(drain(&mut l).is_empty());
-        l.gathered(NOW, |_| false, t + GATHER);
-        let actions = drain(&mut l);
-        assert!(
-            matches!(actions[0], LookupAction::Finish(i) if i == id),
-            "{actions:?}"
-        );
-        let LookupAction::AskHome {
-            home: asked,
-            device,
-            ..
-        } = &actions[1]
-        else {
-            panic!("the home is asked: {actions:?}");
-        };
-        assert_eq!((*asked, *device), (home, peer(2)));
-        l.liveness(id, Some(true), t);
-        let LookupAction::Answer {
-            requester,
-            record,
-            confirmed,
-            ..
-        } = l.next_action().unwrap()
-        else {
-            panic!("answered");
-        };
-        assert_eq!((requester, confirmed), (7, true));
-        assert_eq!(record.unwrap().body.seq, 3);
-        assert_eq!(l.running(), 0);
-    }
-
-    #[test]
-    fn the_highest_valid_sequence_wins_and_answers_are_cached() {
-        let me = peer(9);
-        let mut l = Lookups::new(me, issuer().public());
-        let t = Instant::now();
-        // This superpeer is the home: no question to ask, the leaf table answers.
-        let local = record("bob", 2, 4, me, &issuer());
-        l.start(bob(), 1, Some(local), NOW, t).unwrap();
-        let Some(LookupAction::Query { id, .. }) = l.next_action() else {
-            panic!("a query first");
-        };
-        l.query_done(id, NOW, |p| *p == peer(2), t);
-        let actions = drain(&mut l);
-        assert!(
-            matches!(&actions[..], [LookupAction::Answer { confirmed: true, record: Some(r), .. }] if r.body.seq == 4),
-            "{actions:?}"
-        );
-        // Within the cache's life: answered at once, no query.
-        l.start(bob(), 2, None, NOW, t + Duration::from_secs(2))
-            .unwrap();
-        assert!(matches!(
-            drain(&mut l)[..],
-            [LookupAction::Answer {
-                requester: 2,
-                confirmed: true,
-                ..
-            }]
-        ));
-        // After it, and after an invalidation: a query again.
-        l.start(bob(), 3, None, NOW, t + CACHE_TTL).unwrap();
-        assert!(matches!(drain(&mut l)[..], [LookupAction::Query { .. }]));
-        assert_eq!(l.started, 3);
-    }
-
-    /// A directory node replays an old, validly signed record of bob's and answers first:
-    /// the newer record that arrives within the window wins all the same.
-    #[test]
-    fn a_replayed_old_record_loses_to_a_newer_one_answering_later() {
-        let me = peer(9);
-        let home = peer(8);
-        let mut l = Lookups::new(me, issuer().public());
-        let t = Instant::now();
-        l.start(bob(), 1, None, NOW, t).unwrap();
-        let Some(LookupAction::Query { id, .. }) = l.next_action() else {
-            panic!("a query first");
-        };
-        l.found(
-            id,
-            record("bob", 2, 100, home, &issuer()),
-            NOW,
-            |_| false,
-            t,
-        );
-        assert!(drain(&mut l).is_empty(), "the first answer does not decide");
-        let later = t + GATHER / 2;
-        l.found(
-            id,
-            record("bob", 2, 200, home, &issuer()),
-            NOW,
-            |_| false,
-            later,
-        );
-        l.gathered(NOW, |_| false, t + GATHER);
-        drain(&mut l);
-        l.liveness(id, Some(true), t + GATHER);
-        let Some(LookupAction::Answer { record, .. }) = l.next_action() else {
-            panic!("answered");
-        };
-        assert_eq!(record.unwrap().body.seq, 200);
-    }
-
-    #[test]
-    fn enough_valid_answers_end_the_gathering_at_once() {
-        let me = peer(9);
-        let home = peer(8);
-        let mut l = Lookups::new(me, issuer().public());
-        let t = Instant::now();
-        // The local copy counts as one.
-        let local = record("bob", 2, 5, home, &issuer());
-        l.start(bob(), 1, Some(local), NOW, t).unwrap();
-        let Some(LookupAction::Query { id, .. }) = l.next_action() else {
-            panic!("a query first");
-        };
-        l.found(id, record("bob", 2, 7, home, &issuer()), NOW, |_| false, t);
-        assert!(drain(&mut l).is_empty());
-        l.found(id, record("bob", 2, 6, home, &issuer()), NOW, |_| false, t);
-        let actions = drain(&mut l);
-        assert!(
-            matches!(actions[0], LookupAction::Finish(i) if i == id),
-            "{actions:?}"
-        );
-        assert!(
-            matches!(actions[1], LookupAction::AskHome { .. }),
-            "{actions:?}"
-        );
-        l.liveness(id, Some(true), t);
-        let Some(LookupAction::Answer { record, .. }) = l.next_action() else {
-            panic!("answered");
-        };
-        assert_eq!(record.unwrap().body.seq, 7);
-        assert_eq!(l.deadline(), None);
-    }
-
-    #[test]
-    fn no_record_and_dead_homes_read_unconfirmed() {
-        let me = peer(9);
-        let mut l = Lookups::new(me, issuer().public());
-        let t = Instant::now();
-        l.start(bob(), 1, None, NOW, t).unwrap();
-        let Some(LookupAction::Query { id, .. }) = l.next_action() else {
-            panic!();
-        };
-        l.query_done(id, NOW, |_| false, t);
-        assert!(matches!(
-            drain(&mut l)[..],
-            [LookupAction::Answer {
-                record: None,
-                confirmed: false,
-                ..
-            }]
-        ));
-        let carol = UserName::parse("carol").unwrap();
-        l.start(carol, 2, None, NOW, t).unwrap();
-        let Some(LookupAction::Query { id, .. }) = l.next_action() else {
-            panic!();
-        };
-        l.found(
-            id,
-            record("carol", 3, 1, peer(8), &issuer()),
-            NOW,
-            |_| false,
-            t,
-        );
-        l.query_done(id, NOW, |_| false, t);
-        drain(&mut l);
-        // The home could not be asked: offline, not online.
-        l.liveness(id, None, t);
-        assert!(matches!(
-            drain(&mut l)[..],
-            [LookupAction::Answer {
-                record: Some(_),
-                confirmed: false,
-                ..
-            }]
-        ));
-    }
-
-    #[test]
-    fn lookups_are_bounded() {
-        let mut l = Lookups::new(peer(9), issuer().public());
-        let t = Instant::now();
-        for i in 0..MAX_LOOKUPS {
-            let name = UserName::parse(&format!("user{i}")).unwrap();
-            l.start(name, 0, None, NOW, t).unwrap();
-        }
-        assert_eq!(
-            l.start(bob(), 0, None, NOW, t),
-            Err((LookupRefused::Busy(MAX_LOOKUPS), 0))
-        );
-    }
-}
+mod tests;

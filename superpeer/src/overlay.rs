@@ -7,7 +7,7 @@ use libp2p::PeerId;
 use natter_proto::login::SuperpeerInfo;
 use natter_proto::overlay::{OverlayRefusal, OverlayRequest, OverlayResponse};
 use natter_proto::presence::directory_key;
-use natter_proto::{IssuerKey, PresenceRecord, Revocations, UserName};
+use natter_proto::{DeviceRecords, IssuerKey, PresenceRecord, Revocations, UserName};
 
 use crate::directory::DirectoryStats;
 use crate::leaves::{Admission, LeafTable};
@@ -131,7 +131,11 @@ pub fn handle_request(
                 );
             }
             let key = directory_key(record.username());
-            let stored = (ctx.stored)(&key).and_then(|s| PresenceRecord::from_json(&s).ok());
+            // The stale rule is per device: another device's newer record is no reason to
+            // refuse this one.
+            let stored = (ctx.stored)(&key)
+                .and_then(|s| DeviceRecords::from_json(&s).ok())
+                .and_then(|set| set.same_device(&record).cloned());
             match record.validate_for_store(&key, ctx.issuer, ctx.now, stored.as_ref()) {
                 Ok(()) => {
                     let _ = leaves.set_record(&peer, record.clone());

@@ -293,6 +293,20 @@ impl NodeProcess {
         Self::register_and_spawn(dir, user, login, extra, true)
     }
 
+    /// Another device of `user`, who registered already: `natter login` (password
+    /// `password1`) in a home of its own (`dir/USER-DEVICE`), then `natter up` as
+    /// [`NodeProcess::start`] does.
+    pub fn start_device(
+        dir: &Path,
+        user: &str,
+        device: &str,
+        login: &Multiaddr,
+        extra: &[&str],
+    ) -> Self {
+        let home = dir.join(format!("{user}-{device}"));
+        Self::sign_in_and_spawn(home, "login", user, login, extra, false)
+    }
+
     fn register_and_spawn(
         dir: &Path,
         user: &str,
@@ -300,15 +314,25 @@ impl NodeProcess {
         extra: &[&str],
         plain: bool,
     ) -> Self {
-        let home = dir.join(user);
+        Self::sign_in_and_spawn(dir.join(user), "register", user, login, extra, plain)
+    }
+
+    fn sign_in_and_spawn(
+        home: PathBuf,
+        how: &str,
+        user: &str,
+        login: &Multiaddr,
+        extra: &[&str],
+        plain: bool,
+    ) -> Self {
         let out = natter(
             &home,
-            &["register", user, "--login", &login.to_string()],
+            &[how, user, "--login", &login.to_string()],
             "password1\n",
         );
         assert!(
             out.status.success(),
-            "register {user}: {}",
+            "{how} {user}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();

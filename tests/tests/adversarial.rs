@@ -47,6 +47,7 @@ fn a_superpeer_forging_lookup_answers_gets_no_message_and_is_dropped() {
             OverlayRequest::Lookup { name } => OverlayResponse::Found {
                 record: me.forged_record(&UserName::parse(&name).unwrap()),
                 confirmed: true,
+                others: vec![],
             },
             other => plain_superpeer(me, from, other),
         }),
@@ -369,6 +370,7 @@ fn a_superpeer_replaying_an_older_record_loses_to_the_newer_one() {
                     OverlayResponse::Found {
                         record,
                         confirmed: true,
+                        others: vec![],
                     }
                 }
                 _ => plain_superpeer(me, from, request),

@@ -194,6 +194,25 @@ pub struct LookupView {
     /// Sequence of the record this answer is from.
     #[serde(default)]
     pub seq: Option<u64>,
+    /// Each of the user's devices in the directory, the one shown above first.
+    #[serde(default)]
+    pub devices: Vec<DeviceView>,
+}
+
+/// One device of a user, in `natter lookup NAME --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub peer_id: String,
+    /// The device's own status while its lease runs, else "offline".
+    pub status: String,
+    /// Whether its home superpeer confirmed the device is attached (asked of the device shown
+    /// as the user's presence; the others read false).
+    pub confirmed: bool,
+    /// Unix seconds.
+    pub last_seen: u64,
+    pub home: Option<String>,
+    pub direct_addrs: Vec<String>,
+    pub seq: u64,
 }
 
 /// `natter netcheck --json`.

@@ -26,7 +26,11 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
                 if let Some(record) =
                     d.own_record(d.presence, d.attach.primary().or(Some(d.peer_id())))
                 {
-                    let _ = reply.try_send(Ok(ControlResponse::Lookup(lookup_view(&record, true))));
+                    let _ = reply.try_send(Ok(ControlResponse::Lookup(lookup_view(
+                        &record,
+                        true,
+                        &[],
+                    ))));
                     return;
                 }
             }

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use natter_proto::UserName;
+use natter_proto::{DeviceRecords, UserName};
 
 use super::LookupOutcome;
 
@@ -132,9 +132,10 @@ impl<P> Gathers<P> {
     }
 }
 
-/// The better of two answers: a record beats no record, which beats a failure; of two
-/// records, the higher sequence number; at equal sequence, confirmed by its home if either
-/// says so (the record is the same user's, signed by the same device).
+/// The better of two answers: a record beats no record, which beats a failure. Of two
+/// records, the user's devices are merged (per device, the higher sequence), and the device
+/// shown is: of one device, the higher sequence, confirmed by its home if either answer says
+/// so; of two devices, a confirmed one before an unconfirmed one, else the higher sequence.
 fn fresher(a: LookupOutcome, b: LookupOutcome) -> LookupOutcome {
     use LookupOutcome::{Failed, Found, NotFound};
     match (a, b) {
@@ -142,27 +143,48 @@ fn fresher(a: LookupOutcome, b: LookupOutcome) -> LookupOutcome {
             Found {
                 record: ra,
                 confirmed: ca,
+                others: oa,
             },
             Found {
                 record: rb,
                 confirmed: cb,
+                others: ob,
             },
         ) => {
-            if rb.body.seq > ra.body.seq {
-                Found {
-                    record: rb,
-                    confirmed: cb,
+            let same_device = ra.body.cert.device_key() == rb.body.cert.device_key();
+            let (a_shown, confirmed) = if same_device {
+                match rb.body.seq.cmp(&ra.body.seq) {
+                    std::cmp::Ordering::Greater => (false, cb),
+                    std::cmp::Ordering::Equal => (true, ca || cb),
+                    std::cmp::Ordering::Less => (true, ca),
                 }
-            } else if rb.body.seq == ra.body.seq {
-                Found {
-                    record: ra,
-                    confirmed: ca || cb,
-                }
+            } else if ca != cb {
+                (ca, ca || cb)
             } else {
-                Found {
-                    record: ra,
-                    confirmed: ca,
-                }
+                (rb.body.seq <= ra.body.seq, ca)
+            };
+            let shown = if a_shown { &ra } else { &rb };
+            let shown_device = shown.body.cert.device_key();
+            // Every record was checked as its answer came in.
+            let mut devices = DeviceRecords::new();
+            for r in [ra.clone(), rb.clone()].into_iter().chain(oa).chain(ob) {
+                devices.merge(r);
+            }
+            // The shown device's newest record (a newer one may have come as another's).
+            let record = devices
+                .records()
+                .find(|r| r.body.cert.device_key() == shown_device)
+                .cloned()
+                .unwrap_or(if a_shown { ra } else { rb });
+            let others = devices
+                .records()
+                .filter(|r| r.body.cert.device_key() != shown_device)
+                .cloned()
+                .collect();
+            Found {
+                record,
+                confirmed,
+                others,
             }
         }
         (found @ Found { .. }, _) | (_, found @ Found { .. }) => found,
@@ -185,12 +207,18 @@ mod tests {
         let issuer = natter_proto::IssuerSigningKey::from_bytes(&[1; 32]);
         let mut record = super::super::leaf::tests::record("bob", &issuer, NOW + 60);
         record.body.seq = seq;
-        LookupOutcome::Found { record, confirmed }
+        LookupOutcome::Found {
+            record,
+            confirmed,
+            others: vec![],
+        }
     }
 
     fn seq(outcome: &LookupOutcome) -> Option<(u64, bool)> {
         match outcome {
-            LookupOutcome::Found { record, confirmed } => Some((record.body.seq, *confirmed)),
+            LookupOutcome::Found {
+                record, confirmed, ..
+            } => Some((record.body.seq, *confirmed)),
             _ => None,
         }
     }
@@ -239,6 +267,48 @@ mod tests {
         g.answer(id, found(3, false), now);
         let (_, (), outcome) = g.answer(id, found(3, true), now).unwrap();
         assert_eq!(seq(&outcome), Some((3, true)));
+    }
+
+    /// Each superpeer may know another of bob's devices (they published through different
+    /// superpeers): the decided answer has both, the confirmed one shown.
+    #[test]
+    fn answers_about_different_devices_are_merged() {
+        let now = Instant::now();
+        let issuer = natter_proto::IssuerSigningKey::from_bytes(&[1; 32]);
+        let device = |d: u8, seq: u64| {
+            let mut r = super::super::leaf::tests::record_on(d, "bob", &issuer, NOW + 60);
+            r.body.seq = seq;
+            r
+        };
+        let mut g = Gathers::default();
+        let id = g.open(name(), (), 2).unwrap();
+        let laptop = LookupOutcome::Found {
+            record: device(7, 9),
+            confirmed: false,
+            others: vec![device(8, 1)],
+        };
+        let phone = LookupOutcome::Found {
+            record: device(8, 2),
+            confirmed: true,
+            others: vec![],
+        };
+        g.answer(id, laptop, now);
+        let (_, (), outcome) = g.answer(id, phone, now).unwrap();
+        let LookupOutcome::Found {
+            record,
+            confirmed,
+            others,
+        } = outcome
+        else {
+            panic!("found");
+        };
+        assert_eq!(
+            (record.body.seq, confirmed),
+            (2, true),
+            "the confirmed phone"
+        );
+        assert_eq!(others.len(), 1);
+        assert_eq!(others[0].body.seq, 9, "the laptop beside it");
     }
 
     #[test]

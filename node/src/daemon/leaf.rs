@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
+use natter_proto::limits::MAX_DEVICES_PER_USER;
 use natter_proto::overlay::{OverlayRequest, OverlayResponse};
 use natter_proto::presence::dialable_shape;
 use natter_proto::{PresenceBody, PresenceRecord, Status, UserName};
 
-use super::api::LookupView;
+use super::api::{DeviceView, LookupView};
 use super::attach::{AttachAction, Ranked, Slot};
 use super::candidates::Source;
 use super::{Current, Daemon, LoginPending, LookupFor, LookupOutcome, OverlayPending, unix_now};
@@ -356,9 +357,23 @@ impl Daemon {
                     "{name}'s certificate was revoked by the login server"
                 ))
             }
-            Ok(OverlayResponse::Found { record, confirmed }) => {
-                match check_answer(&record, &name, &self.issuer, unix_now()) {
-                    Ok(()) => LookupOutcome::Found { record, confirmed },
+            Ok(OverlayResponse::Found {
+                record,
+                confirmed,
+                others,
+            }) => {
+                let now = unix_now();
+                match check_answer(&record, &name, &self.issuer, now)
+                    .and_then(|()| check_others(&record, others, &name, &self.issuer, now))
+                {
+                    Ok(others) => LookupOutcome::Found {
+                        record,
+                        confirmed,
+                        others: others
+                            .into_iter()
+                            .filter(|r| !self.revocations.revokes(&r.body.cert))
+                            .collect(),
+                    },
                     Err(Distrust::Forged(why)) => {
                         self.distrust_superpeer(peer, &why);
                         LookupOutcome::Failed(format!(
@@ -469,10 +484,65 @@ fn check_answer(
     }
 }
 
-/// What a lookup shows for a record: its status only while the lease runs and the home
-/// superpeer confirms the device; otherwise offline, with last-seen.
-pub(super) fn lookup_view(record: &PresenceRecord, confirmed: bool) -> LookupView {
-    let live = confirmed && record.is_live(unix_now());
+/// Checks the user's other devices in a lookup answer: each one as the main record is
+/// checked, at most [`MAX_DEVICES_PER_USER`] in all, one record per device. Records that are
+/// only unusable (expired meanwhile) are left out; the usable ones are returned.
+fn check_others(
+    record: &PresenceRecord,
+    others: Vec<PresenceRecord>,
+    name: &UserName,
+    issuer: &natter_proto::IssuerKey,
+    now: u64,
+) -> Result<Vec<PresenceRecord>, Distrust> {
+    if others.len() >= MAX_DEVICES_PER_USER {
+        return Err(Distrust::Forged(format!(
+            "{} device records, at most {MAX_DEVICES_PER_USER}",
+            others.len() + 1
+        )));
+    }
+    let mut devices = std::collections::BTreeSet::from([record.body.cert.device_key()]);
+    let mut usable = Vec::with_capacity(others.len());
+    for other in others {
+        if !devices.insert(other.body.cert.device_key()) {
+            return Err(Distrust::Forged("two records of one device".into()));
+        }
+        match check_answer(&other, name, issuer, now) {
+            Ok(()) => usable.push(other),
+            Err(Distrust::Unusable(why)) => {
+                tracing::debug!(user = %name, %why, "a device record of a lookup answer left out");
+            }
+            Err(forged) => return Err(forged),
+        }
+    }
+    Ok(usable)
+}
+
+/// What a lookup shows: the user's presence is that of the most available device, shown only
+/// while its lease runs and its home superpeer confirms the device; otherwise offline, with
+/// last-seen. `devices` lists every device, that one first.
+pub(super) fn lookup_view(
+    record: &PresenceRecord,
+    confirmed: bool,
+    others: &[PresenceRecord],
+) -> LookupView {
+    let now = unix_now();
+    let live = confirmed && record.is_live(now);
+    let device = |r: &PresenceRecord, confirmed: bool| DeviceView {
+        peer_id: r.body.cert.peer_id().to_string(),
+        status: if r.is_live(now) {
+            r.body.status.as_str().into()
+        } else {
+            "offline".into()
+        },
+        confirmed,
+        last_seen: r.body.last_seen,
+        home: r.body.home.clone(),
+        direct_addrs: r.body.direct_addrs.clone(),
+        seq: r.body.seq,
+    };
+    let devices = std::iter::once(device(record, live))
+        .chain(others.iter().map(|r| device(r, false)))
+        .collect();
     LookupView {
         user: record.username().to_string(),
         status: if live {
@@ -487,81 +557,9 @@ pub(super) fn lookup_view(record: &PresenceRecord, confirmed: bool) -> LookupVie
         home: record.body.home.clone(),
         confirmed,
         seq: Some(record.body.seq),
+        devices,
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-pub(super) mod tests {
-    use libp2p::identity::Keypair;
-    use natter_proto::IssuerSigningKey;
-
-    use super::*;
-
-    pub(in crate::daemon) const NOW: u64 = 1_800_000_000;
-
-    /// `name`'s online record (sequence 1), its certificate issued by `signer`.
-    pub(in crate::daemon) fn record(
-        name: &str,
-        signer: &IssuerSigningKey,
-        expires_at: u64,
-    ) -> PresenceRecord {
-        let device = Keypair::ed25519_from_bytes([7; 32]).unwrap();
-        let public = device
-            .clone()
-            .try_into_ed25519()
-            .unwrap()
-            .public()
-            .to_bytes();
-        let cert = signer
-            .issue(UserName::parse(name).unwrap(), public, 1, NOW - 10, 3600)
-            .unwrap();
-        PresenceBody {
-            cert,
-            status: Status::Online,
-            seq: 1,
-            last_seen: expires_at - 60,
-            expires_at,
-            home: None,
-            relay_addrs: vec![],
-            direct_addrs: vec![],
-        }
-        .sign(&device)
-        .unwrap()
-    }
-
-    #[test]
-    fn only_the_asked_users_record_under_the_pinned_issuer_is_used() {
-        let issuer = IssuerSigningKey::from_bytes(&[1; 32]);
-        let pinned = issuer.public();
-        let bob = UserName::parse("bob").unwrap();
-        let good = record("bob", &issuer, NOW + 60);
-        assert_eq!(check_answer(&good, &bob, &pinned, NOW), Ok(()));
-        // A certificate from a key of the attacker's own.
-        let rogue = IssuerSigningKey::from_bytes(&[2; 32]);
-        let forged = record("bob", &rogue, NOW + 60);
-        assert!(matches!(
-            check_answer(&forged, &bob, &pinned, NOW),
-            Err(Distrust::Forged(_))
-        ));
-        // A genuine record, of somebody else.
-        let mallory = record("mallory", &issuer, NOW + 60);
-        assert!(matches!(
-            check_answer(&mallory, &bob, &pinned, NOW),
-            Err(Distrust::Forged(_))
-        ));
-        // A genuine record whose body was changed after signing.
-        let mut tampered = good.clone();
-        tampered.body.direct_addrs = vec!["/ip4/6.6.6.6/tcp/1".into()];
-        assert!(matches!(
-            check_answer(&tampered, &bob, &pinned, NOW),
-            Err(Distrust::Forged(_))
-        ));
-        // Expired on the way: not the superpeer's fault.
-        let old = record("bob", &issuer, NOW - 1);
-        assert!(matches!(
-            check_answer(&old, &bob, &pinned, NOW),
-            Err(Distrust::Unusable(_))
-        ));
-    }
-}
+pub(super) mod tests;

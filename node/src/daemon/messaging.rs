@@ -119,9 +119,9 @@ fn due_batches(
 /// The route a lookup found, if its record is live and its home confirmed the device.
 fn live_route(outcome: &LookupOutcome) -> Option<(PeerId, Vec<Multiaddr>)> {
     match outcome {
-        LookupOutcome::Found { record, confirmed } if *confirmed && record.is_live(unix_now()) => {
-            Some(route_of(record))
-        }
+        LookupOutcome::Found {
+            record, confirmed, ..
+        } if *confirmed && record.is_live(unix_now()) => Some(route_of(record)),
         _ => None,
     }
 }
@@ -334,9 +334,11 @@ impl Daemon {
         match purpose {
             LookupFor::Control(reply) => {
                 let view = match outcome {
-                    LookupOutcome::Found { record, confirmed } => {
-                        Ok(lookup_view(&record, confirmed))
-                    }
+                    LookupOutcome::Found {
+                        record,
+                        confirmed,
+                        others,
+                    } => Ok(lookup_view(&record, confirmed, &others)),
                     LookupOutcome::NotFound { exists: Some(true) } => {
                         // Registered, and no record in the directory: offline (or signed on
                         // seconds ago), last seen when this node saw the user last.
@@ -401,6 +403,7 @@ impl Daemon {
                 if let LookupOutcome::Found {
                     record,
                     confirmed: true,
+                    ..
                 } = outcome
                 {
                     self.learn_route(&name, &record);
@@ -574,7 +577,18 @@ impl Daemon {
                 });
                 let name = record.username().clone();
                 self.note_seen(&record);
-                self.learn_route(&name, &record);
+                if record.is_live(unix_now()) {
+                    self.learn_route(&name, &record);
+                } else if self
+                    .msg
+                    .outbox
+                    .route(&name, TokioInstant::now())
+                    .is_some_and(|r| r.peer == record.body.cert.peer_id())
+                {
+                    // That device signed off, and the user may be on another one: the next
+                    // message looks the user up instead of trying it.
+                    self.msg.outbox.forget_route(&name);
+                }
                 let event = FollowEvent::Presence {
                     user: name.to_string(),
                     status: record.body.status.to_string(),

@@ -103,9 +103,12 @@ pub(crate) enum LookupFor {
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // one per lookup, moved once
 pub(crate) enum LookupOutcome {
+    /// The most available device's record, whether its home confirmed it, and the user's
+    /// other devices' records.
     Found {
         record: natter_proto::PresenceRecord,
         confirmed: bool,
+        others: Vec<natter_proto::PresenceRecord>,
     },
     /// No record; `exists` is what the login server said (None: it could not be asked).
     NotFound {

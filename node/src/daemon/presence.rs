@@ -97,5 +97,6 @@ pub(super) fn not_found_view(
         home: None,
         confirmed: false,
         seq: None,
+        devices: vec![],
     }
 }

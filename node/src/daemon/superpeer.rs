@@ -9,9 +9,9 @@ use libp2p::{PeerId, kad};
 use natter_proto::login::LoginRequest;
 use natter_proto::overlay::{OverlayRefusal, OverlayRequest, OverlayResponse};
 use natter_proto::presence::directory_key;
-use natter_proto::{PresenceRecord, Status, UserName};
+use natter_proto::{DeviceRecords, PresenceRecord, Status, UserName};
 use natter_superpeer::Role;
-use natter_superpeer::directory::admit_record;
+use natter_superpeer::directory::{Answer, admit_record};
 use natter_superpeer::lookup::{LookupAction, LookupId};
 use natter_superpeer::overlay::{OverlayContext, OverlayDecision, handle_request};
 use natter_superpeer::promotion::{Decision, NeedPolicy, NeedStep, Resources, RoleChange, decide};
@@ -331,12 +331,20 @@ impl Daemon {
         }
     }
 
+    /// Stores `record` beside the user's other devices' records held here, and sends that
+    /// value to the closest superpeers (each merges it with what it holds).
     fn put_record(&mut self, record: PresenceRecord) {
         let key = directory_key(record.username());
         self.lookups.invalidate(record.username());
+        let mut devices = self
+            .stored_value(&key)
+            .and_then(|v| DeviceRecords::from_json(&v).ok())
+            .unwrap_or_default();
+        devices.expire(unix_now());
+        devices.merge(record);
         let kad_record = kad::Record {
             key: kad::RecordKey::new(&key),
-            value: record.to_json(),
+            value: devices.to_json(),
             publisher: None,
             expires: Some(
                 Instant::now() + Duration::from_secs(natter_proto::limits::MAX_RECORD_LEASE_SECS),
@@ -455,7 +463,16 @@ impl Daemon {
                     name,
                     record,
                     confirmed,
-                } => self.answer(requester, name, record, confirmed),
+                    others,
+                } => self.answer(
+                    requester,
+                    name,
+                    Answer {
+                        record,
+                        confirmed,
+                        others,
+                    },
+                ),
             }
         }
     }
@@ -471,9 +488,16 @@ impl Daemon {
             unix_now(),
             stored.as_deref(),
         ) {
-            Ok(accepted) => {
+            Ok(merged) => {
                 use kad::store::RecordStore as _;
-                self.lookups.invalidate(accepted.username());
+                if let Some(any) = merged.records().next() {
+                    self.lookups.invalidate(any.username());
+                }
+                // What is stored is the offered value merged with the user's other devices.
+                let record = kad::Record {
+                    value: merged.to_json(),
+                    ..record
+                };
                 if let Err(e) = self.records.put(record) {
                     tracing::warn!(error = %e, "record store full");
                 } else {
@@ -528,17 +552,21 @@ impl Daemon {
         self.run_lookups();
     }
 
-    fn answer(
-        &mut self,
-        requester: Requester,
-        name: UserName,
-        record: Option<PresenceRecord>,
-        confirmed: bool,
-    ) {
-        // A revoked user's last record may still be in the directory: nobody is told of it.
-        let record = record.filter(|r| !self.revocations.revokes(&r.body.cert));
-        let response = match record {
-            Some(record) => OverlayResponse::Found { record, confirmed },
+    fn answer(&mut self, requester: Requester, name: UserName, found: Answer) {
+        // A revoked device's last record may still be in the directory: nobody is told of it.
+        let revoked = |r: &PresenceRecord| self.revocations.revokes(&r.body.cert);
+        let confirmed = found.confirmed && found.record.as_ref().is_some_and(|r| !revoked(r));
+        let mut devices = found
+            .record
+            .into_iter()
+            .chain(found.others)
+            .filter(|r| !revoked(r));
+        let response = match devices.next() {
+            Some(record) => OverlayResponse::Found {
+                record,
+                confirmed,
+                others: devices.collect(),
+            },
             None => OverlayResponse::NotFound,
         };
         match requester {

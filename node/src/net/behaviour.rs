@@ -83,13 +83,14 @@ pub(crate) fn build(
     admissions: &Admissions,
 ) -> anyhow::Result<(Swarm<Behaviour>, DirectoryRecords)> {
     let peer_id = key.public().to_peer_id();
-    // Sized for a superpeer's share of the directory: records are at most 4 KiB, so
-    // 200,000 of them bound the store to about 800 MiB in the worst case.
+    // Sized for a superpeer's share of the directory: a user's value holds at most 8 device
+    // records of at most 4 KiB, and typically one of about 1 KiB; 200,000 values bound the
+    // store, and a superpeer holds only the share closest to its id.
     let records = DirectoryRecords::new(
         peer_id,
         kad::store::MemoryStoreConfig {
             max_records: 200_000,
-            max_value_bytes: natter_proto::limits::MAX_RECORD_BYTES,
+            max_value_bytes: natter_proto::limits::MAX_DEVICE_SET_BYTES,
             ..Default::default()
         },
     );
@@ -105,6 +106,8 @@ pub(crate) fn build(
             kad_config
                 // Every record is validated before it is stored: see the superpeer service.
                 .set_record_filtering(kad::StoreInserts::FilterBoth)
+                // A value of 8 devices' records and its envelope.
+                .set_max_packet_size(natter_proto::limits::MAX_DEVICE_SET_BYTES + 16 * 1024)
                 .set_record_ttl(Some(Duration::from_secs(
                     natter_proto::limits::MAX_RECORD_LEASE_SECS,
                 )))

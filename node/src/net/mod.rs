@@ -14,10 +14,12 @@
 pub(crate) mod admission;
 pub(crate) mod behaviour;
 pub(crate) mod codec;
+mod direct_first;
 pub(crate) mod gate;
 mod handle;
 mod introductions;
 mod kad_events;
+mod paths;
 pub(crate) mod records;
 pub(crate) mod reprobe;
 
@@ -89,6 +91,8 @@ pub(crate) struct Network {
     cert: Certificate,
     /// The login server's newest revocation list: certificates it names are refused.
     revocations: natter_proto::Revocations,
+    /// Messages' dials to direct addresses alone, and the peers where that failed.
+    direct_first: direct_first::DirectFirst,
     /// Introductions sent again to a connected peer ([`MAX_REINTRODUCTIONS`] at most).
     reintroduced: HashMap<PeerId, u8>,
 }
@@ -125,6 +129,7 @@ impl Network {
             retiring: Default::default(),
             accepted_relayed: Default::default(),
             busy: HashMap::new(),
+            direct_first: Default::default(),
             admissions,
             issuer,
             cert,
@@ -185,6 +190,19 @@ impl Network {
                 addrs,
                 request,
             } => {
+                // A message goes direct when its recipient has a direct address: see
+                // `direct_first`. The request then waits for this dial.
+                if matches!(request, OutRequest::Msg(_))
+                    && !swarm.is_connected(&peer)
+                    && let Some(dial) =
+                        self.direct_first
+                            .dial(peer, &addrs, std::time::Instant::now())
+                {
+                    let id = dial.connection_id();
+                    if swarm.dial(dial).is_err() {
+                        self.direct_first.failed(id, std::time::Instant::now());
+                    }
+                }
                 for addr in addrs {
                     swarm.add_peer_address(peer, addr);
                 }
@@ -349,6 +367,7 @@ impl Network {
                 num_established,
                 ..
             } => {
+                self.direct_first.established(connection_id);
                 if num_established.get() == 1 {
                     self.introduce(peer_id);
                 }
@@ -403,8 +422,13 @@ impl Network {
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
+                connection_id,
                 ..
-            } => Some(NetEvent::DialFailed(peer)),
+            } => {
+                self.direct_first
+                    .failed(connection_id, std::time::Instant::now());
+                Some(NetEvent::DialFailed(peer))
+            }
             SwarmEvent::Behaviour(B::Identify(identify::Event::Received {
                 peer_id, info, ..
             })) => Some(NetEvent::Identified {
@@ -533,54 +557,6 @@ impl Network {
                 None
             }
         }
-    }
-
-    /// One request with `peer` is over; with none left, the retired relayed connections this
-    /// node opened go (those the peer opened wait for their grace, see `ConnectionEstablished`).
-    fn done_with(&mut self, peer: PeerId) {
-        let Some(n) = self.busy.get_mut(&peer) else {
-            return;
-        };
-        *n = n.saturating_sub(1);
-        if *n > 0 {
-            return;
-        }
-        self.busy.remove(&peer);
-        if self.has_direct(peer) {
-            let retired: Vec<ConnectionId> = self
-                .retiring
-                .iter()
-                .filter(|(_, id)| !self.accepted_relayed.contains(id))
-                .filter(|(_, id)| self.conns.get(id).is_some_and(|(p, _)| *p == peer))
-                .map(|(_, id)| *id)
-                .collect();
-            for id in retired {
-                self.swarm.close_connection(id);
-            }
-        }
-    }
-
-    /// The path of an answer: how the connection it came on is made.
-    fn path(&self, id: ConnectionId) -> Path {
-        match self.conns.get(&id) {
-            Some((_, true)) => Path::Relayed,
-            _ => Path::Direct,
-        }
-    }
-
-    fn has_direct(&self, peer: PeerId) -> bool {
-        self.conns
-            .values()
-            .any(|(p, relayed)| *p == peer && !relayed)
-    }
-
-    /// Relayed connections to `peer`, to close once a direct one exists.
-    fn relayed_to(&self, peer: PeerId) -> Vec<ConnectionId> {
-        self.conns
-            .iter()
-            .filter(|(_, (p, relayed))| *p == peer && *relayed)
-            .map(|(id, _)| *id)
-            .collect()
     }
 }
 

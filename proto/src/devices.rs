@@ -118,15 +118,6 @@ impl DeviceRecords {
         self.by_device.contains_key(&device)
     }
 
-    /// Every record of `other` merged in; whether anything changed.
-    pub fn merge_all(&mut self, other: DeviceRecords) -> bool {
-        let mut changed = false;
-        for record in other.by_device.into_values() {
-            changed |= self.merge(record);
-        }
-        changed
-    }
-
     /// The directory's acceptance rule for a value offered under `key` (a superpeer's PUT),
     /// merged into `stored`: every record must be `key`'s user's and verify (a forged one
     /// refuses the whole value); the value is refused as stale when it brings nothing newer

@@ -5,14 +5,16 @@
 //! superpeer, answering whoever asked) and feeds the results back. No I/O and no clock of its
 //! own: the caller passes the time, so it is tested without sockets.
 //!
-//! - The freshest record wins, whoever answers first: once a valid record is in, the lookup
-//!   gathers for [`GATHER`] more (or until [`ENOUGH`] valid records are in, or the query
-//!   ends), then the valid record with the highest sequence answers and the DHT query is
-//!   finished early (a dead peer further in the query would cost a dial timeout). A directory
-//!   node that replays an old record, however validly signed, loses to any replica that holds
-//!   the newer one and answers within the window.
+//! - The freshest record of each device wins, whoever answers first: once a valid record is
+//!   in, the lookup gathers for [`GATHER`] more (or until [`ENOUGH`] valid answers are in, or
+//!   the query ends), then the answers are merged per device (the highest sequence of each)
+//!   and the DHT query is finished early (a dead peer further in the query would cost a dial
+//!   timeout). A directory node that replays an old record, however validly signed, loses to
+//!   any replica that holds the newer one and answers within the window.
 //! - A record only reads as live when its lease runs and its home superpeer confirms that the
-//!   device is attached there, so a crashed user reads offline within the lease.
+//!   device is attached there, so a crashed device reads offline within the lease. The live
+//!   devices are confirmed in order of availability, up to [`MAX_HOME_ASKS`], and the first
+//!   confirmed one answers as the user's presence, the other devices beside it.
 //! - At most [`MAX_LOOKUPS`] run at once; answers are cached briefly, so a burst of lookups for
 //!   one user costs one query.
 

@@ -72,6 +72,11 @@ fn a_user_on_two_devices_is_listed_with_both_and_stays_online_when_one_signs_off
         (devices_if(&v, "online")? == both).then_some(v)
     });
     eprintln!("alice on two devices: {answer}");
+    let out = natter(&bob.home, &["lookup", "alice"], "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alice: online (2 devices, 2 signed on)\n"
+    );
 
     // The phone signs off: alice is still online, on her laptop.
     let out = natter(&phone.home, &["down"], "");

@@ -74,7 +74,23 @@ pub(crate) async fn lookup(home: &Home, name: &str, json: bool) -> anyhow::Resul
             ("offline", None) => NOT_SEEN_YET.into(),
             _ => String::new(),
         };
-        outln!("{}: {}{seen}", escape(&view.user), escape(&view.status));
+        // A user on several devices: how many, and on how many signed on.
+        let devices = match view.devices.len() {
+            n if n > 1 => {
+                let on = view
+                    .devices
+                    .iter()
+                    .filter(|d| d.status != "offline")
+                    .count();
+                format!(" ({n} devices, {on} signed on)")
+            }
+            _ => String::new(),
+        };
+        outln!(
+            "{}: {}{seen}{devices}",
+            escape(&view.user),
+            escape(&view.status)
+        );
     }
     if unknown {
         bail!("unknown user {name}: nobody by that name was found");

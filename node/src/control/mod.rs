@@ -22,13 +22,14 @@
 //!
 //! - `wire`: bytes ↔ lines (envelopes, capped line reads, the token).
 //! - `server`: [`ControlServer`], which hands each request to the daemon's event loop as an
-//!   [`Incoming`] with a [`Replier`].
+//!   [`Incoming`] with a [`Replier`], on one of its [`Lanes`] (`lanes`).
 //! - `client`: [`ControlClient`], used by every subcommand other than `up`.
 //!
 //! Both ends are generic over the request and response types, so the daemon defines its own
 //! enums without this module knowing them.
 
 mod client;
+mod lanes;
 mod server;
 mod wire;
 
@@ -39,7 +40,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use client::ControlClient;
-pub use server::{ClientGone, ControlServer, Incoming, Lanes, Replier, TryReplyError};
+pub use lanes::Lanes;
+pub use server::{ClientGone, ControlServer, Incoming, Replier, TryReplyError};
 
 /// File name of the control socket inside the home directory.
 pub const SOCKET_FILE: &str = "control.sock";

@@ -14,7 +14,7 @@ use libp2p::{Multiaddr, PeerId};
 use natter_proto::msg::{self, MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
 use natter_proto::{PresenceRecord, UserName};
 
-use super::api::{ControlResponse, FollowEvent, SendView};
+use super::api::{ControlResponse, SendView};
 use super::follow::Followers;
 use super::inbox::{self, MsgDecision};
 use super::leaf::lookup_view;
@@ -413,7 +413,7 @@ impl Daemon {
         }
     }
 
-    fn learn_route(&mut self, name: &UserName, record: &PresenceRecord) {
+    pub(super) fn learn_route(&mut self, name: &UserName, record: &PresenceRecord) {
         let (peer, addrs) = route_of(record);
         self.msg
             .outbox
@@ -575,26 +575,7 @@ impl Daemon {
                     channel,
                     response: MsgResponse::Noted,
                 });
-                let name = record.username().clone();
-                self.note_seen(&record);
-                if record.is_live(unix_now()) {
-                    self.learn_route(&name, &record);
-                } else if self
-                    .msg
-                    .outbox
-                    .route(&name, TokioInstant::now())
-                    .is_some_and(|r| r.peer == record.body.cert.peer_id())
-                {
-                    // That device signed off, and the user may be on another one: the next
-                    // message looks the user up instead of trying it.
-                    self.msg.outbox.forget_route(&name);
-                }
-                let event = FollowEvent::Presence {
-                    user: name.to_string(),
-                    status: record.body.status.to_string(),
-                    last_seen: Some(record.body.last_seen),
-                };
-                self.msg.follow.presence(&event);
+                self.on_presence_push(record);
             }
         }
     }

@@ -7,8 +7,9 @@ use natter_proto::msg::MsgRequest;
 use natter_proto::{PresenceRecord, UserName};
 use tokio::time::Instant as TokioInstant;
 
+use super::api::FollowEvent;
 use super::messaging::MsgPending;
-use super::{Daemon, LookupFor};
+use super::{Daemon, LookupFor, unix_now};
 use crate::net::OutRequest;
 
 impl Daemon {
@@ -36,6 +37,31 @@ impl Daemon {
                 self.lookup(name, LookupFor::Push);
             }
         }
+    }
+
+    /// A contact's device pushed its presence (verified by the msg handler): remembered as
+    /// seen, its route learnt while it is live, and streamed to `inbox --follow`.
+    pub(super) fn on_presence_push(&mut self, record: PresenceRecord) {
+        let name = record.username().clone();
+        self.note_seen(&record);
+        if record.is_live(unix_now()) {
+            self.learn_route(&name, &record);
+        } else if self
+            .msg
+            .outbox
+            .route(&name, TokioInstant::now())
+            .is_some_and(|r| r.peer == record.body.cert.peer_id())
+        {
+            // That device signed off, and the user may be on another one: the next message
+            // looks the user up instead of trying it.
+            self.msg.outbox.forget_route(&name);
+        }
+        let event = FollowEvent::Presence {
+            user: name.to_string(),
+            status: record.body.status.to_string(),
+            last_seen: Some(record.body.last_seen),
+        };
+        self.msg.follow.presence(&event);
     }
 
     /// Remembers when a verified record says its user was last seen: "last seen" outlives

@@ -7,9 +7,10 @@ use tokio::sync::mpsc;
 
 use super::server::Incoming;
 
-/// Where [`ControlServer::serve`](super::ControlServer::serve) hands the requests it reads. A daemon can give the requests
-/// it answers at once from its own state (`status`) a lane of their own, so that they never
-/// queue behind a burst of slower ones (a thousand `send`s waiting for the event loop).
+/// Where [`ControlServer::serve`](super::ControlServer::serve) hands the requests it reads.
+/// A daemon can give the requests it answers at once from its own state (`status`) a lane of
+/// their own, so that they never queue behind a burst of slower ones (a thousand `send`s
+/// waiting for the event loop).
 pub struct Lanes<Req, Resp> {
     ordinary: mpsc::Sender<Incoming<Req, Resp>>,
     quick: Option<QuickLane<Req, Resp>>,

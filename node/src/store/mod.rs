@@ -30,6 +30,8 @@
 
 mod actor;
 mod contacts;
+mod fanout;
+mod history;
 mod group;
 mod hosts;
 mod inbox;
@@ -54,6 +56,10 @@ use sql::{TRANSACTION, WRITE};
 
 pub use actor::{MAX_GROUP_JOBS, StoreHandle, StoreThread};
 pub use contacts::MAX_CONTACTS;
+pub use fanout::{
+    CopyMessage, DeviceDelivery, FANOUT_TTL_MS, FanoutBatch, FanoutMessage, FanoutTarget, MAX_COPIES,
+};
+pub use history::{HistoryEntry, HistoryKind};
 pub use hosts::{
     FAILING_AFTER, Host, MAX_HOST_ADDRS, MAX_HOSTS, MAX_UNVERIFIED_HOSTS, UNVERIFIED_DROP_AFTER,
 };
@@ -154,6 +160,8 @@ pub struct Store {
     max_contacts: usize,
     /// [`MAX_LAST_SEEN`], lowered by tests.
     max_last_seen: usize,
+    /// [`MAX_COPIES`], lowered by tests.
+    max_copies: usize,
     /// The inbox quotas.
     inbox_limits: InboxLimits,
 }
@@ -196,6 +204,7 @@ impl Store {
             max_outbox: MAX_OUTBOX,
             max_contacts: MAX_CONTACTS,
             max_last_seen: MAX_LAST_SEEN,
+            max_copies: MAX_COPIES,
             inbox_limits: InboxLimits::default(),
         })
     }

@@ -7,11 +7,15 @@
 //! is in exactly one of the two tables at any instant.
 //!
 //! Each message carries a per-conversation sequence number, assigned here in the enqueue
-//! transaction: 1, 2, 3, … per recipient, never reused, so the recipient can order the
-//! conversation whatever path or retry delivered each message.
+//! transaction: increasing per recipient, never reused, so the recipient can order the
+//! conversation whatever path or retry delivered each message. It is a Lamport clock over the
+//! pair of users: past every number this device sent to the recipient, received from them, or
+//! learned that its user's other devices sent them, so the devices of one user interleave in
+//! one order.
 
 use rusqlite::{OptionalExtension as _, Row, params};
 
+use super::fanout::{FanoutTarget, insert_targets};
 use super::sql::Cached as _;
 use super::{Store, StoreError, check_message_id, check_name, check_text, int, sql_limit};
 
@@ -19,6 +23,8 @@ use super::{Store, StoreError, check_message_id, check_name, check_text, int, sq
 /// while a recipient stays offline. [`Store::enqueue`] fails with [`StoreError::OutboxFull`]
 /// beyond it.
 pub const MAX_OUTBOX: usize = 10_000;
+/// How far what others sent can move a conversation's sequence on, per message sent.
+pub(super) const MAX_SEQ_JUMP: i64 = 1 << 20;
 /// Longest delivery error kept, in bytes; longer ones are cut (at a character boundary).
 const MAX_ERROR_BYTES: usize = 1024;
 
@@ -117,11 +123,25 @@ impl Store {
             if waiting >= sql_limit(max) {
                 return Err(StoreError::OutboxFull { max });
             }
-            let conv_seq: u64 = tx.row(
-                "INSERT INTO conversations (peer, last_sent_seq) VALUES (?1, 1)
-                 ON CONFLICT (peer) DO UPDATE SET last_sent_seq = last_sent_seq + 1
-                 RETURNING last_sent_seq",
+            // One order per pair of users across devices (a Lamport clock): past everything
+            // this device sent to `to`, received from `to`, or learned its user's other
+            // devices sent `to`. What others sent moves it on by at most `MAX_SEQ_JUMP`, so
+            // a peer that sends a huge number cannot use up the numbers of the conversation.
+            let (sent, seen): (i64, i64) = tx.row(
+                "SELECT COALESCE((SELECT last_sent_seq FROM conversations WHERE peer = ?1), 0),
+                        MAX(COALESCE((SELECT MAX(conv_seq) FROM inbox WHERE sender = ?1), 0),
+                            COALESCE((SELECT MAX(conv_seq) FROM copies WHERE recipient = ?1), 0))",
                 params![msg.to],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let next = sent
+                .saturating_add(1)
+                .max(seen.min(sent.saturating_add(MAX_SEQ_JUMP)).saturating_add(1));
+            let conv_seq: u64 = tx.row(
+                "INSERT INTO conversations (peer, last_sent_seq) VALUES (?1, ?2)
+                 ON CONFLICT (peer) DO UPDATE SET last_sent_seq = excluded.last_sent_seq
+                 RETURNING last_sent_seq",
+                params![msg.to, next],
                 |r| r.get(0),
             )?;
             tx.run(
@@ -275,6 +295,20 @@ impl Store {
         path: &str,
         at_ms: u64,
     ) -> Result<usize, StoreError> {
+        self.mark_delivered_to(ids, path, at_ms, None, &[])
+    }
+
+    /// [`Store::mark_all_delivered`], recording the recipient's `device` that stored the
+    /// messages, and adding for each message moved the further devices it goes to
+    /// (`targets`, see `fanout.rs`), in the same transaction.
+    pub fn mark_delivered_to(
+        &self,
+        ids: &[&str],
+        path: &str,
+        at_ms: u64,
+        device: Option<&str>,
+        targets: &[FanoutTarget],
+    ) -> Result<usize, StoreError> {
         if !matches!(path, "direct" | "relayed") {
             return Err(StoreError::Invalid {
                 what: "delivery path",
@@ -287,15 +321,16 @@ impl Store {
             for id in ids {
                 let moved = tx.run(
                     "INSERT INTO sent (id, recipient, text, sent_at_ms, conv_seq, attempts, path,
-                                       delivered_at_ms)
-                     SELECT id, recipient, text, sent_at_ms, conv_seq, attempts, ?2, ?3
+                                       delivered_at_ms, device)
+                     SELECT id, recipient, text, sent_at_ms, conv_seq, attempts, ?2, ?3, ?4
                      FROM outbox WHERE id = ?1",
-                    params![id, path, at],
+                    params![id, path, at, device],
                 )?;
                 if moved == 0 {
                     continue;
                 }
                 tx.run("DELETE FROM outbox WHERE id = ?1", params![id])?;
+                insert_targets(tx, id, targets, at)?;
                 moved_total += 1;
             }
             Ok(moved_total)
@@ -360,7 +395,7 @@ impl Store {
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
+pub(super) fn truncate(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;

@@ -14,7 +14,7 @@ use super::StoreError;
 /// The schema version this build writes.
 pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// Version 1: host cache, outbox, sent, inbox, contacts.
 const V1: &str = "
@@ -183,6 +183,43 @@ CREATE TABLE last_seen (
     at   INTEGER NOT NULL  -- unix seconds, from the user's signed record
 ) STRICT;
 CREATE INDEX last_seen_at ON last_seen (at);
+";
+
+/// Version 7: users on several devices (issue 13).
+///
+/// Version 6 delivered a message to one device of its recipient and kept what a device sent
+/// on that device alone. Now `sent.device` is the recipient's device that stored a message
+/// first; `fanout` is each further device the message goes to, the recipient's other devices
+/// and this user's own (`device` is `''` while the owner's devices are not known yet), with
+/// its delivery state; `copies` keeps what this user's other devices sent.
+const V7: &str = "
+ALTER TABLE sent ADD COLUMN device TEXT;
+CREATE TABLE fanout (
+    id                 TEXT NOT NULL,  -- the message, in `sent`
+    owner              TEXT NOT NULL,  -- the user the device belongs to
+    device             TEXT NOT NULL,  -- its peer id; '' until the owner's devices are known
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at_ms INTEGER NOT NULL,
+    last_error         TEXT,
+    created_at_ms      INTEGER NOT NULL,
+    path               TEXT CHECK (path IN ('direct', 'relayed')),
+    delivered_at_ms    INTEGER,
+    PRIMARY KEY (id, owner, device)
+) STRICT;
+CREATE INDEX fanout_due ON fanout (next_attempt_at_ms) WHERE delivered_at_ms IS NULL;
+CREATE INDEX fanout_device ON fanout (owner, device) WHERE delivered_at_ms IS NULL;
+CREATE TABLE copies (
+    device         TEXT NOT NULL,  -- the device of this user that sent it
+    id             TEXT NOT NULL,  -- ULID chosen by that device
+    recipient      TEXT NOT NULL,
+    text           TEXT NOT NULL,
+    sent_at_ms     INTEGER NOT NULL,
+    conv_seq       INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (device, id)
+) STRICT;
+CREATE INDEX copies_conversation ON copies (recipient, conv_seq);
+CREATE INDEX copies_age ON copies (received_at_ms);
 ";
 
 /// Brings `conn` up to [`VERSION`]; refuses a file from a newer build.

@@ -9,7 +9,7 @@ use rusqlite::{Connection, Params, Row};
 
 /// How many compiled statements a connection keeps; above the number of distinct statements
 /// the store runs, so none is ever compiled twice.
-pub(super) const STATEMENT_CACHE: usize = 96;
+pub(super) const STATEMENT_CACHE: usize = 128;
 
 /// [`Connection::execute`] and [`Connection::query_row`] through the statement cache.
 pub(super) trait Cached {

@@ -166,6 +166,17 @@ enum Command {
         #[command(subcommand)]
         edit: Option<InboxCommand>,
     },
+    /// Show the conversation with a user, both ways and from every device of yours, in
+    /// conversation order (read from the local store).
+    History {
+        name: String,
+        /// How many of the last messages (1 to 10000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the messages still waiting for delivery: to whom, attempts, next attempt and the
     /// last error; and those the recipient refused for good. Or drop messages.
     Outbox {
@@ -458,6 +469,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => rt.block_on(cli::messages::edit(&home, InboxEdit::Drop { ids }, json)),
         Command::Outbox { json, .. } => cli::messages::outbox(&home, json),
+        Command::History { name, limit, json } => {
+            cli::messages::history(&home, &name, limit as usize, json)
+        }
         Command::Contacts(cmd) => {
             let cmd = match cmd {
                 ContactsCommand::Add { name, json } => cli::messages::Contacts::Add(name, json),

@@ -14,6 +14,9 @@ use crate::home::{Home, HomeError, Identity};
 use crate::store::{OutgoingMessage, QueuedMessage, Store, StoreError};
 use crate::ulid::UlidGenerator;
 
+mod history;
+pub use history::{DeviceItem, HistoryItem};
+
 /// Messages read from the store at a time by `natter inbox`.
 pub const INBOX_PAGE: usize = 500;
 
@@ -240,6 +243,19 @@ impl LocalStore {
 
     /// Every message still waiting for delivery or refused for good, by recipient then
     /// conversation order.
+    /// The last `limit` messages exchanged with `name`, oldest first (`natter history`).
+    pub fn history(&self, name: &str, limit: usize) -> Result<Vec<HistoryItem>, OfflineError> {
+        let peer = UserName::parse(name)
+            .map_err(|e| OfflineError::Refused(format!("invalid name {name:?}: {e}")))?;
+        let me = self.identity.user.as_str();
+        Ok(self
+            .store
+            .history(peer.as_str(), limit)?
+            .into_iter()
+            .map(|e| HistoryItem::new(e, me, peer.as_str()))
+            .collect())
+    }
+
     pub fn outbox(&self) -> Result<Vec<OutboxItem>, OfflineError> {
         Ok(self
             .store

@@ -1,16 +1,42 @@
 //! One user on several devices, with the real `natter` binary on loopback: the directory keeps
-//! each device's record side by side, a lookup lists them all, and one device signing off
-//! leaves the user online on the other.
+//! each device's record side by side, a lookup lists them all, a message reaches every device
+//! of its recipient, each device keeps what the others sent, the conversation has one order,
+//! and one device signing off leaves the user online on the other (and gets what it missed
+//! when it comes back).
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use natter_tests::{NodeProcess, TestNet, natter, wait_for};
+use natter_tests::{NodeProcess, TestNet, natter, natter_json, wait_for};
 
 const PROMOTE: Duration = Duration::from_secs(60);
 const ATTACH: Duration = Duration::from_secs(60);
+
+/// `natter history NAME --json` on `node`.
+fn history(node: &NodeProcess, name: &str) -> Vec<serde_json::Value> {
+    let v = natter_json(&node.home, &["history", name]).expect("history --json");
+    v.as_array().expect("an array").clone()
+}
+
+/// The texts of `history`, in its order, with their state.
+fn texts(history: &[serde_json::Value]) -> Vec<(String, String)> {
+    history
+        .iter()
+        .map(|m| {
+            (
+                m["text"].as_str().unwrap_or_default().to_owned(),
+                m["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn inbox_has(node: &NodeProcess, text: &str) -> bool {
+    let out = natter(&node.home, &["inbox", "--json"], "");
+    String::from_utf8_lossy(&out.stdout).contains(text)
+}
 
 /// The peer ids `lookup NAME --json` lists under `devices`, if the answer reads `status`.
 fn devices_if(answer: &serde_json::Value, status: &str) -> Option<BTreeSet<String>> {
@@ -25,7 +51,7 @@ fn devices_if(answer: &serde_json::Value, status: &str) -> Option<BTreeSet<Strin
 }
 
 #[test]
-fn a_user_on_two_devices_is_listed_with_both_and_stays_online_when_one_signs_off() {
+fn a_user_on_two_devices_gets_messages_on_both_and_stays_online_when_one_signs_off() {
     let net = TestNet::new();
     let sps: Vec<NodeProcess> = ["spa", "spb"]
         .iter()
@@ -78,6 +104,89 @@ fn a_user_on_two_devices_is_listed_with_both_and_stays_online_when_one_signs_off
         "alice: online (2 devices, 2 signed on)\n"
     );
 
+    // Bob writes to alice: both of her devices get it, and bob sees where it stands on each.
+    let sent = bob.send("alice", "hello, both of you");
+    assert_eq!(sent["status"], "delivered", "{sent}");
+    for (device, node) in [("laptop", &laptop), ("phone", &phone)] {
+        wait_for(
+            &format!("bob's message on alice's {device}"),
+            Duration::from_secs(30),
+            || inbox_has(node, "hello, both of you").then_some(()),
+        );
+    }
+    let states = wait_for(
+        "bob's view: stored by both devices",
+        Duration::from_secs(30),
+        || {
+            let h = history(&bob, "alice");
+            let m = h.iter().find(|m| m["text"] == "hello, both of you")?;
+            let first = m["device"].as_str()?.to_owned();
+            let further: Vec<&serde_json::Value> = m["devices"].as_array()?.iter().collect();
+            let stored: BTreeSet<String> = std::iter::once(first)
+                .chain(
+                    further
+                        .iter()
+                        .filter(|d| d["state"] == "delivered")
+                        .filter_map(|d| d["peer_id"].as_str().map(str::to_owned)),
+                )
+                .collect();
+            (stored == both).then(|| m.clone())
+        },
+    );
+    eprintln!("bob's message on alice's devices: {states}");
+
+    // Alice writes from her laptop, then from her phone: each device shows both, bob gets
+    // both, and the conversation has one order on every device.
+    let sent = laptop.send("bob", "from the laptop");
+    assert_eq!(sent["status"], "delivered", "{sent}");
+    wait_for(
+        "the laptop's message on alice's phone",
+        Duration::from_secs(30),
+        || {
+            texts(&history(&phone, "bob"))
+                .contains(&("from the laptop".into(), "sent_elsewhere".into()))
+                .then_some(())
+        },
+    );
+    let sent = phone.send("bob", "from the phone");
+    assert_eq!(sent["status"], "delivered", "{sent}");
+    let conversation: Vec<String> = ["hello, both of you", "from the laptop", "from the phone"]
+        .map(String::from)
+        .to_vec();
+    for (who, node) in [("alice's laptop", &laptop), ("alice's phone", &phone)] {
+        let seen = wait_for(
+            &format!("the whole conversation on {who}"),
+            Duration::from_secs(30),
+            || {
+                let h: Vec<String> = texts(&history(node, "bob"))
+                    .into_iter()
+                    .map(|(t, _)| t)
+                    .collect();
+                (h == conversation).then_some(h)
+            },
+        );
+        eprintln!("{who}: {seen:?}");
+    }
+    let on_bob = wait_for(
+        "both of alice's messages at bob",
+        Duration::from_secs(30),
+        || {
+            let h: Vec<String> = texts(&history(&bob, "alice"))
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect();
+            (h == conversation).then_some(h)
+        },
+    );
+    eprintln!("bob: {on_bob:?}");
+    // One order for the pair, whoever wrote from which device: each message numbered after
+    // everything its device had seen (by send time alone, two devices' clocks could disagree).
+    let seqs: Vec<u64> = history(&bob, "alice")
+        .iter()
+        .filter_map(|m| m["conv_seq"].as_u64())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
     // The phone signs off: alice is still online, on her laptop.
     let out = natter(&phone.home, &["down"], "");
     assert!(
@@ -112,4 +221,17 @@ fn a_user_on_two_devices_is_listed_with_both_and_stays_online_when_one_signs_off
     );
     // And her laptop finds bob as before.
     assert_eq!(laptop.lookup("bob").unwrap()["status"], "online");
+
+    // The phone comes back and gets what it missed meanwhile.
+    phone.restart();
+    let back = std::time::Instant::now();
+    wait_for(
+        "the message sent while the phone was off, on the phone",
+        Duration::from_secs(120),
+        || inbox_has(&phone, "still there?").then_some(()),
+    );
+    eprintln!(
+        "the phone had what it missed {:?} after it restarted",
+        back.elapsed()
+    );
 }

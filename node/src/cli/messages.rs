@@ -1,4 +1,4 @@
-//! `send`, `inbox`, `outbox` and `contacts`. The store is local, so all but `inbox --follow`
+//! `send`, `inbox`, `outbox`, `history` and `contacts`. The store is local, so all but `inbox --follow`
 //! work while the daemon is down: then they read and write the store themselves
 //! ([`natter_node::offline`]).
 
@@ -8,7 +8,7 @@ use natter_node::control::ControlError;
 use natter_node::daemon::api::{
     ControlRequest, ControlResponse, FollowEvent, InboxEdit, InboxItem, SendView,
 };
-use natter_node::offline::{LocalStore, OutboxItem};
+use natter_node::offline::{HistoryItem, LocalStore, OutboxItem};
 use natter_node::outln;
 use natter_node::terminal::escape;
 
@@ -197,6 +197,48 @@ pub(crate) fn outbox(home: &Home, json: bool) -> anyhow::Result<()> {
     }
     items.iter().for_each(print_queued);
     Ok(())
+}
+
+/// `history NAME`: read from the store, whether the daemon runs or not.
+pub(crate) fn history(home: &Home, name: &str, limit: usize, json: bool) -> anyhow::Result<()> {
+    let items = LocalStore::open(home)?.history(name, limit)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(());
+    }
+    if items.is_empty() {
+        outln!("no messages with {}", escape(name));
+    }
+    items.iter().for_each(print_history);
+    Ok(())
+}
+
+fn print_history(item: &HistoryItem) {
+    let state = match item.state.as_str() {
+        "received" => String::new(),
+        "delivered" => {
+            let further = item.devices.iter().filter(|d| d.state == "pending").count();
+            let pending = match further {
+                0 => String::new(),
+                1 => "; 1 more device pending".into(),
+                n => format!("; {n} more devices pending"),
+            };
+            format!(
+                " ({}{pending})",
+                item.path
+                    .as_deref()
+                    .map_or("delivered".into(), |p| format!("delivered {p}"))
+            )
+        }
+        "sent_elsewhere" => " (sent from another device)".into(),
+        other => format!(" ({other})"),
+    };
+    outln!(
+        "[{}] {}: {}{state}",
+        format_ms(item.sent_at),
+        escape(&item.from),
+        escape(&item.text)
+    );
 }
 
 fn print_queued(item: &OutboxItem) {

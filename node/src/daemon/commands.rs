@@ -102,6 +102,7 @@ pub(super) fn handle(d: &mut Daemon, request: ControlRequest, reply: Replier<Con
             }
             if d.going_down.is_some() {
                 d.msg.outbox.stop();
+                d.msg.fanout.stop();
                 d.push_presence();
             }
         }

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 
 use libp2p::PeerId;
-use natter_proto::msg::{self, MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
+use natter_proto::msg::{self, DirectMessage, MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
 use natter_proto::{Certificate, IssuerKey, PresenceRecord, Revocations, UserName};
 
-use crate::store::{IncomingMessage, Receipt, StoreError};
+use crate::store::{CopyMessage, IncomingMessage, Receipt, StoreError};
 
 /// What the daemon does with a msg request.
 #[derive(Debug)]
@@ -20,6 +20,9 @@ pub(crate) enum MsgDecision {
     /// An authenticated, checked batch: store it in one transaction, in order, then answer
     /// with [`stored_answer`].
     Store(Vec<IncomingMessage>),
+    /// An authenticated, checked batch from another device of this user: copies of what it
+    /// sent, kept beside this device's own sent messages.
+    Copies(Vec<CopyMessage>),
     /// A contact's own signed record: answer `Noted`, learn where the contact is, and tell
     /// the `inbox --follow` streams.
     Presence(PresenceRecord),
@@ -110,6 +113,9 @@ pub(crate) fn handle_request(
                     format!("1 to {MAX_BATCH} messages per request"),
                 ));
             }
+            if cert.username() == own {
+                return copies(messages, now_ms);
+            }
             if let Some(refusal) = messages
                 .iter()
                 .find_map(|m| msg::check_message(m, own.as_str()).err())
@@ -148,6 +154,32 @@ pub(crate) fn handle_request(
             MsgDecision::Presence(record)
         }
     }
+}
+
+/// A batch from another device of this user: what it sent to others, each message checked as
+/// its recipient would check it.
+fn copies(messages: Vec<DirectMessage>, now_ms: u64) -> MsgDecision {
+    let check = |m: &DirectMessage| {
+        UserName::parse_canonical(&m.to)
+            .map_err(|e| (MsgRefusal::BadMessage, format!("recipient {:?}: {e}", m.to)))?;
+        msg::check_message(m, &m.to)
+    };
+    if let Some(refusal) = messages.iter().find_map(|m| check(m).err()) {
+        return refuse(refusal);
+    }
+    MsgDecision::Copies(
+        messages
+            .into_iter()
+            .map(|m| CopyMessage {
+                id: m.id,
+                to: m.to,
+                text: m.text,
+                sent_at_ms: m.sent_at_ms,
+                conv_seq: m.conv_seq,
+                received_at_ms: now_ms,
+            })
+            .collect(),
+    )
 }
 
 /// The answer to a batch the store kept (or could not keep), and how many were new.
@@ -389,6 +421,44 @@ mod tests {
             (batch[0].from.as_str(), batch[0].received_at_ms),
             ("alice", 7)
         );
+    }
+
+    /// Another device of bob's sends bob copies of what it sent others: kept as copies, and
+    /// only from a device certified for bob.
+    #[test]
+    fn copies_come_only_from_the_users_own_devices() {
+        let phone = device(5).public().to_peer_id();
+        let deliver = |cert, messages| MsgRequest::Deliver { cert, messages };
+        let d = handle(phone, deliver(cert("bob", 5), vec![message("carol", 1)]));
+        let MsgDecision::Copies(copies) = d else {
+            panic!("kept as copies: {d:?}");
+        };
+        assert_eq!(
+            (copies[0].to.as_str(), copies[0].received_at_ms),
+            ("carol", 7)
+        );
+        // Bob's certificate on another connection is not bob's device.
+        let mallory = device(3).public().to_peer_id();
+        let d = handle(mallory, deliver(cert("bob", 5), vec![message("carol", 1)]));
+        assert_eq!(refusal(&d), Some(MsgRefusal::NotAuthenticated));
+        // A copy is checked as its recipient would check it.
+        let bad = DirectMessage {
+            to: "Not A Name".into(),
+            ..message("carol", 1)
+        };
+        let d = handle(phone, deliver(cert("bob", 5), vec![bad]));
+        assert_eq!(refusal(&d), Some(MsgRefusal::BadMessage));
+        let d = handle(
+            phone,
+            deliver(
+                cert("bob", 5),
+                vec![DirectMessage {
+                    conv_seq: 0,
+                    ..message("carol", 1)
+                }],
+            ),
+        );
+        assert_eq!(refusal(&d), Some(MsgRefusal::BadMessage));
     }
 
     #[test]

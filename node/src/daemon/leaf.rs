@@ -414,6 +414,9 @@ impl Daemon {
                 match &answer {
                     Ok(OverlayResponse::Published) => {
                         tracing::debug!(%peer, "presence published");
+                        if !down {
+                            self.announce_online();
+                        }
                     }
                     other => {
                         tracing::warn!(%peer, ?other, "publishing presence failed");

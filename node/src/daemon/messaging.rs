@@ -15,6 +15,7 @@ use natter_proto::msg::{self, MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
 use natter_proto::{PresenceRecord, UserName};
 
 use super::api::{ControlResponse, SendView};
+use super::fanout::Fanout;
 use super::follow::Followers;
 use super::inbox::{self, MsgDecision};
 use super::leaf::lookup_view;
@@ -27,8 +28,17 @@ use crate::store::{OutgoingMessage, QueuedMessage, Store, StoreError};
 
 #[derive(Debug)]
 pub(crate) enum MsgPending {
-    Deliver { to: UserName },
-    Ping { run: u64, sent: Instant },
+    Deliver {
+        to: UserName,
+    },
+    /// A batch to a further device (see `fanout.rs`).
+    Fanout {
+        peer: PeerId,
+    },
+    Ping {
+        run: u64,
+        sent: Instant,
+    },
     Presence,
 }
 
@@ -40,8 +50,12 @@ pub(crate) struct Messaging {
     certs: inbox::VerifiedCerts,
     /// Delivery decisions; `send` commands waiting for their message wait in it.
     pub(super) outbox: Outbox<Replier<ControlResponse>>,
+    /// Delivered messages on to the further devices.
+    pub(super) fanout: Fanout,
     /// `inbox --follow` streams (see `follow.rs`).
     pub(super) follow: Followers,
+    /// Whether contacts were told this run's presence (`presence.rs`, `announce_online`).
+    pub(super) announced: bool,
     /// `natter ping` runs in progress (see `ping.rs`).
     pub(super) pings: Vec<PingRun>,
     pub(super) next_ping: u64,
@@ -62,8 +76,10 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Messaging {
     /// Senders are verified under `issuer`, the pinned key.
-    pub(crate) fn new(issuer: natter_proto::IssuerKey) -> Self {
+    pub(crate) fn new(issuer: natter_proto::IssuerKey, me: PeerId) -> Self {
         Self {
+            fanout: Fanout::new(me),
+            announced: false,
             pending: HashMap::new(),
             certs: inbox::VerifiedCerts::new(issuer),
             seen_noted: HashMap::new(),
@@ -127,7 +143,7 @@ fn live_route(outcome: &LookupOutcome) -> Option<(PeerId, Vec<Multiaddr>)> {
 }
 
 /// Where a record says its device is: the device's PeerId, direct addresses first.
-fn route_of(record: &PresenceRecord) -> (PeerId, Vec<Multiaddr>) {
+pub(super) fn route_of(record: &PresenceRecord) -> (PeerId, Vec<Multiaddr>) {
     let addrs = record
         .body
         .direct_addrs
@@ -247,15 +263,28 @@ impl Daemon {
                         .request(token, peer, addrs, OutRequest::Msg(request));
                     self.msg.pending.insert(token, MsgPending::Deliver { to });
                 }
-                Action::MarkDelivered { ids, path } => {
+                Action::MarkDelivered {
+                    to,
+                    device,
+                    ids,
+                    path,
+                } => {
                     if let Some(m) = &self.metrics {
                         m.delivered.inc_by(ids.len() as u64);
                     }
                     let at = now_ms();
+                    let targets = self.fanout_targets(&to, device);
+                    let further = !targets.is_empty();
                     self.store_write_lazy("recording deliveries", move |s| {
                         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-                        s.mark_all_delivered(&refs, path, at).map(drop)
+                        let device = device.to_string();
+                        s.mark_delivered_to(&refs, path, at, Some(&device), &targets)
+                            .map(drop)
                     });
+                    if further {
+                        self.msg.fanout.poke(TokioInstant::now());
+                        self.run_fanout();
+                    }
                 }
                 Action::Postpone { to, why } => self.postpone(&to, &why),
                 Action::Cancel { ids } => {
@@ -331,6 +360,7 @@ impl Daemon {
         if let LookupOutcome::Found { record, .. } = &outcome {
             self.note_seen(record);
         }
+        self.learn_devices(&name, &outcome);
         match purpose {
             LookupFor::Control(reply) => {
                 let view = match outcome {
@@ -399,6 +429,7 @@ impl Daemon {
                 }
                 self.run_outbox();
             }
+            LookupFor::Devices => {}
             LookupFor::Push => {
                 if let LookupOutcome::Found {
                     record,
@@ -457,6 +488,8 @@ impl Daemon {
         self.prune_inbox();
         self.msg.outbox.tick(TokioInstant::now());
         self.run_outbox();
+        self.msg.fanout.tick(TokioInstant::now());
+        self.run_fanout();
         self.ping_tick();
         self.feed_followers();
     }
@@ -515,6 +548,7 @@ impl Daemon {
                 }
                 self.run_outbox();
             }
+            MsgPending::Fanout { peer } => self.on_fanout_response(peer, answer),
             MsgPending::Ping { run, sent } => self.on_pong(run, sent, answer),
             MsgPending::Presence => {}
         }
@@ -570,6 +604,7 @@ impl Daemon {
                     },
                 );
             }
+            MsgDecision::Copies(copies) => self.keep_copies(peer, copies, channel),
             MsgDecision::Presence(record) => {
                 self.net.send(Command::RespondMsg {
                     channel,

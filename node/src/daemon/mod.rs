@@ -14,8 +14,10 @@ mod candidates;
 mod commands;
 mod config;
 mod contacts;
+mod devices;
 mod event_loop;
 mod events;
+mod fanout;
 mod follow;
 mod gather;
 mod inbox;
@@ -97,6 +99,8 @@ pub(crate) enum LookupFor {
     Route,
     /// Telling a contact about a status change.
     Push,
+    /// Learning a user's devices, for the fan-out.
+    Devices,
 }
 
 /// What a lookup found.
@@ -356,13 +360,14 @@ impl Daemon {
             _ => "starting".into(),
         };
         let issuer = identity.issuer_key;
+        let me = key.public().to_peer_id();
         Ok(Self {
             issuer,
             leaves: LeafTable::new(config.max_leaves),
             lookups: Lookups::new(key.public().to_peer_id(), identity.issuer_key),
             asking: gather::Gathers::default(),
             net,
-            me: key.public().to_peer_id(),
+            me,
             records,
             listeners: BTreeSet::new(),
             next_token: 0,
@@ -408,7 +413,7 @@ impl Daemon {
             revocations: natter_proto::Revocations::default(),
             last_revocations: None,
             going_down: None,
-            msg: messaging::Messaging::new(issuer),
+            msg: messaging::Messaging::new(issuer, me),
             metrics: None,
             config,
         })

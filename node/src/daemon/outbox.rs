@@ -90,8 +90,11 @@ pub(crate) enum Action<W> {
         addrs: Vec<Multiaddr>,
         messages: Vec<DirectMessage>,
     },
-    /// The recipient stored these: move them to the sent log.
+    /// The recipient's `device` stored these: move them to the sent log (and on to the
+    /// further devices, see `fanout.rs`).
     MarkDelivered {
+        to: UserName,
+        device: PeerId,
         ids: Vec<String>,
         path: &'static str,
     },
@@ -125,8 +128,9 @@ pub(crate) struct Outbox<W> {
     resolving: HashSet<UserName>,
     /// Messages just queued for users whose existence is being checked, by user.
     checking: HashMap<UserName, Vec<String>>,
-    /// The batch in flight per recipient.
+    /// The batch in flight per recipient, and the device it went to.
     in_flight: HashMap<UserName, Vec<String>>,
+    in_flight_to: HashMap<UserName, PeerId>,
     /// Recipients held back after failures: until when, and how many failures in a row.
     held: HashMap<UserName, (Instant, u32)>,
     /// Recipients whose node refused a batch as malformed: sent one message at a time until
@@ -147,6 +151,7 @@ impl<W> Default for Outbox<W> {
             resolving: HashSet::new(),
             checking: HashMap::new(),
             in_flight: HashMap::new(),
+            in_flight_to: HashMap::new(),
             held: HashMap::new(),
             probing: HashMap::new(),
             waiters: HashMap::new(),
@@ -306,6 +311,7 @@ impl<W> Outbox<W> {
             .collect();
         self.in_flight
             .insert(to.clone(), messages.iter().map(|m| m.id.clone()).collect());
+        self.in_flight_to.insert(to.clone(), route.peer);
         self.actions.push_back(Action::Deliver {
             to,
             peer: route.peer,
@@ -370,6 +376,7 @@ impl<W> Outbox<W> {
     /// `to`'s node stored the batch in flight.
     pub(crate) fn delivered(&mut self, to: &UserName, path: &'static str) {
         let ids = self.in_flight.remove(to).unwrap_or_default();
+        let device = self.in_flight_to.remove(to);
         self.held.remove(to);
         if let Some(left) = self.probing.get_mut(to) {
             *left = left.saturating_sub(ids.len());
@@ -379,7 +386,14 @@ impl<W> Outbox<W> {
         }
         self.answer_waiters(&ids, SendOutcome::Delivered(path));
         // Before the next read, so that read no longer sees them.
-        self.actions.push_back(Action::MarkDelivered { ids, path });
+        if let Some(device) = device {
+            self.actions.push_back(Action::MarkDelivered {
+                to: to.clone(),
+                device,
+                ids,
+                path,
+            });
+        }
         self.pump();
     }
 
@@ -395,11 +409,17 @@ impl<W> Outbox<W> {
         now: Instant,
     ) {
         let mut ids = self.in_flight.remove(&to).unwrap_or_default();
+        let device = self.in_flight_to.remove(&to);
         let rest = ids.split_off(accepted.min(ids.len()));
         self.answer_waiters(&rest, SendOutcome::Refused(why.clone()));
-        if !ids.is_empty() {
+        if let Some(device) = device.filter(|_| !ids.is_empty()) {
             self.answer_waiters(&ids, SendOutcome::Delivered(path));
-            self.actions.push_back(Action::MarkDelivered { ids, path });
+            self.actions.push_back(Action::MarkDelivered {
+                to: to.clone(),
+                device,
+                ids,
+                path,
+            });
         }
         let failures = self.held.get(&to).map_or(0, |(_, n)| *n);
         let wait = Duration::from_millis(backoff_ms(failures));
@@ -413,6 +433,7 @@ impl<W> Outbox<W> {
     /// at once (the refusal does not depend on time), until the refused one is found.
     pub(crate) fn refused_for_good(&mut self, to: UserName, why: String) {
         let ids = self.in_flight.remove(&to).unwrap_or_default();
+        self.in_flight_to.remove(&to);
         if let [id] = ids.as_slice() {
             self.probing.remove(&to);
             self.answer_waiters(&ids, SendOutcome::RefusedForGood(why.clone()));
@@ -429,6 +450,7 @@ impl<W> Outbox<W> {
     /// The batch in flight to `to` failed: forget the route, hold the recipient back.
     pub(crate) fn failed(&mut self, to: UserName, why: String, now: Instant) {
         self.in_flight.remove(&to);
+        self.in_flight_to.remove(&to);
         self.routes.remove(&to);
         let failures = self.held.get(&to).map_or(0, |(_, n)| *n);
         let wait = Duration::from_millis(backoff_ms(failures));

@@ -26,6 +26,14 @@ impl Daemon {
         );
     }
 
+    /// The first time this run's presence is in the directory, contacts hear of it: their
+    /// nodes then know this device is back (and deliver what waited for it) without looking.
+    pub(super) fn announce_online(&mut self) {
+        if !std::mem::replace(&mut self.msg.announced, true) {
+            self.push_presence();
+        }
+    }
+
     fn push_presence_to_contacts(&mut self, contacts: Vec<String>) {
         for c in contacts.into_iter().take(1000) {
             let Ok(name) = UserName::parse_canonical(&c) else {
@@ -56,9 +64,20 @@ impl Daemon {
             // looks the user up instead of trying it.
             self.msg.outbox.forget_route(&name);
         }
+        // The user is as available as their most available device: one of two signing off
+        // leaves them on the other.
+        let others = self.msg.fanout.device_seen(
+            &name,
+            super::devices::device_route(&record, unix_now()),
+            TokioInstant::now(),
+        );
+        let status = match others {
+            Some(other) if !record.is_live(unix_now()) => other,
+            _ => record.body.status,
+        };
         let event = FollowEvent::Presence {
             user: name.to_string(),
-            status: record.body.status.to_string(),
+            status: status.to_string(),
             last_seen: Some(record.body.last_seen),
         };
         self.msg.follow.presence(&event);

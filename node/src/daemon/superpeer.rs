@@ -329,6 +329,9 @@ impl Daemon {
         if let Some(record) = self.own_record(status, Some(me)) {
             self.put_record(record);
         }
+        if status != Status::Offline {
+            self.announce_online();
+        }
     }
 
     /// Stores `record` beside the user's other devices' records held here, and sends that

@@ -221,6 +221,20 @@ impl Store {
         })
     }
 
+    /// What waits for `device` of `owner` is due at `now_ms`, whatever its backoff (the
+    /// device just came back).
+    pub fn fanout_wake(&self, owner: &str, device: &str, now_ms: u64) -> Result<usize, StoreError> {
+        let now = int("wake time", now_ms)?;
+        self.write(|tx| {
+            Ok(tx.run(
+                "UPDATE fanout SET next_attempt_at_ms = ?3
+                 WHERE owner = ?1 AND device = ?2 AND delivered_at_ms IS NULL
+                   AND next_attempt_at_ms > ?3",
+                params![owner, device, now],
+            )?)
+        })
+    }
+
     /// Gives up on these messages for `device` of `owner` (it refused them for good).
     pub fn fanout_drop(
         &self,

@@ -31,8 +31,8 @@
 mod actor;
 mod contacts;
 mod fanout;
-mod history;
 mod group;
+mod history;
 mod hosts;
 mod inbox;
 mod outbox;
@@ -57,7 +57,8 @@ use sql::{TRANSACTION, WRITE};
 pub use actor::{MAX_GROUP_JOBS, StoreHandle, StoreThread};
 pub use contacts::MAX_CONTACTS;
 pub use fanout::{
-    CopyMessage, DeviceDelivery, FANOUT_TTL_MS, FanoutBatch, FanoutMessage, FanoutTarget, MAX_COPIES,
+    CopyMessage, DeviceDelivery, FANOUT_TTL_MS, FanoutBatch, FanoutMessage, FanoutTarget,
+    MAX_COPIES,
 };
 pub use history::{HistoryEntry, HistoryKind};
 pub use hosts::{

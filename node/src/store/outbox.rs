@@ -134,9 +134,10 @@ impl Store {
                 params![msg.to],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let next = sent
-                .saturating_add(1)
-                .max(seen.min(sent.saturating_add(MAX_SEQ_JUMP)).saturating_add(1));
+            let next = sent.saturating_add(1).max(
+                seen.min(sent.saturating_add(MAX_SEQ_JUMP))
+                    .saturating_add(1),
+            );
             let conv_seq: u64 = tx.row(
                 "INSERT INTO conversations (peer, last_sent_seq) VALUES (?1, ?2)
                  ON CONFLICT (peer) DO UPDATE SET last_sent_seq = excluded.last_sent_seq

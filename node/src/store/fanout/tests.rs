@@ -25,7 +25,13 @@ fn due(store: &Store, now: u64) -> Vec<(String, String, Vec<String>)> {
         .fanout_due(now, 64, 64)
         .unwrap()
         .into_iter()
-        .map(|b| (b.owner, b.device, b.messages.into_iter().map(|m| m.id).collect()))
+        .map(|b| {
+            (
+                b.owner,
+                b.device,
+                b.messages.into_iter().map(|m| m.id).collect(),
+            )
+        })
         .collect()
 }
 
@@ -76,9 +82,22 @@ fn a_delivered_message_goes_on_to_each_further_device_and_says_where_it_stands()
     assert_eq!(n, 1);
     assert_eq!(due(&store, 2_500).len(), 1);
     assert_eq!(due(&store, 3_000).len(), 2);
+    store
+        .fanout_postpone("bob", "phone", 3_000, (1_000, 30_000), "device offline")
+        .unwrap();
+    assert_eq!(due(&store, 3_100).len(), 1, "waiting 2 s now");
+    // It is back: due at once.
+    assert_eq!(store.fanout_wake("bob", "phone", 3_100).unwrap(), 1);
+    assert_eq!(due(&store, 3_100).len(), 2);
 
     let done = store
-        .fanout_done("alice", "alices-phone", &[m.id.clone()], "relayed", 3_100)
+        .fanout_done(
+            "alice",
+            "alices-phone",
+            std::slice::from_ref(&m.id),
+            "relayed",
+            3_100,
+        )
         .unwrap();
     assert_eq!(done, 1);
     let states = store.deliveries(&m.id).unwrap();
@@ -88,13 +107,19 @@ fn a_delivered_message_goes_on_to_each_further_device_and_says_where_it_stands()
     assert_eq!(states[0].delivered_at_ms, Some(3_100));
     assert_eq!(states[1].owner, "bob");
     assert_eq!(states[1].path, None);
-    assert_eq!(states[1].attempts, 1);
+    assert_eq!(states[1].attempts, 2);
     assert_eq!(states[1].last_error.as_deref(), Some("device offline"));
 
     // The device that stored the message first never gets it again.
     let m2 = store.enqueue(&msg(2, "bob")).unwrap();
     store
-        .mark_delivered_to(&[&m2.id], "direct", 4_000, Some("laptop"), &[target("bob", None)])
+        .mark_delivered_to(
+            &[&m2.id],
+            "direct",
+            4_000,
+            Some("laptop"),
+            &[target("bob", None)],
+        )
         .unwrap();
     store
         .fanout_resolve("bob", &["laptop".into(), "phone".into()], "me")
@@ -108,7 +133,11 @@ fn a_delivered_message_goes_on_to_each_further_device_and_says_where_it_stands()
     assert_eq!(bob, ["phone"]);
 
     // Not reached within its time: given up.
-    assert_eq!(store.fanout_expire(2_001).unwrap(), 1, "bob's phone, message 1");
+    assert_eq!(
+        store.fanout_expire(2_001).unwrap(),
+        1,
+        "bob's phone, message 1"
+    );
     assert_eq!(store.deliveries(&m.id).unwrap().len(), 1);
 }
 

@@ -253,3 +253,168 @@ fn superpeers_follow_the_load_up_and_the_surplus_demotes() {
             .then_some(())
     });
 }
+
+/// The scale: six plain nodes make a network by themselves (at least two superpeers
+/// within 30 s, the rest attached to two), then thirty leaves join and more plain nodes
+/// promote as the load requires, then most leaves sign off and the surplus demotes, and a
+/// message queued meanwhile is not lost.
+///
+/// Most, not half: a superpeer demotes only when the others would carry every leaf under half
+/// the load target (`NeedPolicy::surplus`, the hysteresis that keeps a demotion from causing a
+/// promotion), so from a network grown to just meet the target, half of the load leaving is
+/// not enough. With a capacity of 16, thirty leaves (60 attachments) fill six superpeers past
+/// the target; nine leaves left (18 attachments) are under a quarter of five superpeers'
+/// capacity.
+#[test]
+fn six_plain_nodes_and_thirty_leaves_grow_and_shrink_the_network_without_losing_a_message() {
+    const LEAVES: usize = 30;
+    // All 36 nodes sign in from 127.0.0.1: as an operator would for many users behind one
+    // address, the login server lets that address sign in more often.
+    let net = TestNet::with_config(|c| c.ip_limit.burst = 100);
+    let cap = ["--max-leaves", "16"];
+    let nodes: Vec<NodeProcess> = ["ann", "ben", "cat", "dan", "eve", "fay"]
+        .iter()
+        .map(|n| NodeProcess::start_plain(net.dir.path(), n, &net.server.addr, &cap))
+        .collect();
+    let superpeers = |nodes: &[NodeProcess]| {
+        nodes
+            .iter()
+            .filter(|n| role(n).as_deref() == Some("superpeer"))
+            .count()
+    };
+    let start = Instant::now();
+    wait_for("two superpeers", Duration::from_secs(30), || {
+        (superpeers(&nodes) >= 2).then_some(())
+    });
+    eprintln!("2 superpeers after {:.1} s", start.elapsed().as_secs_f64());
+    // Let the promotions by need settle: then some plain nodes are leaves, on two each.
+    std::thread::sleep(Duration::from_secs(15));
+    let first = superpeers(&nodes);
+    assert!(
+        first < nodes.len(),
+        "every plain node promoted:\n{}",
+        describe(&nodes)
+    );
+    let two = |n: &NodeProcess| {
+        n.status()
+            .filter(|s| s["primary"].is_string() && s["standby"].is_string())
+            .map(drop)
+    };
+    for n in nodes.iter().filter(|n| role(n).as_deref() == Some("leaf")) {
+        wait_for(
+            "a plain leaf on two superpeers",
+            Duration::from_secs(60),
+            || two(n),
+        );
+    }
+
+    // Thirty leaves join: the superpeers fill past the target and more plain nodes promote.
+    let joined = Instant::now();
+    // Started six at a time, as thirty users signing on at once would.
+    let mut leaves: Vec<NodeProcess> = Vec::with_capacity(LEAVES);
+    for group in (0..LEAVES).collect::<Vec<_>>().chunks(6) {
+        let started: Vec<NodeProcess> = std::thread::scope(|s| {
+            let handles: Vec<_> = group
+                .iter()
+                .map(|i| {
+                    let net = &net;
+                    s.spawn(move || net.node(&format!("leaf{i:02}"), &["--role", "leaf"]))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        leaves.extend(started);
+    }
+    eprintln!(
+        "{LEAVES} leaves started in {:.1} s",
+        joined.elapsed().as_secs_f64()
+    );
+    let grown = wait_for(
+        "more superpeers as the load requires",
+        Duration::from_secs(240),
+        || {
+            let now = superpeers(&nodes);
+            (now > first).then_some(now)
+        },
+    );
+    eprintln!(
+        "{first} -> {grown} superpeers {:.1} s after {LEAVES} leaves joined",
+        joined.elapsed().as_secs_f64()
+    );
+    for l in &leaves {
+        wait_for(
+            "every leaf on two superpeers",
+            Duration::from_secs(240),
+            || two(l),
+        );
+    }
+    eprintln!(
+        "every leaf on two superpeers {:.1} s after they joined; {} superpeers:\n{}",
+        joined.elapsed().as_secs_f64(),
+        superpeers(&nodes),
+        describe(&nodes)
+    );
+    // Lookups and messages work across the grown network.
+    let sent = leaves[0].send("leaf29", "across the grown network");
+    assert_eq!(sent["status"], "delivered", "{sent}");
+
+    // One leaf goes offline and a message waits for it; then twenty more leaves sign off.
+    let mut zed = leaves.pop().unwrap();
+    let out = natter_tests::natter(&zed.home, &["down"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    zed.wait_exit(Duration::from_secs(30));
+    let sent = leaves[0].send("leaf29", "queued while the network shrinks");
+    assert_eq!(sent["status"], "queued", "{sent}");
+    let most = superpeers(&nodes);
+    for mut l in leaves.drain(9..) {
+        let out = natter_tests::natter(&l.home, &["down"], "");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        l.wait_exit(Duration::from_secs(30));
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let shrunk = loop {
+        let now = superpeers(&nodes);
+        if now < most {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 300 s waiting for the surplus superpeers to demote; supply {:?}:\n{}",
+            net.server.supply(),
+            describe(&nodes)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("{most} -> {shrunk} superpeers after 21 of the {LEAVES} leaves left");
+    assert!(
+        shrunk >= 3,
+        "never below three: {shrunk}:\n{}",
+        describe(&nodes)
+    );
+    for l in &leaves {
+        wait_for(
+            "the leaves left on two superpeers",
+            Duration::from_secs(120),
+            || two(l),
+        );
+    }
+
+    // Nothing lost: zed comes back and gets the message queued meanwhile.
+    zed.restart();
+    wait_for("zed's message", Duration::from_secs(120), || {
+        let inbox = natter_tests::natter_json(&zed.home, &["inbox"])?;
+        inbox
+            .as_array()?
+            .iter()
+            .any(|m| m["text"] == "queued while the network shrinks")
+            .then_some(())
+    });
+}

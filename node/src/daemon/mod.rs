@@ -246,7 +246,7 @@ pub(crate) struct Daemon {
 }
 
 /// How often a reachable leaf that may promote asks the login server for the supply.
-const SUPPLY_POLL: Duration = Duration::from_secs(120);
+const SUPPLY_POLL: Duration = Duration::from_secs(30);
 
 /// Runs the daemon for `home` until `shutdown` or `natter down`.
 pub async fn run(

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::daemon::api::{InboxEdit, InboxItem, SendView};
 use crate::home::{Home, HomeError, Identity};
-use crate::store::{OutgoingMessage, QueuedMessage, Store, StoreError};
+use crate::store::{FanoutTarget, OutgoingMessage, QueuedMessage, Store, StoreError};
 use crate::ulid::UlidGenerator;
 
 mod history;
@@ -211,8 +211,13 @@ impl LocalStore {
             text,
             sent_at_ms: now_ms(),
         };
+        // This user's other devices get a copy once the daemon runs and knows them.
+        let copies = [FanoutTarget {
+            owner: self.identity.user.to_string(),
+            device: None,
+        }];
         self.store
-            .enqueue(&outgoing)
+            .enqueue_with_copies(&outgoing, &copies)
             .map_err(|e| OfflineError::Refused(format!("cannot queue the message: {e}")))?;
         Ok(SendView {
             id,

@@ -187,6 +187,31 @@ fn a_user_on_two_devices_gets_messages_on_both_and_stays_online_when_one_signs_o
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
+    // A message to a user who is not online stays queued, and alice's phone has its copy
+    // all the same.
+    let carol = net.dir.path().join("carol");
+    let out = natter(
+        &carol,
+        &["register", "carol", "--login", &net.server.addr.to_string()],
+        "password1\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = laptop.send("carol", "when you are back");
+    assert_eq!(sent["status"], "queued", "{sent}");
+    wait_for(
+        "the copy of a queued message on alice's phone",
+        Duration::from_secs(30),
+        || {
+            (texts(&history(&phone, "carol"))
+                == [("when you are back".to_owned(), "sent_elsewhere".to_owned())])
+            .then_some(())
+        },
+    );
+
     // The phone signs off: alice is still online, on her laptop.
     let out = natter(&phone.home, &["down"], "");
     assert!(

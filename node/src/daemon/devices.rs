@@ -29,25 +29,30 @@ pub(super) fn device_route(record: &PresenceRecord, now: u64) -> DeviceRoute {
 }
 
 impl Daemon {
-    /// The further devices a message `device` of `to` just stored goes to: `to`'s other
-    /// devices and this user's own other devices, or a row naming none for an owner whose
-    /// devices are not known yet.
-    pub(super) fn fanout_targets(&self, to: &UserName, device: PeerId) -> Vec<FanoutTarget> {
-        let now = TokioInstant::now();
-        let mut targets = Vec::new();
-        for (owner, except) in [(to, Some(device)), (&self.identity.user, None)] {
-            match self.msg.fanout.further_devices(owner, except, now) {
-                Some(devices) => targets.extend(devices.into_iter().map(|d| FanoutTarget {
+    /// The further devices of `owner` but `except` a message goes to: those the fan-out
+    /// knows, or one row naming none while it does not know them yet.
+    pub(super) fn further_targets(
+        &self,
+        owner: &UserName,
+        except: Option<PeerId>,
+    ) -> Vec<FanoutTarget> {
+        match self
+            .msg
+            .fanout
+            .further_devices(owner, except, TokioInstant::now())
+        {
+            Some(devices) => devices
+                .into_iter()
+                .map(|d| FanoutTarget {
                     owner: owner.to_string(),
                     device: Some(d.to_string()),
-                })),
-                None => targets.push(FanoutTarget {
-                    owner: owner.to_string(),
-                    device: None,
-                }),
-            }
+                })
+                .collect(),
+            None => vec![FanoutTarget {
+                owner: owner.to_string(),
+                device: None,
+            }],
         }
-        targets
     }
 
     /// What any lookup says about `name`'s devices, for the fan-out.

@@ -188,10 +188,19 @@ impl Daemon {
             sent_at_ms: now_ms(),
         };
         // Durable before any network I/O and before the answer: from here on the message is
-        // delivered or queued.
+        // delivered or queued. This user's other devices get their copy whatever becomes of
+        // the delivery.
+        let copies = self.further_targets(&self.identity.user, None);
+        let rows = !copies.is_empty();
         self.store_then(
-            move |s| s.enqueue(&outgoing),
-            move |d, stored| d.on_enqueued(to, id, wait, reply, stored.map(drop)),
+            move |s| s.enqueue_with_copies(&outgoing, &copies),
+            move |d, stored| {
+                if rows && stored.is_ok() {
+                    d.msg.fanout.poke(TokioInstant::now());
+                    d.run_fanout();
+                }
+                d.on_enqueued(to, id, wait, reply, stored.map(drop));
+            },
         );
         // The read that delivers it joins the write's group; see `Outbox::queueing`.
         self.msg.outbox.queueing();
@@ -273,7 +282,7 @@ impl Daemon {
                         m.delivered.inc_by(ids.len() as u64);
                     }
                     let at = now_ms();
-                    let targets = self.fanout_targets(&to, device);
+                    let targets = self.further_targets(&to, Some(device));
                     let further = !targets.is_empty();
                     self.store_write_lazy("recording deliveries", move |s| {
                         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();

@@ -27,7 +27,8 @@ pub struct HistoryItem {
     pub device: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// A delivered message's further devices: the recipient's others and this user's own.
+    /// A sent message's further devices: this user's own, and once delivered the recipient's
+    /// others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceItem>,
 }

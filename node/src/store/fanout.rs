@@ -3,8 +3,10 @@
 //!
 //! A message is delivered, for `send` and the outbox, once one device of its recipient stored
 //! it ([`Store::mark_delivered_to`] moves it to `sent` and records that device). In the same
-//! transaction it gets a `fanout` row for every further device it must reach: the recipient's
-//! other devices and this user's own other devices, which keep a copy of what this one sent.
+//! transaction it gets a `fanout` row for every further device of the recipient it must
+//! reach. This user's own other devices, which keep a copy of what this one sent, get their
+//! rows when the message is queued ([`Store::enqueue_with_copies`]), so the copy does not wait
+//! for the recipient.
 //! While the daemon does not know a user's devices, the row names no device (`''`) and
 //! [`Store::fanout_resolve`] later replaces it with one row per device. Each row keeps its own
 //! attempts, backoff and outcome: the per-device state `history --json` shows.
@@ -113,12 +115,15 @@ impl Store {
                 Ok((r.get(0)?, r.get(1)?))
             })?
             .collect::<Result<_, _>>()?;
+        // A copy for this user's devices may go before the message is delivered: it is then
+        // still in the outbox.
         let mut stmt = conn.prepare_cached(
-            "SELECT f.id, s.recipient, s.text, s.sent_at_ms, s.conv_seq
-             FROM fanout f JOIN sent s ON s.id = f.id
+            "SELECT f.id, COALESCE(s.recipient, o.recipient), COALESCE(s.text, o.text),
+                    COALESCE(s.sent_at_ms, o.sent_at_ms), COALESCE(s.conv_seq, o.conv_seq) AS seq
+             FROM fanout f LEFT JOIN sent s ON s.id = f.id LEFT JOIN outbox o ON o.id = f.id
              WHERE f.owner = ?1 AND f.device = ?2 AND f.delivered_at_ms IS NULL
-               AND f.next_attempt_at_ms <= ?3
-             ORDER BY s.recipient, s.conv_seq LIMIT ?4",
+               AND f.next_attempt_at_ms <= ?3 AND (s.id IS NOT NULL OR o.id IS NOT NULL)
+             ORDER BY 2, seq LIMIT ?4",
         )?;
         let mut batches = Vec::with_capacity(due.len());
         for (owner, device) in due {
@@ -157,7 +162,7 @@ impl Store {
                 added += tx.run(
                     "INSERT INTO fanout (id, owner, device, next_attempt_at_ms, created_at_ms)
                      SELECT f.id, f.owner, ?2, f.next_attempt_at_ms, f.created_at_ms
-                     FROM fanout f JOIN sent s ON s.id = f.id
+                     FROM fanout f LEFT JOIN sent s ON s.id = f.id
                      WHERE f.owner = ?1 AND f.device = '' AND COALESCE(s.device, '') != ?2
                      ON CONFLICT DO NOTHING",
                     params![owner, device],

@@ -56,7 +56,7 @@ pub struct HistoryEntry {
     pub device: Option<String>,
     /// Why the last attempt failed (queued or refused).
     pub last_error: Option<String>,
-    /// A delivered message's further devices (see `fanout.rs`).
+    /// A sent message's further devices (see `fanout.rs`).
     pub devices: Vec<DeviceDelivery>,
 }
 
@@ -103,7 +103,7 @@ impl Store {
         };
         entries.reverse();
         for entry in &mut entries {
-            if entry.kind == HistoryKind::Delivered {
+            if matches!(entry.kind, HistoryKind::Delivered | HistoryKind::Queued) {
                 entry.devices = self.deliveries(&entry.id)?;
             }
         }

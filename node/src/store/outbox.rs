@@ -103,6 +103,17 @@ impl Store {
     /// log, and [`StoreError::OutboxFull`] past [`MAX_OUTBOX`]; a failed enqueue uses up no
     /// sequence number.
     pub fn enqueue(&self, msg: &OutgoingMessage) -> Result<QueuedMessage, StoreError> {
+        self.enqueue_with_copies(msg, &[])
+    }
+
+    /// [`Store::enqueue`], adding in the same transaction the further devices that get a copy
+    /// at once, whether or not the recipient is reachable: this user's other devices
+    /// (`copies`, see `fanout.rs`).
+    pub fn enqueue_with_copies(
+        &self,
+        msg: &OutgoingMessage,
+        copies: &[FanoutTarget],
+    ) -> Result<QueuedMessage, StoreError> {
         check_message_id(&msg.id)?;
         check_name(&msg.to)?;
         check_text(&msg.text)?;
@@ -150,6 +161,7 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?4)",
                 params![msg.id, msg.to, msg.text, sent_at, conv_seq],
             )?;
+            insert_targets(tx, &msg.id, copies, sent_at)?;
             Ok(QueuedMessage {
                 id: msg.id.clone(),
                 to: msg.to.clone(),
@@ -275,7 +287,11 @@ impl Store {
         self.write(|tx| {
             let mut n = 0;
             for id in ids {
-                n += tx.run("DELETE FROM outbox WHERE id = ?1", params![id])?;
+                let gone = tx.run("DELETE FROM outbox WHERE id = ?1", params![id])?;
+                if gone == 1 {
+                    tx.run("DELETE FROM fanout WHERE id = ?1", params![id])?;
+                }
+                n += gone;
             }
             Ok(n)
         })

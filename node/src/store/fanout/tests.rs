@@ -217,3 +217,40 @@ fn one_order_per_pair_of_users_across_devices() {
     );
     assert_eq!(store.history("bob", 2).unwrap().len(), 2);
 }
+
+#[test]
+fn a_copy_for_this_users_devices_goes_while_the_message_is_still_queued() {
+    let (_dir, store) = fresh();
+    let copies = [target("alice", Some("alices-phone"))];
+    let m = store.enqueue_with_copies(&msg(1, "bob"), &copies).unwrap();
+    // Bob is unreachable: the message stays queued, and the phone's copy is due anyway.
+    let due_now = store.fanout_due(m.sent_at_ms, 64, 64).unwrap();
+    assert_eq!(due_now.len(), 1);
+    assert_eq!(due_now[0].device, "alices-phone");
+    assert_eq!(due_now[0].messages[0].to, "bob");
+    assert_eq!(due_now[0].messages[0].text, "message 1");
+    let history = store.history("bob", 10).unwrap();
+    assert_eq!(history[0].kind, HistoryKind::Queued);
+    assert_eq!(history[0].devices.len(), 1, "{history:?}");
+    // Delivered later: the copy's row is not added twice, and keeps its state.
+    store
+        .fanout_done(
+            "alice",
+            "alices-phone",
+            std::slice::from_ref(&m.id),
+            "direct",
+            1_500,
+        )
+        .unwrap();
+    store
+        .mark_delivered_to(&[&m.id], "direct", 2_000, Some("bobs-laptop"), &[])
+        .unwrap();
+    let states = store.deliveries(&m.id).unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].delivered_at_ms, Some(1_500));
+
+    // A message taken out of the outbox takes its copies' rows along.
+    let m2 = store.enqueue_with_copies(&msg(2, "bob"), &copies).unwrap();
+    assert!(store.cancel(&m2.id).unwrap());
+    assert!(store.deliveries(&m2.id).unwrap().is_empty());
+}

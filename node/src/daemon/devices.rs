@@ -3,7 +3,7 @@
 
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
-use natter_proto::msg::{MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
+use natter_proto::msg::{MAX_BATCH, MsgRefusal, MsgResponse};
 use natter_proto::{PresenceRecord, UserName};
 use tokio::time::Instant as TokioInstant;
 
@@ -11,7 +11,7 @@ use super::fanout::{DeviceRoute, FanAction, FanOutcome};
 use super::inbox;
 use super::messaging::{MsgPending, now_ms};
 use super::{Daemon, LookupFor, LookupOutcome, outbox, unix_now};
-use crate::net::{Command, OutRequest};
+use crate::net::Command;
 use crate::store::{CopyMessage, FANOUT_TTL_MS, FanoutTarget};
 
 /// Devices with due rows a read takes at most; the next read takes the others.
@@ -19,7 +19,7 @@ const MAX_DEVICES_PER_READ: usize = 64;
 
 /// A device as a record in the directory describes it.
 pub(super) fn device_route(record: &PresenceRecord, now: u64) -> DeviceRoute {
-    let (peer, addrs) = super::messaging::route_of(record);
+    let (peer, addrs) = super::lookup_result::route_of(record);
     DeviceRoute {
         peer,
         addrs,
@@ -129,14 +129,7 @@ impl Daemon {
                     messages,
                 } => {
                     tracing::debug!(%owner, %peer, messages = messages.len(), "to a further device");
-                    let request = MsgRequest::Deliver {
-                        cert: self.identity.cert.clone(),
-                        messages,
-                    };
-                    let token = self.token();
-                    self.net
-                        .request(token, peer, addrs, OutRequest::Msg(request));
-                    self.msg.pending.insert(token, MsgPending::Fanout { peer });
+                    self.deliver(peer, addrs, messages, MsgPending::Fanout { peer });
                 }
                 FanAction::Done {
                     owner,

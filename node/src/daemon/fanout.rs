@@ -21,11 +21,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
-use natter_proto::msg::{DirectMessage, MAX_BATCH_TEXT_BYTES};
+use natter_proto::msg::DirectMessage;
 use natter_proto::{Status, UserName};
 use tokio::time::Instant;
 
-use super::outbox::ROUTE_TTL;
+use super::outbox::{ROUTE_TTL, fill_batch};
 use crate::store::{FanoutBatch, FanoutMessage};
 
 /// Due rows are read at least this often (new ones also start a read).
@@ -344,21 +344,13 @@ impl Fanout {
         addrs: Vec<Multiaddr>,
         messages: Vec<FanoutMessage>,
     ) {
-        let mut size = 0;
-        let messages: Vec<DirectMessage> = messages
-            .into_iter()
-            .take_while(|m| {
-                size += m.text.len();
-                size <= MAX_BATCH_TEXT_BYTES || size == m.text.len()
-            })
-            .map(|m| DirectMessage {
-                id: m.id,
-                to: m.to,
-                text: m.text,
-                sent_at_ms: m.sent_at_ms,
-                conv_seq: m.conv_seq,
-            })
-            .collect();
+        let messages = fill_batch(messages.into_iter().map(|m| DirectMessage {
+            id: m.id,
+            to: m.to,
+            text: m.text,
+            sent_at_ms: m.sent_at_ms,
+            conv_seq: m.conv_seq,
+        }));
         let ids = messages.iter().map(|m| m.id.clone()).collect();
         self.in_flight.insert(peer, (owner.clone(), ids));
         self.actions.push_back(FanAction::Deliver {

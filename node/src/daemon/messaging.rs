@@ -11,17 +11,16 @@ use tokio::time::Instant as TokioInstant;
 
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
+use natter_proto::UserName;
 use natter_proto::msg::{self, MAX_BATCH, MsgRefusal, MsgRequest, MsgResponse};
-use natter_proto::{PresenceRecord, UserName};
 
 use super::api::{ControlResponse, SendView};
 use super::fanout::Fanout;
 use super::follow::Followers;
 use super::inbox::{self, MsgDecision};
-use super::leaf::lookup_view;
 use super::outbox::{self, Action, Outbox, SendOutcome};
 use super::ping::PingRun;
-use super::{Daemon, LookupFor, LookupOutcome, unix_now};
+use super::{Daemon, LookupFor, unix_now};
 use crate::control::Replier;
 use crate::net::{Command, OutRequest, Token};
 use crate::store::{OutgoingMessage, QueuedMessage, Store, StoreError};
@@ -132,28 +131,6 @@ fn due_batches(
     Ok(batches)
 }
 
-/// The route a lookup found, if its record is live and its home confirmed the device.
-fn live_route(outcome: &LookupOutcome) -> Option<(PeerId, Vec<Multiaddr>)> {
-    match outcome {
-        LookupOutcome::Found {
-            record, confirmed, ..
-        } if *confirmed && record.is_live(unix_now()) => Some(route_of(record)),
-        _ => None,
-    }
-}
-
-/// Where a record says its device is: the device's PeerId, direct addresses first.
-pub(super) fn route_of(record: &PresenceRecord) -> (PeerId, Vec<Multiaddr>) {
-    let addrs = record
-        .body
-        .direct_addrs
-        .iter()
-        .chain(&record.body.relay_addrs)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    (record.body.cert.peer_id(), addrs)
-}
-
 impl Daemon {
     /// `natter send`: checks name and text, writes the message to the outbox (before any
     /// network I/O), then checks in the background that the user exists (an unknown user is
@@ -262,16 +239,7 @@ impl Daemon {
                     peer,
                     addrs,
                     messages,
-                } => {
-                    let request = MsgRequest::Deliver {
-                        cert: self.identity.cert.clone(),
-                        messages,
-                    };
-                    let token = self.token();
-                    self.net
-                        .request(token, peer, addrs, OutRequest::Msg(request));
-                    self.msg.pending.insert(token, MsgPending::Deliver { to });
-                }
+                } => self.deliver(peer, addrs, messages, MsgPending::Deliver { to }),
                 Action::MarkDelivered {
                     to,
                     device,
@@ -359,105 +327,23 @@ impl Daemon {
         }
     }
 
-    /// Every lookup ends here    /// Every lookup ends here, whatever it was for.
-    pub(super) fn on_lookup_result(
+    /// Sends a batch to `peer`, under this device's certificate; its answer goes to
+    /// `pending`'s owner.
+    pub(super) fn deliver(
         &mut self,
-        name: UserName,
-        purpose: LookupFor,
-        outcome: LookupOutcome,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        messages: Vec<msg::DirectMessage>,
+        pending: MsgPending,
     ) {
-        if let LookupOutcome::Found { record, .. } = &outcome {
-            self.note_seen(record);
-        }
-        self.learn_devices(&name, &outcome);
-        match purpose {
-            LookupFor::Control(reply) => {
-                let view = match outcome {
-                    LookupOutcome::Found {
-                        record,
-                        confirmed,
-                        others,
-                    } => Ok(lookup_view(&record, confirmed, &others)),
-                    LookupOutcome::NotFound { exists: Some(true) } => {
-                        // Registered, and no record in the directory: offline (or signed on
-                        // seconds ago), last seen when this node saw the user last.
-                        let user = name.to_string();
-                        self.store_then(
-                            move |s| s.last_seen(&user),
-                            move |_, seen| {
-                                let view = super::presence::not_found_view(
-                                    &name,
-                                    "offline",
-                                    seen.ok().flatten(),
-                                );
-                                let _ = reply.try_send(Ok(ControlResponse::Lookup(view)));
-                            },
-                        );
-                        return;
-                    }
-                    LookupOutcome::NotFound { .. } => {
-                        Ok(super::presence::not_found_view(&name, "unknown", None))
-                    }
-                    LookupOutcome::Failed(e) => Err(e),
-                };
-                let _ = reply.try_send(view.map(ControlResponse::Lookup));
-            }
-            LookupFor::Send => {
-                match (live_route(&outcome), outcome) {
-                    (
-                        _,
-                        LookupOutcome::NotFound {
-                            exists: Some(false),
-                        },
-                    ) => self.msg.outbox.user_unknown(&name),
-                    (Some((peer, addrs)), _) => {
-                        self.msg
-                            .outbox
-                            .route_found(name, peer, addrs, TokioInstant::now());
-                    }
-                    _ => self.msg.outbox.check_done(&name),
-                }
-                self.run_outbox();
-            }
-            LookupFor::Route => {
-                match live_route(&outcome) {
-                    Some((peer, addrs)) => {
-                        self.msg
-                            .outbox
-                            .route_found(name, peer, addrs, TokioInstant::now());
-                    }
-                    None => {
-                        self.msg
-                            .outbox
-                            .route_missing(name.clone(), "recipient is offline");
-                        self.end_pings(
-                            &name,
-                            &format!("{name} is offline or unknown: no route to their device"),
-                        );
-                    }
-                }
-                self.run_outbox();
-            }
-            LookupFor::Devices => {}
-            LookupFor::Push => {
-                if let LookupOutcome::Found {
-                    record,
-                    confirmed: true,
-                    ..
-                } = outcome
-                {
-                    self.learn_route(&name, &record);
-                    self.push_presence_to(&name);
-                }
-            }
-        }
-    }
-
-    pub(super) fn learn_route(&mut self, name: &UserName, record: &PresenceRecord) {
-        let (peer, addrs) = route_of(record);
-        self.msg
-            .outbox
-            .learn_route(name.clone(), peer, addrs, TokioInstant::now());
+        let request = MsgRequest::Deliver {
+            cert: self.identity.cert.clone(),
+            messages,
+        };
+        let token = self.token();
+        self.net
+            .request(token, peer, addrs, OutRequest::Msg(request));
+        self.msg.pending.insert(token, pending);
     }
 
     /// Pushes every due message of `to` back by its backoff.

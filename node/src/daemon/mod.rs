@@ -23,6 +23,7 @@ mod gather;
 mod inbox;
 mod leaf;
 mod login;
+mod lookup_result;
 mod messaging;
 mod metrics;
 mod netcheck;

@@ -47,6 +47,20 @@ pub(crate) fn backoff_ms(attempts: u32) -> u64 {
         .min(MAX_BACKOFF_MS)
 }
 
+/// The head of `messages` that one request carries: all of them up to
+/// [`MAX_BATCH_TEXT_BYTES`] of text, and always the first (a single message may be as large
+/// as a message may be).
+pub(crate) fn fill_batch(messages: impl IntoIterator<Item = DirectMessage>) -> Vec<DirectMessage> {
+    let mut size = 0;
+    messages
+        .into_iter()
+        .take_while(|m| {
+            size += m.text.len();
+            size <= MAX_BATCH_TEXT_BYTES || size == m.text.len()
+        })
+        .collect()
+}
+
 /// Where a user's device can be reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Route {
@@ -288,27 +302,18 @@ impl<W> Outbox<W> {
             }
             return;
         };
-        let mut size = 0;
         let batch = if self.probing.contains_key(&to) {
             1
         } else {
             MAX_BATCH
         };
-        let messages: Vec<DirectMessage> = queued
-            .into_iter()
-            .take(batch)
-            .take_while(|m| {
-                size += m.text.len();
-                size <= MAX_BATCH_TEXT_BYTES || size == m.text.len()
-            })
-            .map(|m| DirectMessage {
-                id: m.id,
-                to: m.to,
-                text: m.text,
-                sent_at_ms: m.sent_at_ms,
-                conv_seq: m.conv_seq,
-            })
-            .collect();
+        let messages = fill_batch(queued.into_iter().take(batch).map(|m| DirectMessage {
+            id: m.id,
+            to: m.to,
+            text: m.text,
+            sent_at_ms: m.sent_at_ms,
+            conv_seq: m.conv_seq,
+        }));
         self.in_flight
             .insert(to.clone(), messages.iter().map(|m| m.id.clone()).collect());
         self.in_flight_to.insert(to.clone(), route.peer);

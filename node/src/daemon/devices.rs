@@ -55,7 +55,10 @@ impl Daemon {
         }
     }
 
-    /// What any lookup says about `name`'s devices, for the fan-out.
+    /// What any lookup says about `name`'s devices, for the fan-out. No record at all is
+    /// taken as "not known", not as "no devices": this node's own record may not be in the
+    /// directory yet (it just started), and rows resolved against an empty list would be
+    /// gone; they wait instead, and are given up after 7 days.
     pub(super) fn learn_devices(&mut self, name: &UserName, outcome: &LookupOutcome) {
         let now = unix_now();
         let devices = match outcome {
@@ -63,7 +66,13 @@ impl Daemon {
                 .chain(others)
                 .map(|r| device_route(r, now))
                 .collect(),
-            LookupOutcome::NotFound { .. } => Vec::new(),
+            LookupOutcome::NotFound { .. } => {
+                self.msg
+                    .fanout
+                    .lookup_failed(name, "no record in the directory");
+                self.run_fanout();
+                return;
+            }
             LookupOutcome::Failed(why) => {
                 self.msg.fanout.lookup_failed(name, why);
                 self.run_fanout();

@@ -182,7 +182,8 @@ impl Fanout {
             .filter(|k| now.saturating_duration_since(k.at) < ROUTE_TTL)
     }
 
-    /// A lookup told `owner`'s devices (none: the directory has no record of them).
+    /// A lookup found `owner`'s record: these are their devices (a lookup without a record
+    /// tells nothing about them: see [`Fanout::lookup_failed`]).
     pub(crate) fn learned(&mut self, owner: UserName, devices: Vec<DeviceRoute>, now: Instant) {
         let waited = self.resolving.remove(&owner).is_some();
         self.known.insert(owner, Known { devices, at: now });

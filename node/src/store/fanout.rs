@@ -213,7 +213,7 @@ impl Store {
         let now = int("postpone time", now_ms)?;
         let first = int("backoff", first_ms)?;
         let max = int("backoff", max_ms)?;
-        let why = super::outbox::truncate(why, 1024);
+        let why = super::outbox::truncate(why, super::outbox::MAX_ERROR_BYTES);
         self.write(|tx| {
             Ok(tx.run(
                 "UPDATE fanout SET attempts = attempts + 1,

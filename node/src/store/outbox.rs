@@ -26,7 +26,7 @@ pub const MAX_OUTBOX: usize = 10_000;
 /// How far what others sent can move a conversation's sequence on, per message sent.
 pub(super) const MAX_SEQ_JUMP: i64 = 1 << 20;
 /// Longest delivery error kept, in bytes; longer ones are cut (at a character boundary).
-const MAX_ERROR_BYTES: usize = 1024;
+pub(super) const MAX_ERROR_BYTES: usize = 1024;
 
 /// A message `send` accepted, before the store numbers it.
 #[derive(Debug, Clone, PartialEq, Eq)]

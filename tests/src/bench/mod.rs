@@ -9,7 +9,9 @@
 //!
 //! Nothing here asserts a timing: these are figures, not tests.
 
+pub mod carry;
 pub mod floors;
+pub mod leafsim;
 pub mod login;
 pub mod lookup;
 pub mod msg;

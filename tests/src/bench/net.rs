@@ -145,8 +145,19 @@ impl Cluster {
 
     /// Registers `user` and starts `natter up` for it: `role` is `superpeer` or `leaf`.
     pub async fn daemon(&self, user: &str, role: &str, listen: Listen) -> anyhow::Result<Daemon> {
+        self.daemon_with(user, role, listen, &[]).await
+    }
+
+    /// [`Cluster::daemon`] with more arguments for `natter up`.
+    pub async fn daemon_with(
+        &self,
+        user: &str,
+        role: &str,
+        listen: Listen,
+        extra: &[&str],
+    ) -> anyhow::Result<Daemon> {
         let home = self.register(user).await?;
-        Daemon::spawn(user, &home, role, listen)
+        Daemon::spawn(user, &home, role, listen, extra)
     }
 
     /// Starts `n` superpeers `<prefix>00`, `<prefix>01`, … one after another (each announces
@@ -179,7 +190,13 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(name: &str, home: &Path, role: &str, listen: Listen) -> anyhow::Result<Self> {
+    fn spawn(
+        name: &str,
+        home: &Path,
+        role: &str,
+        listen: Listen,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let log = std::fs::File::create(home.join("up.log"))?;
         let child = std::process::Command::new(bin("natter"))
             .arg("--home")
@@ -187,6 +204,7 @@ impl Daemon {
             .arg("up")
             .args(listen.args())
             .args(["--role", role, "--min-uptime", "0", "--min-cores", "1"])
+            .args(extra)
             .env(
                 "NATTER_LOG",
                 std::env::var("NATTER_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
@@ -371,7 +389,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 const TICKS_PER_SEC: u64 = 100;
 
 /// User + system CPU time from a `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat` file.
-fn cpu_time(stat: &Path) -> Option<Duration> {
+pub fn cpu_time(stat: &Path) -> Option<Duration> {
     let text = std::fs::read_to_string(stat).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: count from after it.
     // Then field 3 is the state, 14 utime, 15 stime.

@@ -111,6 +111,7 @@ async fn suite(mode: Mode) -> anyhow::Result<Report> {
     }
     drop(daemons);
     drop(hub);
+    super::carry::run(&mut r, mode, &cluster).await?;
     cluster.login.stop().await;
     Ok(r)
 }

@@ -44,6 +44,15 @@ enum Suite {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The bench's own log (the simulated leaves' warnings, say): `RUST_LOG`, warnings by
+    // default. The daemons' logs go to their homes (`NATTER_BENCH_LOG`).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let mode = if cli.quick { Mode::Quick } else { Mode::Full };
     let mut suites: Vec<Suite> = Vec::new();
     for s in &cli.suites {

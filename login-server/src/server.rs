@@ -342,7 +342,7 @@ fn build_swarm(
             identify::Config::new(protocol::IDENTIFY_VERSION.into(), key.public())
                 .with_agent_version(format!("natter-login/{}", env!("CARGO_PKG_VERSION"))),
         ),
-        ping: ping::Behaviour::default(),
+        ping: ping::Behaviour::new(natter_net::ping_config()),
         autonat: autonat::v2::server::Behaviour::default(),
     })
     .map_err(|e| Error::Transport(e.to_string()))

@@ -14,5 +14,6 @@ mod swarm;
 pub use pending::{PendingPerAddress, TooManyPending, address_key, remote_address};
 pub use port::{PortUnavailable, ensure_port_free, error_chain};
 pub use swarm::{
-    BuildError, QuicConfig, TransportConfig, build_swarm, build_swarm_with_relay_client,
+    BuildError, PING_INTERVAL, QuicConfig, TransportConfig, build_swarm,
+    build_swarm_with_relay_client, ping_config,
 };

@@ -6,7 +6,7 @@ use std::time::Duration;
 use libp2p::core::transport::OptionalTransport;
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{Swarm, noise, quic, relay, tcp, yamux};
+use libp2p::{Swarm, noise, ping, quic, relay, tcp, yamux};
 
 /// How a swarm's transport and connection pool are set up. The default is the node daemon's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +71,18 @@ impl Default for QuicConfig {
             keep_alive_interval: Duration::from_secs(2),
         }
     }
+}
+
+/// How often a node pings each connected peer (libp2p ping). The round trip feeds the
+/// metrics only: a failed ping closes nothing, connections stay open on TCP without it (a
+/// leaf publishes every 30 s) and QUIC keeps itself alive. Every ping costs both ends a few
+/// frames, wake-ups and timers: with libp2p's default of 15 s, pings were the largest part of
+/// a superpeer's CPU at rest with thousands of leaves (docs/BENCHMARKS.md, issue 14).
+pub const PING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// libp2p ping every [`PING_INTERVAL`].
+pub fn ping_config() -> ping::Config {
+    ping::Config::new().with_interval(PING_INTERVAL)
 }
 
 /// Why a swarm could not be built.

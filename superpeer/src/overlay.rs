@@ -136,7 +136,10 @@ pub fn handle_request(
             let stored = (ctx.stored)(&key)
                 .and_then(|s| DeviceRecords::from_json(&s).ok())
                 .and_then(|set| set.same_device(&record).cloned());
-            match record.validate_for_store(&key, ctx.issuer, ctx.now, stored.as_ref()) {
+            // The certificate this leaf attached with was verified then.
+            let known = leaves.get(&peer).map(|leaf| &leaf.cert);
+            match record.validate_for_store_known(&key, ctx.issuer, ctx.now, stored.as_ref(), known)
+            {
                 Ok(()) => {
                     let _ = leaves.set_record(&peer, record.clone());
                     stats.records_stored += 1;

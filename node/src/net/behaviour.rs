@@ -146,7 +146,7 @@ pub(crate) fn build(
                         .with_agent_version(format!("natter/{}", env!("CARGO_PKG_VERSION")))
                         .with_push_listen_addr_updates(true),
                 ),
-                ping: ping::Behaviour::default(),
+                ping: ping::Behaviour::new(natter_net::ping_config()),
                 autonat_client: super::reprobe::Reprobing::new(
                     autonat::v2::client::Config::default()
                         .with_probe_interval(Duration::from_secs(2)),

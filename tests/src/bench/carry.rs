@@ -126,8 +126,9 @@ pub async fn run(r: &mut Report, mode: Mode, cluster: &Cluster) -> anyhow::Resul
             &cpu_id,
             &format!(
                 "over {} s; each leaf publishes every 30 s, polls revocations every 60 s, \
-                 pings every 15 s",
-                window.as_secs()
+                 pings every {} s (and is pinged as often)",
+                window.as_secs(),
+                natter_net::PING_INTERVAL.as_secs()
             ),
         );
         r.add(

@@ -247,7 +247,7 @@ fn build(key: Keypair, source: Ipv4Addr) -> anyhow::Result<Swarm<Behaviour>> {
                 identify::Config::new(protocol::IDENTIFY_VERSION.into(), key.public())
                     .with_agent_version("natter-bench leaf".into()),
             ),
-            ping: ping::Behaviour::default(),
+            ping: ping::Behaviour::new(natter_net::ping_config()),
             introduce: request_response::Behaviour::new(
                 [(
                     StreamProtocol::new(protocol::INTRODUCE),

@@ -198,7 +198,22 @@ impl Daemon {
         extra: &[&str],
     ) -> anyhow::Result<Self> {
         let log = std::fs::File::create(home.join("up.log"))?;
-        let child = std::process::Command::new(bin("natter"))
+        // A profiler around the carrying superpeer (e.g. `heaptrack -o /tmp/carrier`): its
+        // figures are then the wrapper's, not the daemon's, so only for profiling runs.
+        let wrap: Vec<String> = std::env::var("NATTER_BENCH_WRAP_CARRIER")
+            .ok()
+            .filter(|_| name == "carrier")
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let mut command = match wrap.split_first() {
+            Some((program, args)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(args).arg(bin("natter"));
+                c
+            }
+            None => std::process::Command::new(bin("natter")),
+        };
+        let child = command
             .arg("--home")
             .arg(home)
             .arg("up")

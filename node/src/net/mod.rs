@@ -13,6 +13,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod behaviour;
+mod boxed;
 pub(crate) mod codec;
 mod direct_first;
 pub(crate) mod gate;

@@ -6,6 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
+mod floor;
+
+pub use floor::listener as floor_listener;
+
 use super::leafsim::{self, Counters, Fleet};
 use super::net::{Cluster, Listen};
 use super::{How, Latencies, Mode, Report, progress};
@@ -15,6 +21,7 @@ pub async fn run(r: &mut Report, mode: Mode, cluster: &Cluster) -> anyhow::Resul
     let sizes = sizes(mode)?;
     let largest = sizes.last().copied().unwrap_or(0);
     raise_fd_limit(largest)?;
+    let floors = measure_floor(r, mode, &sizes).await?;
     let max_leaves = (largest + 100).to_string();
     let hub = cluster
         .daemon_with(
@@ -51,7 +58,7 @@ pub async fn run(r: &mut Report, mode: Mode, cluster: &Cluster) -> anyhow::Resul
         Duration::from_secs(30),
         Duration::from_secs(60),
     );
-    let base_cpu = cpu_share(&hub, window).await?;
+    let base_cpu = cpu_share(hub.pid(), window).await?;
     r.add(
         "carry.0.cpu",
         "carrying superpeer at rest, no leaf: CPU",
@@ -62,7 +69,6 @@ pub async fn run(r: &mut Report, mode: Mode, cluster: &Cluster) -> anyhow::Resul
     );
 
     let mut fleet = Fleet::new();
-    let mut previous: Option<String> = None;
     for &size in &sizes {
         let add = size - fleet.len();
         progress(&format!("carry: {size} leaves on one superpeer"));
@@ -110,7 +116,7 @@ pub async fn run(r: &mut Report, mode: Mode, cluster: &Cluster) -> anyhow::Resul
         .await?;
         // Past the first republication of the newest leaves, then at rest.
         tokio::time::sleep(Duration::from_secs(mode.pick(1, 5, 10))).await;
-        let cpu = cpu_share(&hub, window).await?;
+        let cpu = cpu_share(hub.pid(), window).await?;
         let rss = hub
             .rss_kib()
             .ok_or_else(|| anyhow::anyhow!("cannot read the superpeer's RSS"))?;
@@ -151,10 +157,10 @@ pub async fn run(r: &mut Report, mode: Mode, cluster: &Cluster) -> anyhow::Resul
             &per_leaf,
             &format!("RSS {base_rss} KiB with no leaf, {rss} KiB with {size}"),
         );
-        if let Some(prev) = &previous {
-            r.floor(&per_leaf, prev);
+        if floors.contains(&size) {
+            r.floor(&per_leaf, &format!("carry.{size}.floor_per_leaf"));
+            r.floor(&cpu_id, &format!("carry.{size}.floor_cpu"));
         }
-        previous = Some(per_leaf);
         r.add(
             &id("reserved"),
             &format!("{size} leaves: relay reservations held"),
@@ -203,12 +209,60 @@ fn sizes(mode: Mode) -> anyhow::Result<Vec<usize>> {
     Ok(sizes)
 }
 
-/// The share of one core the process used over `window`, in percent.
-async fn cpu_share(daemon: &super::net::Daemon, window: Duration) -> anyhow::Result<f64> {
+/// The floor at each size: a bare libp2p swarm in its own process with as many connections
+/// (see [`floor`]). Returns the sizes measured.
+async fn measure_floor(r: &mut Report, mode: Mode, sizes: &[usize]) -> anyhow::Result<Vec<usize>> {
+    let mut floor = floor::Floor::start()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = |pid| {
+        super::net::rss_kib(pid).ok_or_else(|| anyhow::anyhow!("cannot read the floor's RSS"))
+    };
+    let base = rss(floor.pid())?;
+    let window = mode.pick(
+        Duration::from_secs(2),
+        Duration::from_secs(15),
+        Duration::from_secs(30),
+    );
+    let mut measured = Vec::new();
+    for &size in sizes {
+        progress(&format!("carry: floor, {size} bare connections"));
+        floor.grow(size).await?;
+        tokio::time::sleep(Duration::from_secs(mode.pick(1, 3, 5))).await;
+        let cpu = cpu_share(floor.pid(), window).await?;
+        let after = rss(floor.pid())?;
+        let id = r.add(
+            &format!("carry.{size}.floor_per_leaf"),
+            &format!(
+                "floor: bare libp2p (TCP+Noise+Yamux, ping), {size} connections: RSS per connection"
+            ),
+            after.saturating_sub(base) as f64 / size as f64,
+            "KiB",
+            size as u64,
+            How::RealBinaries,
+        );
+        r.note(
+            &id,
+            &format!("RSS {base} KiB with none, {after} KiB with {size}"),
+        );
+        r.add(
+            &format!("carry.{size}.floor_cpu"),
+            &format!("floor: bare libp2p, {size} connections: CPU at rest"),
+            cpu,
+            "% core",
+            0,
+            How::RealBinaries,
+        );
+        measured.push(size);
+    }
+    Ok(measured)
+}
+
+/// The share of one core process `pid` used over `window`, in percent.
+async fn cpu_share(pid: u32, window: Duration) -> anyhow::Result<f64> {
+    let stat = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
     let read = || {
-        daemon
-            .cpu()
-            .ok_or_else(|| anyhow::anyhow!("cannot read the superpeer's CPU time"))
+        super::net::cpu_time(&stat)
+            .ok_or_else(|| anyhow::anyhow!("cannot read the CPU time of process {pid}"))
     };
     let before = read()?;
     let start = Instant::now();
@@ -224,8 +278,9 @@ async fn lookups(fleet: &Fleet, n: usize) -> anyhow::Result<Latencies> {
     for _ in 0..n {
         let from = rand::random_range(0..leaves);
         let of = rand::random_range(0..leaves);
-        let looked = fleet.lookup(from, &format!("sim{of:05}")).await?;
-        anyhow::ensure!(looked.found, "sim{of:05} was not found");
+        let name = fleet.name(of).context("no such leaf")?.to_string();
+        let looked = fleet.lookup(from, &name).await?;
+        anyhow::ensure!(looked.found, "{name} was not found");
         lat.record(looked.took);
     }
     Ok(lat)

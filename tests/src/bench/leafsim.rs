@@ -34,7 +34,7 @@ use natter_proto::{Certificate, PresenceBody, Status, UserName, protocol};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-mod source;
+pub(crate) mod source;
 
 use libp2p::core::Transport as _;
 
@@ -132,6 +132,7 @@ struct Ask {
 #[derive(Debug)]
 pub struct Fleet {
     asks: Vec<mpsc::Sender<Ask>>,
+    names: Vec<UserName>,
     pub counters: Arc<Counters>,
     stop: CancellationToken,
 }
@@ -140,6 +141,7 @@ impl Fleet {
     pub fn new() -> Self {
         Self {
             asks: Vec::new(),
+            names: Vec::new(),
             counters: Arc::default(),
             stop: CancellationToken::new(),
         }
@@ -163,6 +165,7 @@ impl Fleet {
     ) -> anyhow::Result<()> {
         for account in accounts {
             let source = source_ip(self.asks.len());
+            self.names.push(account.name.clone());
             let swarm = build(account.key.clone(), source)?;
             let (tx, rx) = mpsc::channel(16);
             let leaf = Leaf {
@@ -181,6 +184,11 @@ impl Fleet {
             self.asks.push(tx);
         }
         Ok(())
+    }
+
+    /// The user name of leaf `i`.
+    pub fn name(&self, i: usize) -> Option<&UserName> {
+        self.names.get(i)
     }
 
     /// Leaf `from` looks `name` up through its superpeer.

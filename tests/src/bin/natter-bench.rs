@@ -19,8 +19,11 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     json: Option<std::path::PathBuf>,
     /// Suites to run, in order.
-    #[arg(value_enum, required = true)]
+    #[arg(value_enum, required_unless_present = "floor_listener")]
     suites: Vec<Suite>,
+    /// Internal: run as the scale suite's floor (a bare libp2p listener) until killed.
+    #[arg(long, hide = true)]
+    floor_listener: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -44,6 +47,9 @@ enum Suite {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.floor_listener {
+        return bench::carry::floor_listener();
+    }
     // The bench's own log (the simulated leaves' warnings, say): `RUST_LOG`, warnings by
     // default. The daemons' logs go to their homes (`NATTER_BENCH_LOG`).
     tracing_subscriber::fmt()

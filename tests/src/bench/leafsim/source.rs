@@ -16,8 +16,8 @@ use libp2p::tcp::tokio::TcpStream;
 
 /// Dials `/ip4/…/tcp/…` addresses from `source` (any port).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct FromSource {
-    pub(super) source: Ipv4Addr,
+pub(crate) struct FromSource {
+    pub(crate) source: Ipv4Addr,
 }
 
 impl Transport for FromSource {

@@ -18,40 +18,48 @@ use tokio_util::sync::CancellationToken;
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let dir = target_profile_dir();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--bins",
-            "-p",
-            "natter-node",
-            "-p",
-            "natter-login-server",
-        ]);
-        // The test's own cargo variables would make build scripts (ring's) see a changed
-        // environment and rebuild, for this build and the next outer one alike.
-        for (var, _) in std::env::vars() {
-            if var.starts_with("CARGO_PKG_")
-                || var.starts_with("CARGO_MANIFEST_")
-                || var == "CARGO_CRATE_NAME"
-                || var == "CARGO_PRIMARY_PACKAGE"
-            {
-                cmd.env_remove(var);
-            }
-        }
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .current_dir(workspace_root())
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "cargo build of the binaries failed");
-    });
+    BUILT
+        .get_or_init(|| cargo_build(&["--bins", "-p", "natter-node", "-p", "natter-login-server"]));
     let path = dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// Path of `natter-bench`, built once per process like [`bin`]: the scale suite runs it as
+/// its floor listener, also from the smoke test (a test binary itself).
+pub fn bench_bin() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| cargo_build(&["--bin", "natter-bench", "-p", "natter-tests"]));
+    let path = target_profile_dir().join("natter-bench");
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// `cargo build ARGS` of this checkout, in the profile this process was built with.
+fn cargo_build(args: &[&str]) {
+    let dir = target_profile_dir();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build").args(args);
+    // The test's own cargo variables would make build scripts (ring's) see a changed
+    // environment and rebuild, for this build and the next outer one alike.
+    for (var, _) in std::env::vars() {
+        if var.starts_with("CARGO_PKG_")
+            || var.starts_with("CARGO_MANIFEST_")
+            || var == "CARGO_CRATE_NAME"
+            || var == "CARGO_PRIMARY_PACKAGE"
+        {
+            cmd.env_remove(var);
+        }
+    }
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .current_dir(workspace_root())
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
 }
 
 pub fn workspace_root() -> PathBuf {

@@ -8,8 +8,12 @@ fn check(suite: &str, report: &Report) {
     assert!(!report.rows.is_empty(), "{suite}: no rows");
     for row in &report.rows {
         // A count per message the daemon should drive to zero (superpeer lookups during a
-        // burst to a known route) is measured when it is zero.
-        let may_be_zero = row.id == "msg.direct.lookups" && row.value == 0.0;
+        // burst to a known route) is measured when it is zero; so are failures, and CPU at
+        // rest over a smoke run's short window (the kernel counts it in 10 ms ticks).
+        let may_be_zero = (row.id == "msg.direct.lookups"
+            || row.id.ends_with(".failures")
+            || row.id.ends_with("cpu"))
+            && row.value == 0.0;
         assert!(
             row.value.is_finite() && (row.value > 0.0 || may_be_zero),
             "{suite}: {} = {} is not a finite positive figure",

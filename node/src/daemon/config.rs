@@ -16,7 +16,8 @@ pub struct DaemonConfig {
     pub thresholds: Thresholds,
     /// Leaves a superpeer accepts (default 1,000).
     pub max_leaves: usize,
-    /// Established connections in total (default 4,096).
+    /// Established connections in total (default 4,096), raised to what `max_leaves` needs:
+    /// see [`DaemonConfig::connection_limit`].
     pub max_connections: u32,
     /// How long a presence record vouches for its user (default 90 s): a crashed user reads
     /// offline within this lease at the latest.
@@ -75,6 +76,47 @@ impl DaemonConfig {
         self.publish_interval = lease / 3;
     }
 
+    /// The established connections the swarm accepts: `max_connections`, or enough for
+    /// `max_leaves` leaves (one connection each, two while one reconnects) and 1,024 others
+    /// (superpeers, contacts, the login server) when that is more. A superpeer configured for
+    /// 10,000 leaves would otherwise refuse every leaf past the 4,096th connection.
+    pub fn connection_limit(&self) -> u32 {
+        let for_leaves = self.max_leaves.saturating_mul(2).saturating_add(1024);
+        self.max_connections
+            .max(u32::try_from(for_leaves).unwrap_or(u32::MAX))
+    }
+
+    /// The open files the daemon may need at most: a socket per connection, and a margin for
+    /// the store, the control socket and listeners.
+    pub fn files_needed(&self) -> u64 {
+        u64::from(self.connection_limit()) + 256
+    }
+
+    /// Raises this process's soft open-file limit to [`Self::files_needed`] (at most to the
+    /// hard limit), as servers do: the usual soft default of 1,024 files would refuse a
+    /// superpeer's leaves long before `max_leaves`. Warns when the hard limit is too low.
+    pub(crate) fn raise_open_files(&self) {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let needed = self.files_needed();
+        let mut limit = getrlimit(Resource::Nofile);
+        let target = limit.maximum.map_or(needed, |hard| needed.min(hard));
+        if limit.current.is_some_and(|soft| soft < target) {
+            limit.current = Some(target);
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
+                tracing::warn!(target, "cannot raise the open-file limit: {e}");
+            }
+        }
+        if limit.maximum.is_some_and(|hard| hard < needed) {
+            tracing::warn!(
+                limit = ?limit.maximum,
+                needed,
+                max_leaves = self.max_leaves,
+                "the open-file limit is lower than max_leaves needs: connections past it will \
+                 fail; raise it (`ulimit -n`, or LimitNOFILE= in the systemd unit)"
+            );
+        }
+    }
+
     /// Refuses settings the daemon cannot run with, named as `natter.toml` spells them, with
     /// their range.
     pub fn validate(&self) -> Result<(), String> {
@@ -125,5 +167,22 @@ impl DaemonConfig {
             return Err("listen needs at least one address".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A superpeer configured for more leaves accepts the connections they need.
+    #[test]
+    fn the_connection_limit_follows_max_leaves() {
+        let mut config = DaemonConfig::default();
+        assert_eq!(config.connection_limit(), 4096);
+        config.max_leaves = 10_000;
+        assert_eq!(config.connection_limit(), 21_024);
+        assert_eq!(config.files_needed(), 21_280);
+        config.max_connections = 50_000;
+        assert_eq!(config.connection_limit(), 50_000);
     }
 }

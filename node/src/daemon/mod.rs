@@ -268,12 +268,13 @@ pub async fn run(
     let hosts = store.hosts(candidates::MAX_CANDIDATES).unwrap_or_default();
     let (store, store_thread) = StoreHandle::spawn(store, STORE_QUEUE)?;
     let control = ControlServer::bind(home.dir()).await?;
+    config.raise_open_files();
     let admissions = net::admission::Admissions::default();
     let (swarm, records) = net::behaviour::build(
         key.clone(),
         &net::behaviour::SwarmSettings {
             max_leaves: config.max_leaves,
-            max_connections: config.max_connections,
+            max_connections: config.connection_limit(),
             idle_timeout: Duration::from_secs(120),
             max_per_ip: config.max_connections_per_ip,
         },

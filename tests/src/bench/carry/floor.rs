@@ -2,7 +2,7 @@
 //! the same transport (TCP, Noise, Yamux) with nothing but libp2p ping (at the node's
 //! interval), measured the same way (RSS delta of its own process, CPU over a window).
 //!
-//! The listener is this very binary, re-run with `--floor-listener`: it prints its address and
+//! The listener is `natter-bench`, run again with `--floor-listener`: it prints its address and
 //! serves until killed. The dialers are bare swarms in this process, each from its own
 //! loopback address like the simulated leaves.
 
@@ -66,7 +66,14 @@ pub(super) struct Floor {
 
 impl Floor {
     pub(super) fn start() -> anyhow::Result<Self> {
-        let mut child = Command::new(std::env::current_exe()?)
+        // This binary when it is natter-bench; under the smoke test, natter-bench built.
+        let me = std::env::current_exe()?;
+        let exe = if me.file_stem().is_some_and(|n| n == "natter-bench") {
+            me
+        } else {
+            crate::bench_bin()
+        };
+        let mut child = Command::new(exe)
             .arg("--floor-listener")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -190,22 +190,14 @@ pub async fn run(r: &mut Report, mode: Mode, cluster: &Cluster) -> anyhow::Resul
 
 /// The sizes to measure, growing: `NATTER_BENCH_CARRY` (comma-separated) or the mode's.
 fn sizes(mode: Mode) -> anyhow::Result<Vec<usize>> {
-    let mut sizes = match std::env::var("NATTER_BENCH_CARRY") {
-        Ok(list) => list
-            .split(',')
-            .map(|s| s.trim().parse::<usize>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("NATTER_BENCH_CARRY={list:?}: {e}"))?,
-        Err(_) => mode.pick(
+    super::sizes_from_env(
+        "NATTER_BENCH_CARRY",
+        mode.pick(
             vec![10, 30],
             vec![300, 1_000, 2_000],
             vec![1_000, 3_000, 10_000],
         ),
-    };
-    sizes.retain(|&n| n > 0);
-    sizes.sort_unstable();
-    sizes.dedup();
-    Ok(sizes)
+    )
 }
 
 /// The floor at each size: a bare libp2p swarm in its own process with as many connections

@@ -25,6 +25,23 @@ use serde::Serialize;
 
 pub use stats::Latencies;
 
+/// Sizes to measure: the comma-separated list in environment variable `var`, else `default`;
+/// sorted, without zeros or repeats.
+pub(crate) fn sizes_from_env(var: &str, default: Vec<usize>) -> anyhow::Result<Vec<usize>> {
+    let mut sizes = match std::env::var(var) {
+        Ok(list) => list
+            .split(',')
+            .map(|s| s.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("{var}={list:?}: {e}"))?,
+        Err(_) => default,
+    };
+    sizes.retain(|&n| n > 0);
+    sizes.sort_unstable();
+    sizes.dedup();
+    Ok(sizes)
+}
+
 /// How long and how big a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

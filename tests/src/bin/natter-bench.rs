@@ -35,7 +35,7 @@ enum Suite {
     /// Message round trips (direct, relayed, after hole punching) and durable messages/s
     /// between real daemons, against raw TCP, a bare libp2p echo and the store alone.
     Msg,
-    /// Lookup latency, cold and cached, with 10 (and in full mode 50) real superpeers,
+    /// Lookup latency, cold and cached, with 10 (and in full mode 50 and 100) real superpeers,
     /// against one bare Kademlia hop and a bare Kademlia walk.
     Lookup,
     /// Superpeer memory per attached leaf, leaf daemon memory, presence record size and

@@ -106,10 +106,15 @@ impl DaemonConfig {
                 tracing::warn!(target, "cannot raise the open-file limit: {e}");
             }
         }
-        if limit.maximum.is_some_and(|hard| hard < needed) {
+        // Only what the leaves need is worth a warning: a leaf under a hard limit of 4,096
+        // would otherwise warn on every start about connections it never accepts.
+        let for_leaves = (self.max_leaves as u64)
+            .saturating_mul(2)
+            .saturating_add(1024 + 256);
+        if limit.maximum.is_some_and(|hard| hard < for_leaves) {
             tracing::warn!(
                 limit = ?limit.maximum,
-                needed,
+                needed = for_leaves,
                 max_leaves = self.max_leaves,
                 "the open-file limit is lower than max_leaves needs: connections past it will \
                  fail; raise it (`ulimit -n`, or LimitNOFILE= in the systemd unit)"

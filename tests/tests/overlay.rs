@@ -140,6 +140,17 @@ fn a_leaf_whose_primary_dies_is_reachable_again_through_another_within_seconds()
 
     let primary = alice_sps[0].clone();
     let victim = ids.iter().position(|p| *p == primary).unwrap();
+    // Her record is held by her primary, since a moment after she attached to it.
+    let before = wait_for("alice's record held", Duration::from_secs(30), || {
+        let s = alice.status()?;
+        (s["home"].as_str()? == primary).then_some(s)
+    });
+    let (attached_ms, held_ms) = (
+        before["primary_since"].as_u64().unwrap(),
+        before["home_since"].as_u64().unwrap(),
+    );
+    assert!(attached_ms <= held_ms, "{before}");
+    let killed_ms = unix_ms();
     let killed_at = Instant::now();
     sps[victim].kill();
 
@@ -164,6 +175,10 @@ fn a_leaf_whose_primary_dies_is_reachable_again_through_another_within_seconds()
     let s = alice.status().unwrap();
     assert_ne!(s["primary"], primary.as_str());
     assert!(alice.output().contains("takes over"), "{}", alice.output());
+    // The standby she was attached to before the kill now holds her record, since after it.
+    assert!(s["primary_since"].as_u64().unwrap() < killed_ms, "{s}");
+    assert_eq!(s["home"], s["primary"], "{s}");
+    assert!(s["home_since"].as_u64().unwrap() >= killed_ms, "{s}");
     // And she finds a new standby.
     let now_attached = attached(&alice, 2);
     assert!(!now_attached.contains(&primary));
@@ -376,4 +391,11 @@ fn an_introduction_cut_off_with_its_connection_is_made_again_on_another() {
         heard
     });
     assert_eq!(heard, 2, "the node did not introduce itself again");
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }

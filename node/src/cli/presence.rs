@@ -33,13 +33,26 @@ pub(crate) async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
     if view.role == "superpeer" {
         outln!("leaves:       {} of {}", view.leaves, view.max_leaves);
     } else {
+        let since = |at: Option<u64>| {
+            at.map(|ms| format!(" (since {})", super::format_ms(ms)))
+                .unwrap_or_default()
+        };
         outln!(
-            "primary:      {}",
-            view.primary.as_deref().unwrap_or("none")
+            "primary:      {}{}",
+            view.primary.as_deref().unwrap_or("none"),
+            since(view.primary_since)
         );
         outln!(
-            "standby:      {}",
-            view.standby.as_deref().unwrap_or("none")
+            "standby:      {}{}",
+            view.standby.as_deref().unwrap_or("none"),
+            since(view.standby_since)
+        );
+        outln!(
+            "record held:  {}{}",
+            view.home
+                .as_deref()
+                .map_or("not yet (publishing)", |_| "by the primary"),
+            since(view.home_since)
         );
     }
     Ok(())

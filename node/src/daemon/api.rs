@@ -161,6 +161,17 @@ pub struct StatusView {
     pub superpeers: Vec<String>,
     pub primary: Option<String>,
     pub standby: Option<String>,
+    /// Leaves: when (Unix ms) this node attached to its primary and to its standby.
+    #[serde(default)]
+    pub primary_since: Option<u64>,
+    #[serde(default)]
+    pub standby_since: Option<u64>,
+    /// Leaves: the superpeer holding this device's presence record in the directory (its
+    /// home, the primary once it acknowledged a publication), and since when (Unix ms).
+    #[serde(default)]
+    pub home: Option<String>,
+    #[serde(default)]
+    pub home_since: Option<u64>,
     /// Leaves attached to this node (superpeers only; 0 for leaves).
     pub leaves: usize,
     pub max_leaves: usize,

@@ -127,6 +127,16 @@ fn status(d: &Daemon) -> StatusView {
         superpeers,
         primary: d.attach.primary().map(|p| p.to_string()),
         standby: d.attach.standby().map(|p| p.to_string()),
+        primary_since: d
+            .attach
+            .primary()
+            .and_then(|p| d.attached_at.get(&p).copied()),
+        standby_since: d
+            .attach
+            .standby()
+            .and_then(|p| d.attached_at.get(&p).copied()),
+        home: d.home_since.map(|(p, _)| p.to_string()),
+        home_since: d.home_since.map(|(_, at)| at),
         leaves: d.leaves.len(),
         max_leaves: d.leaves.capacity(),
         presence: d.presence.to_string(),

@@ -71,6 +71,7 @@ impl Daemon {
                     self.send_overlay(peer, request, OverlayPending::Attach(peer));
                 }
                 AttachAction::Attached(peer, slot) => {
+                    self.attached_at.insert(peer, super::messaging::now_ms());
                     if slot == Slot::Primary {
                         self.last_publish = None;
                     }
@@ -81,6 +82,13 @@ impl Daemon {
                 AttachAction::Bootstrap => self.bootstrap(),
                 AttachAction::PrimaryChanged { lost, new } => {
                     self.last_publish = None;
+                    self.attached_at.remove(&lost);
+                    self.home_since = None;
+                    // The record moves to the new primary at once, not at the next tick:
+                    // until then no live superpeer vouches for this device.
+                    if new.is_some() && self.going_down.is_none() {
+                        self.publish_record(false);
+                    }
                     match new {
                         Some(new) => self.phase(&format!(
                             "primary superpeer {lost} lost; standby {new} takes over"
@@ -90,9 +98,12 @@ impl Daemon {
                         )),
                     }
                 }
-                AttachAction::StandbyLost(peer) => self.phase(&format!(
-                    "standby superpeer {peer} lost; looking for another"
-                )),
+                AttachAction::StandbyLost(peer) => {
+                    self.attached_at.remove(&peer);
+                    self.phase(&format!(
+                        "standby superpeer {peer} lost; looking for another"
+                    ));
+                }
                 AttachAction::HostFailed(peer) => self.host_failed(peer),
             }
         }
@@ -414,6 +425,10 @@ impl Daemon {
                 match &answer {
                     Ok(OverlayResponse::Published) => {
                         tracing::debug!(%peer, "presence published");
+                        let primary = self.attach.primary() == Some(peer);
+                        if primary && self.home_since.is_none_or(|(home, _)| home != peer) {
+                            self.home_since = Some((peer, super::messaging::now_ms()));
+                        }
                         if !down {
                             self.announce_online();
                         }

@@ -210,6 +210,11 @@ pub(crate) struct Daemon {
     // Leaf side.
     /// Primary and standby superpeer, and which to try next.
     attach: attach::Attach,
+    /// When (Unix ms) this leaf attached to each superpeer it holds (at most two).
+    attached_at: HashMap<PeerId, u64>,
+    /// The superpeer holding this device's record (the primary that acknowledged a
+    /// publication first), and since when (Unix ms); none until then.
+    home_since: Option<(PeerId, u64)>,
     last_publish: Option<Instant>,
     relay_addrs: BTreeSet<Multiaddr>,
     /// The circuit address asked for on each superpeer, until its reservation is accepted.
@@ -397,6 +402,8 @@ impl Daemon {
             candidates,
             login_connected: false,
             attach: attach::Attach::default(),
+            attached_at: HashMap::new(),
+            home_since: None,
             last_publish: None,
             relay_addrs: BTreeSet::new(),
             reserving: HashMap::new(),

@@ -204,6 +204,8 @@ impl Daemon {
         };
         self.net.send(Command::SetSuperpeer(true));
         // A superpeer serves itself: drop any attachment it had as a leaf.
+        self.attached_at.clear();
+        self.home_since = None;
         for sp in self.attach.clear() {
             self.send_overlay(sp, OverlayRequest::Detach, OverlayPending::Detach);
         }

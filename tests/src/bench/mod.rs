@@ -10,6 +10,7 @@
 //! Nothing here asserts a timing: these are figures, not tests.
 
 pub mod carry;
+pub mod churn;
 pub mod floors;
 pub mod leafsim;
 pub mod login;

@@ -190,7 +190,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(
+    /// Starts `natter up` for an account registered at `home`.
+    pub fn spawn(
         name: &str,
         home: &Path,
         role: &str,
@@ -238,6 +239,12 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends the daemon `SIGKILL` without waiting for it (it is reaped when dropped): several
+    /// daemons can be killed within microseconds of each other.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
     }
 
     /// Takes the messages of `names` as a contact's (not as contact requests, whose quota is
@@ -350,26 +357,50 @@ impl Daemon {
         cpu_time(Path::new(&format!("/proc/{}/stat", self.pid())))
     }
 
-    /// Messages in this daemon's inbox, read from its SQLite store read-only (WAL readers do
-    /// not block the daemon's writes). Cheaper and finer-grained than polling `natter inbox`,
-    /// whose reply carries every message.
-    pub fn inbox_count(&self) -> anyhow::Result<u64> {
-        let conn = rusqlite::Connection::open_with_flags(
+    /// This daemon's SQLite store, opened read-only (WAL readers do not block the daemon's
+    /// writes): cheaper and finer-grained than polling `natter inbox`, whose reply carries
+    /// every message.
+    fn store(&self) -> anyhow::Result<rusqlite::Connection> {
+        Ok(rusqlite::Connection::open_with_flags(
             self.home.join(natter_node::store::DB_FILE),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        let n: i64 = conn.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0))?;
+        )?)
+    }
+
+    fn count(&self, table: &str) -> anyhow::Result<u64> {
+        let n: i64 =
+            self.store()?
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Messages in this daemon's outbox (queued, not yet acked), read as [`Self::inbox_count`].
+    /// Messages in this daemon's inbox.
+    pub fn inbox_count(&self) -> anyhow::Result<u64> {
+        self.count("inbox")
+    }
+
+    /// Messages in this daemon's outbox (queued, not yet acked).
     pub fn outbox_count(&self) -> anyhow::Result<u64> {
-        let conn = rusqlite::Connection::open_with_flags(
-            self.home.join(natter_node::store::DB_FILE),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        let n: i64 = conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        self.count("outbox")
+    }
+
+    fn texts(&self, query: &str, name: &str) -> anyhow::Result<Vec<String>> {
+        let conn = self.store()?;
+        let mut query = conn.prepare(query)?;
+        let texts = query
+            .query_map([name], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(texts)
+    }
+
+    /// The texts of the messages from `sender` in this daemon's inbox.
+    pub fn inbox_texts(&self, sender: &str) -> anyhow::Result<Vec<String>> {
+        self.texts("SELECT text FROM inbox WHERE sender = ?1", sender)
+    }
+
+    /// The texts of the messages to `recipient` still in this daemon's outbox.
+    pub fn outbox_texts(&self, recipient: &str) -> anyhow::Result<Vec<String>> {
+        self.texts("SELECT text FROM outbox WHERE recipient = ?1", recipient)
     }
 
     /// The last lines the daemon wrote (its progress and warnings), for error reports.

@@ -41,6 +41,9 @@ enum Suite {
     /// Superpeer memory per attached leaf, leaf daemon memory, presence record size and
     /// validation cost (the scaling model's inputs).
     Scale,
+    /// A third of the superpeers killed at once under real leaves: time until every leaf is
+    /// on two superpeers and every user findable again; messages lost or duplicated.
+    Churn,
     /// Every suite above.
     All,
 }
@@ -63,7 +66,13 @@ fn main() -> anyhow::Result<()> {
     let mut suites: Vec<Suite> = Vec::new();
     for s in &cli.suites {
         let expanded: &[Suite] = match s {
-            Suite::All => &[Suite::Login, Suite::Msg, Suite::Lookup, Suite::Scale],
+            Suite::All => &[
+                Suite::Login,
+                Suite::Msg,
+                Suite::Lookup,
+                Suite::Scale,
+                Suite::Churn,
+            ],
             one => std::slice::from_ref(one),
         };
         for s in expanded {
@@ -82,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             Suite::Msg => bench::msg::run(mode),
             Suite::Lookup => bench::lookup::run(mode),
             Suite::Scale => bench::scale::run(mode),
+            Suite::Churn => bench::churn::run(mode),
             Suite::All => unreachable!("expanded above"),
         }
         .with_context(|| format!("the {suite:?} suite failed"))?;

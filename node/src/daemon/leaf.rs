@@ -25,13 +25,7 @@ impl Daemon {
         if self.going_down.is_some() {
             return;
         }
-        let me = self.peer_id();
-        let candidates: Vec<Ranked> = self.candidates.tiered().collect();
-        self.attach
-            .tick(candidates, me, tokio::time::Instant::now(), |n| {
-                rand::random_range(0..n)
-            });
-        self.run_attach();
+        self.attach_next();
         // A superpeer whose reservation did not work out (refused before its relay was on,
         // lost with the connection) is asked again every 10 s: without a relay address a
         // leaf behind NAT cannot be reached at all.
@@ -57,6 +51,21 @@ impl Daemon {
         if self.attach.primary().is_some() && due {
             self.publish_record(false);
         }
+    }
+
+    /// With a slot free, tries the next superpeer now (and carries out what the attachment
+    /// decided): the tick does it every 500 ms, and after a loss or a failed attempt the leaf
+    /// need not wait for it.
+    fn attach_next(&mut self) {
+        if self.going_down.is_none() && self.role == Current::Leaf {
+            let me = self.peer_id();
+            let candidates: Vec<Ranked> = self.candidates.tiered().collect();
+            self.attach
+                .tick(candidates, me, tokio::time::Instant::now(), |n| {
+                    rand::random_range(0..n)
+                });
+        }
+        self.run_attach();
     }
 
     /// Carries out what the attachment decided.
@@ -141,7 +150,7 @@ impl Daemon {
                 self.attach.failed(peer, now);
             }
         }
-        self.run_attach();
+        self.attach_next();
     }
 
     fn addrs_of(&self, peer: PeerId) -> Vec<String> {
@@ -177,7 +186,7 @@ impl Daemon {
             .retain(|a| !a.iter().any(|p| p == Protocol::P2p(peer)));
         self.reserving.remove(&peer);
         self.attach.lost(peer, tokio::time::Instant::now());
-        self.run_attach();
+        self.attach_next();
     }
 
     /// Superpeer `peer` answered something no honest superpeer sends: drop it for a while

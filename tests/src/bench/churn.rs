@@ -262,6 +262,18 @@ async fn suite(mode: Mode) -> anyhow::Result<Report> {
         lost_primary as u64,
     );
     time(
+        "churn.attached.p50",
+        "leaves that lost a superpeer: the median (leaves' clocks)",
+        recovery.attached_median,
+        lost_any,
+    );
+    time(
+        "churn.rehomed.p50",
+        "users whose home died: the median (leaves' clocks)",
+        recovery.rehomed_median,
+        lost_primary as u64,
+    );
+    time(
         "churn.findable.p50",
         "those users: the median read online again (census)",
         recovery.findable_median,

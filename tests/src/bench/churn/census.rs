@@ -21,7 +21,9 @@ pub(super) struct Recovery {
     pub(super) rehomed_after: Option<Duration>,
     /// When the last watched user read online again at a live home, by the census.
     pub(super) findable_after: Option<Duration>,
-    /// The median watched user's time to read online again, by the census.
+    /// The medians of the same three (of the watched leaves).
+    pub(super) attached_median: Option<Duration>,
+    pub(super) rehomed_median: Option<Duration>,
     pub(super) findable_median: Option<Duration>,
     /// At the deadline (or the end): leaves without two live superpeers, users not findable.
     pub(super) unattached: usize,
@@ -154,13 +156,18 @@ pub(super) async fn recover(
     out.attached_after = last(|s| s.attached);
     out.rehomed_after = last(|s| s.rehomed);
     out.findable_after = last(|s| s.findable);
-    let mut times: Vec<Duration> = state
-        .iter()
-        .zip(watch)
-        .filter(|(_, w)| w.1)
-        .filter_map(|(s, _)| s.findable)
-        .collect();
-    times.sort_unstable();
-    out.findable_median = times.get(times.len() / 2).copied();
+    let median = |time: fn(&Leaf) -> Option<Duration>, watched: fn(&(bool, bool)) -> bool| {
+        let mut times: Vec<Duration> = state
+            .iter()
+            .zip(watch)
+            .filter(|(_, w)| watched(w))
+            .filter_map(|(s, _)| time(s))
+            .collect();
+        times.sort_unstable();
+        times.get(times.len() / 2).copied()
+    };
+    out.attached_median = median(|s| s.attached, |w| w.0);
+    out.rehomed_median = median(|s| s.rehomed, |w| w.1);
+    out.findable_median = median(|s| s.findable, |w| w.1);
     out
 }

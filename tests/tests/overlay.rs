@@ -184,6 +184,59 @@ fn a_leaf_whose_primary_dies_is_reachable_again_through_another_within_seconds()
     assert!(!now_attached.contains(&primary));
 }
 
+/// A superpeer that hangs (here `SIGSTOP`: its sockets stay open, so no connection closes)
+/// stops answering its leaves. The leaf drops it when a publication or a revocation poll
+/// goes unanswered, and its standby takes over: before, the leaf kept a hung primary until
+/// TCP gave up on the connection, many minutes later.
+#[test]
+fn a_leaf_whose_primary_hangs_drops_it_and_is_reachable_through_its_standby() {
+    let net = net();
+    // TCP only: QUIC's own keep-alive would notice the hang within 6 s by itself.
+    let tcp = ["--listen", "/ip4/127.0.0.1/tcp/0"];
+    let mut sps: Vec<NodeProcess> = ["sph", "spi", "spj"]
+        .iter()
+        .map(|u| net.node(u, &["--role", "superpeer", tcp[0], tcp[1]]))
+        .collect();
+    for sp in &sps {
+        sp.wait_role("superpeer", PROMOTE);
+    }
+    let ids: Vec<String> = sps.iter().map(NodeProcess::peer_id).collect();
+    let alice = net.node("alice", &["--role", "leaf", tcp[0], tcp[1]]);
+    let alice_sps = attached(&alice, 2);
+    let (hung, standby) = (alice_sps[0].clone(), alice_sps[1].clone());
+    let victim = ids.iter().position(|p| *p == hung).unwrap();
+    let stop = |signal: &str| {
+        let status = std::process::Command::new("kill")
+            .args([signal, &sps[victim].pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    stop("-STOP");
+
+    // Within a revocation poll (15 s) and a request timeout (10 s), with a margin.
+    // Her standby then holds her record.
+    wait_for(
+        "alice to drop her hung primary",
+        Duration::from_secs(60),
+        || {
+            alice
+                .status()
+                .filter(|s| s["primary"] == standby.as_str() && s["home"] == standby.as_str())
+        },
+    );
+    assert!(alice.output().contains("takes over"), "{}", alice.output());
+    // Bob, on the superpeers that still answer, finds her at her new home.
+    let bob = net.node("bob", &["--role", "leaf"]);
+    let found = wait_for("bob to find alice", Duration::from_secs(60), || {
+        bob.lookup("alice")
+            .filter(|v| v["status"] == "online" && v["home"] == standby.as_str())
+    });
+    assert_eq!(found["user"], "alice");
+    stop("-CONT");
+    sps[victim].kill();
+}
+
 #[test]
 fn a_full_superpeer_refuses_and_the_leaf_attaches_elsewhere() {
     let net = net();

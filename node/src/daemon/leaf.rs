@@ -6,16 +6,19 @@ use std::time::{Duration, Instant};
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use natter_proto::limits::MAX_DEVICES_PER_USER;
 use natter_proto::overlay::{OverlayRequest, OverlayResponse};
 use natter_proto::presence::dialable_shape;
 use natter_proto::{PresenceBody, PresenceRecord, Status, UserName};
 
-use super::api::{DeviceView, LookupView};
 use super::attach::{AttachAction, Ranked, Slot};
 use super::candidates::Source;
 use super::{Current, Daemon, LoginPending, LookupFor, LookupOutcome, OverlayPending, unix_now};
 use crate::net::Command;
+
+mod answers;
+
+pub(super) use answers::lookup_view;
+use answers::{Distrust, check_answer, check_others};
 
 /// How long a superpeer that forged an answer stays banned.
 const DISTRUST: Duration = Duration::from_secs(600);
@@ -199,6 +202,19 @@ impl Daemon {
         }
         tracing::warn!(%peer, %why, "superpeer sent a forged answer: dropping it for {} min", DISTRUST.as_secs() / 60);
         self.net.send(Command::Ban(peer, DISTRUST));
+        self.lost_superpeer(peer);
+    }
+
+    /// A superpeer this leaf holds left a publication or a revocation poll unanswered (or
+    /// failed it): whatever the connection says, it is not serving this leaf. A process that
+    /// hangs, or a machine that vanished without closing its connections, would otherwise
+    /// keep its leaves until TCP gives up, many minutes later. The standby takes over.
+    fn unresponsive_superpeer(&mut self, peer: PeerId, error: &str) {
+        if !self.attach.holds(peer) {
+            return;
+        }
+        tracing::warn!(%peer, %error, "superpeer not answering: dropping it");
+        self.net.send(Command::Disconnect(peer));
         self.lost_superpeer(peer);
     }
 
@@ -447,6 +463,12 @@ impl Daemon {
                         self.last_publish = Some(
                             Instant::now() - self.config.publish_interval + Duration::from_secs(3),
                         );
+                        if let Err(e) = other
+                            && !down
+                        {
+                            let e = e.clone();
+                            self.unresponsive_superpeer(peer, &e);
+                        }
                     }
                 }
                 if down {
@@ -466,125 +488,10 @@ impl Daemon {
                 Ok(OverlayResponse::Revocations { list }) => {
                     self.on_revocation_list(&peer.to_string(), list);
                 }
+                Err(e) => self.unresponsive_superpeer(peer, &e),
                 other => tracing::debug!(%peer, ?other, "revocation list not had"),
             },
         }
-    }
-}
-
-/// Why a lookup answer is not used.
-#[derive(Debug, PartialEq, Eq)]
-enum Distrust {
-    /// No honest superpeer sends this: a record of another user, or a signature that does
-    /// not verify (certificate of another issuer, record not signed by the device).
-    Forged(String),
-    /// Possibly honest but not usable here: expired meanwhile, or a clock apart from ours.
-    Unusable(String),
-}
-
-/// Checks a superpeer's lookup answer for `name` against the pinned issuer key.
-fn check_answer(
-    record: &PresenceRecord,
-    name: &UserName,
-    issuer: &natter_proto::IssuerKey,
-    now: u64,
-) -> Result<(), Distrust> {
-    use natter_proto::cert::CertError;
-    use natter_proto::presence::RecordError;
-    if record.username() != name {
-        return Err(Distrust::Forged(format!(
-            "the record is {}'s",
-            record.username()
-        )));
-    }
-    match record.verify(issuer, now) {
-        Ok(()) => Ok(()),
-        Err(
-            e @ (RecordError::BadSignature
-            | RecordError::Malformed(_)
-            | RecordError::LeaseTooLong(_)
-            | RecordError::Certificate(
-                CertError::BadSignature | CertError::WrongIssuer { .. } | CertError::Malformed(_),
-            )),
-        ) => Err(Distrust::Forged(e.to_string())),
-        Err(e) => Err(Distrust::Unusable(e.to_string())),
-    }
-}
-
-/// Checks the user's other devices in a lookup answer: each one as the main record is
-/// checked, at most [`MAX_DEVICES_PER_USER`] in all, one record per device. Records that are
-/// only unusable (expired meanwhile) are left out; the usable ones are returned.
-fn check_others(
-    record: &PresenceRecord,
-    others: Vec<PresenceRecord>,
-    name: &UserName,
-    issuer: &natter_proto::IssuerKey,
-    now: u64,
-) -> Result<Vec<PresenceRecord>, Distrust> {
-    if others.len() >= MAX_DEVICES_PER_USER {
-        return Err(Distrust::Forged(format!(
-            "{} device records, at most {MAX_DEVICES_PER_USER}",
-            others.len() + 1
-        )));
-    }
-    let mut devices = std::collections::BTreeSet::from([record.body.cert.device_key()]);
-    let mut usable = Vec::with_capacity(others.len());
-    for other in others {
-        if !devices.insert(other.body.cert.device_key()) {
-            return Err(Distrust::Forged("two records of one device".into()));
-        }
-        match check_answer(&other, name, issuer, now) {
-            Ok(()) => usable.push(other),
-            Err(Distrust::Unusable(why)) => {
-                tracing::debug!(user = %name, %why, "a device record of a lookup answer left out");
-            }
-            Err(forged) => return Err(forged),
-        }
-    }
-    Ok(usable)
-}
-
-/// What a lookup shows: the user's presence is that of the most available device, shown only
-/// while its lease runs and its home superpeer confirms the device; otherwise offline, with
-/// last-seen. `devices` lists every device, that one first.
-pub(super) fn lookup_view(
-    record: &PresenceRecord,
-    confirmed: bool,
-    others: &[PresenceRecord],
-) -> LookupView {
-    let now = unix_now();
-    let live = confirmed && record.is_live(now);
-    let device = |r: &PresenceRecord, confirmed: bool| DeviceView {
-        peer_id: r.body.cert.peer_id().to_string(),
-        status: if r.is_live(now) {
-            r.body.status.as_str().into()
-        } else {
-            "offline".into()
-        },
-        confirmed,
-        last_seen: r.body.last_seen,
-        home: r.body.home.clone(),
-        direct_addrs: r.body.direct_addrs.clone(),
-        seq: r.body.seq,
-    };
-    let devices = std::iter::once(device(record, live))
-        .chain(others.iter().map(|r| device(r, false)))
-        .collect();
-    LookupView {
-        user: record.username().to_string(),
-        status: if live {
-            record.body.status.as_str().into()
-        } else {
-            "offline".into()
-        },
-        peer_id: Some(record.body.cert.peer_id().to_string()),
-        superpeers: record.body.relay_addrs.clone(),
-        direct_addrs: record.body.direct_addrs.clone(),
-        last_seen: Some(record.body.last_seen),
-        home: record.body.home.clone(),
-        confirmed,
-        seq: Some(record.body.seq),
-        devices,
     }
 }
 

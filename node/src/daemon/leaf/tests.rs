@@ -2,6 +2,7 @@
 
 use libp2p::identity::Keypair;
 use natter_proto::IssuerSigningKey;
+use natter_proto::limits::MAX_DEVICES_PER_USER;
 
 use super::*;
 

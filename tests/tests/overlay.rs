@@ -214,7 +214,8 @@ fn a_leaf_whose_primary_hangs_drops_it_and_is_reachable_through_its_standby() {
     };
     stop("-STOP");
 
-    // Within a revocation poll (15 s) and a request timeout (10 s), with a margin.
+    // Within a revocation poll (every 15 s) and the overlay's request timeout (15 s), with a
+    // margin.
     // Her standby then holds her record.
     wait_for(
         "alice to drop her hung primary",

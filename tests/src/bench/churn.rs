@@ -301,51 +301,44 @@ async fn suite(mode: Mode) -> anyhow::Result<Report> {
         How::RealBinaries,
     );
     r.target("churn.unrecovered", "0", |v, _| v == 0.0);
-    r.add(
-        "churn.msgs.sent",
-        &format!("messages sent during the churn ({} s)", shape.send_secs),
-        sent.accepted.len() as f64,
-        "msgs",
-        sent.accepted.len() as u64,
-        How::RealBinaries,
+    let accepted = sent.accepted.len() as u64;
+    let queued = format!(
+        "accepted messages still queued when the outboxes were given up on ({} s)",
+        RECOVERY_DEADLINE.as_secs()
     );
-    r.add(
-        "churn.msgs.failures",
-        "sends refused or failed (not accepted by the sender's daemon)",
-        sent.failures as f64,
-        "msgs",
-        sent.failures + sent.accepted.len() as u64,
-        How::RealBinaries,
-    );
-    r.add(
-        "churn.msgs.lost",
-        "accepted messages neither delivered nor still queued",
-        tally.lost as f64,
-        "msgs",
-        sent.accepted.len() as u64,
-        How::RealBinaries,
-    );
-    r.target("churn.msgs.lost", "0 lost", |v, _| v == 0.0);
-    r.add(
-        "churn.msgs.duplicated",
-        "messages delivered more than once",
-        tally.duplicated as f64,
-        "msgs",
-        sent.accepted.len() as u64,
-        How::RealBinaries,
-    );
-    r.target("churn.msgs.duplicated", "0 duplicated", |v, _| v == 0.0);
-    r.add(
-        "churn.msgs.queued",
-        &format!(
-            "accepted messages still queued when the outboxes were given up on ({} s)",
-            RECOVERY_DEADLINE.as_secs()
+    let sent_during = format!("messages sent during the churn ({} s)", shape.send_secs);
+    // (id, figure, count, out of, target: none of them)
+    let counts: [(&str, &str, u64, u64, bool); 5] = [
+        ("churn.msgs.sent", &sent_during, accepted, accepted, false),
+        (
+            "churn.msgs.failures",
+            "sends refused or failed (not accepted by the sender's daemon)",
+            sent.failures,
+            sent.failures + accepted,
+            false,
         ),
-        tally.queued as f64,
-        "msgs",
-        sent.accepted.len() as u64,
-        How::RealBinaries,
-    );
+        (
+            "churn.msgs.lost",
+            "accepted messages neither delivered nor still queued",
+            tally.lost,
+            accepted,
+            true,
+        ),
+        (
+            "churn.msgs.duplicated",
+            "messages delivered more than once",
+            tally.duplicated,
+            accepted,
+            true,
+        ),
+        ("churn.msgs.queued", &queued, tally.queued, accepted, false),
+    ];
+    for (id, figure, count, of, none) in counts {
+        r.add(id, figure, count as f64, "msgs", of, How::RealBinaries);
+        if none {
+            r.target(id, "0", |v, _| v == 0.0);
+        }
+    }
     if let Err(e) = drained {
         r.note("churn.msgs.queued", &format!("{e:#}"));
     }
@@ -390,28 +383,26 @@ async fn floor(r: &mut Report, cluster: &Cluster, leaves: &[Daemon]) -> anyhow::
 /// `window`, with nothing asked of them.
 async fn at_rest(r: &mut Report, sps: &[Daemon], leaves: &[Daemon], window: Duration) {
     let cpu = |ds: &[Daemon]| -> Duration { ds.iter().filter_map(Daemon::cpu).sum() };
-    let before = (cpu(sps), cpu(leaves));
+    let before = [cpu(leaves), cpu(sps)];
     tokio::time::sleep(window).await;
-    let after = (cpu(sps), cpu(leaves));
-    let percent = |used: Duration, n: usize| {
-        100.0 * used.as_secs_f64() / window.as_secs_f64() / n.max(1) as f64
-    };
-    r.add(
-        "churn.rest.leaf_cpu",
-        &format!("a leaf's CPU at rest, mean of {}", leaves.len()),
-        percent(after.1.saturating_sub(before.1), leaves.len()),
-        "% core",
-        leaves.len() as u64,
-        How::RealBinaries,
-    );
-    r.add(
-        "churn.rest.superpeer_cpu",
-        &format!("a superpeer's CPU at rest, mean of {}", sps.len()),
-        percent(after.0.saturating_sub(before.0), sps.len()),
-        "% core",
-        sps.len() as u64,
-        How::RealBinaries,
-    );
+    for (i, (id, what, group)) in [
+        ("leaf_cpu", "a leaf's", leaves),
+        ("superpeer_cpu", "a superpeer's", sps),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let used = cpu(group).saturating_sub(before[i]);
+        let n = group.len().max(1);
+        r.add(
+            &format!("churn.rest.{id}"),
+            &format!("{what} CPU at rest, mean of {n}"),
+            100.0 * used.as_secs_f64() / window.as_secs_f64() / n as f64,
+            "% core",
+            n as u64,
+            How::RealBinaries,
+        );
+    }
 }
 
 fn unix_ms() -> u64 {

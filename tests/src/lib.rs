@@ -35,14 +35,9 @@ pub fn bench_bin() -> PathBuf {
     path
 }
 
-/// `cargo build ARGS` of this checkout, in the profile this process was built with.
-fn cargo_build(args: &[&str]) {
-    let dir = target_profile_dir();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build").args(args);
-    // The test's own cargo variables would make build scripts (ring's) see a changed
-    // environment and rebuild, for this build and the next outer one alike.
+/// Removes this process's own cargo variables (package, manifest, crate) from `cmd`'s
+/// environment; `CARGO` itself stays.
+pub fn without_cargo_vars(cmd: &mut Command) {
     for (var, _) in std::env::vars() {
         if var.starts_with("CARGO_PKG_")
             || var.starts_with("CARGO_MANIFEST_")
@@ -52,6 +47,17 @@ fn cargo_build(args: &[&str]) {
             cmd.env_remove(var);
         }
     }
+}
+
+/// `cargo build ARGS` of this checkout, in the profile this process was built with.
+fn cargo_build(args: &[&str]) {
+    let dir = target_profile_dir();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build").args(args);
+    // The test's own cargo variables would make build scripts (ring's) see a changed
+    // environment and rebuild, for this build and the next outer one alike.
+    without_cargo_vars(&mut cmd);
     if dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }

@@ -30,15 +30,7 @@ fn deploy_check_sh_passes() {
     // The test's own cargo variables would make the script's `cargo build` see a changed
     // environment and rebuild (as natter_tests::bin explains). CARGO itself stays: the
     // script builds with the same cargo as the test.
-    for (var, _) in std::env::vars() {
-        if var.starts_with("CARGO_PKG_")
-            || var.starts_with("CARGO_MANIFEST_")
-            || var == "CARGO_CRATE_NAME"
-            || var == "CARGO_PRIMARY_PACKAGE"
-        {
-            cmd.env_remove(var);
-        }
-    }
+    natter_tests::without_cargo_vars(&mut cmd);
 
     let started = Instant::now();
     let mut child = cmd.spawn().expect("running bash deploy/check.sh");
